@@ -1,0 +1,39 @@
+// What every pybind11 binding shares: csrc Status -> Python ValueError, NumPy shapes -> the plain
+// shape vectors csrc validates, and self-registration of each kernel's bindings into iapdcnn._C
+// (a new kernel adds one bindings file and touches nothing else).
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <functional>
+#include <vector>
+
+#include "common/status.h"
+
+namespace iapdcnn {
+namespace bindings {
+
+namespace py = pybind11;
+
+inline void ThrowIfError(const Status& s) {
+  if (!s.ok()) throw py::value_error(s.message());
+}
+
+inline std::vector<int64_t> Dims(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+// C-contiguous array of T (copies/casts only when needed).
+template <typename T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+using Binder = std::function<void(py::module_&)>;
+std::vector<Binder>& Registry();
+
+struct Register {
+  explicit Register(Binder b) { Registry().push_back(std::move(b)); }
+};
+
+}  // namespace bindings
+}  // namespace iapdcnn

@@ -1,0 +1,24 @@
+// The iapdcnn._C module: NumPy access to the csrc kernels without TensorFlow. Each
+// <kernel>_binding.cc registers its functions here through bindings::Register.
+#include "binding_util.h"
+
+namespace iapdcnn {
+namespace bindings {
+
+std::vector<Binder>& Registry() {
+  static std::vector<Binder> r;
+  return r;
+}
+
+}  // namespace bindings
+}  // namespace iapdcnn
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "iapdcnn framework-free kernels (csrc/) on NumPy arrays";
+#ifdef IAPDCNN_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  for (auto& bind : iapdcnn::bindings::Registry()) bind(m);
+}

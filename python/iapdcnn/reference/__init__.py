@@ -1,0 +1,5 @@
+"""NumPy reference implementations (oracles for the tests), written for clarity, not speed."""
+
+from .fci import fci
+
+__all__ = ["fci"]
