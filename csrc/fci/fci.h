@@ -50,7 +50,8 @@ Status CheckFciLabels(const FciBlocksParams& p, const int64_t* labels);
 // Mergeable class statistics for prototype mode (the "map"): counts[k] = #samples of class k,
 // sums[k, p, :] = sum of their blocks at position p, accumulated in double in sample order.
 // Statistics of disjoint shards merge by addition (the "reduce"); the result does not depend on
-// how samples were split whenever the float64 sums are exact (e.g. 8-bit images scaled to [0, 1]).
+// how samples were split whenever the float64 sums are exact: e.g. float32 images from 8-bit data
+// (k/255 in float32 is a multiple of 2^-31) for up to 2^22 samples per class.
 template <typename T>
 Status FciClassStatsCpu(const FciBlocksParams& p, const T* x, const int64_t* labels, double* counts,
                         double* sums, const ParallelFor& pf);
