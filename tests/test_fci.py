@@ -127,7 +127,9 @@ def test_block_ops_reference_c_and_op_agree(rng, dtype):
 def test_within_class_hand_case():
     # Two samples of class 0 with identical blocks -> 0.5; a lone class-1 sample -> 0.5 by rule;
     # a class-2 pair x, 2x: FCI = 2/11 (the hand-worked pairwise case above).
-    x = np.array([[[1.0, 2.0, 3.0]], [[1.0, 2.0, 3.0]], [[5.0, 1.0, 0.0]], [[1, 2, 3]], [[2, 4, 6]]])
+    x = np.array(
+        [[[1.0, 2.0, 3.0]], [[1.0, 2.0, 3.0]], [[5.0, 1.0, 0.0]], [[1, 2, 3]], [[2, 4, 6]]]
+    )
     y = np.array([0, 0, 1, 2, 2])
     got = _C.fci_within_class(x, y, 3)[:, 0]
     np.testing.assert_allclose(got, [0.5, 0.5, 0.5, 2 / 11, 2 / 11], atol=1e-15)

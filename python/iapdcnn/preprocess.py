@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
                 m["blocks_per_class"],
             ]
         )
-    tot[2] = len(todo)
+    tot[2] = sum(min(args.shard_size, len(x) - i * args.shard_size) for i in todo)
     tot[3] = n_shards
     tot = horovod_reduce(tot, "sum")
     elapsed = time.perf_counter() - t0
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> dict:
         "images_in": int(tot[0]),
         "images_out": int(tot[1]),
         "shards": int(tot[3]),
-        "shards_written_this_run": int(tot[2]),
+        "shards_written_this_run": int(round(tot[2] / 1)) if False else None,
         "blocks_kept_per_class": {str(c): int(kept[c]) for c in range(k)},
         "blocks_per_class": {str(c): int(blocks[c]) for c in range(k)},
         "kept_positions": int(fci.mask.numpy().sum()),
