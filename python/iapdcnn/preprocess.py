@@ -283,37 +283,40 @@ def run(args: argparse.Namespace) -> dict:
     bar.close()
     # Totals from every shard's sidecar (resumed ones included), summed across ranks.
     k = fci.num_classes
-    tot = np.zeros(4 + 2 * k, np.float64)
+    tot = np.zeros(5 + 2 * k, np.float64)
     for nm in names:
         with open(nm + ".json") as f:
             m = json.load(f)
         tot += np.concatenate(
             [
-                [m["images_in"], m["images_out"], 0, 0],
+                [m["images_in"], m["images_out"], 0, 0, 0],
                 m["blocks_kept_per_class"],
                 m["blocks_per_class"],
             ]
         )
     tot[2] = sum(min(args.shard_size, len(x) - i * args.shard_size) for i in todo)
-    tot[3] = n_shards
+    tot[3] = len(todo)
+    tot[4] = n_shards
     tot = horovod_reduce(tot, "sum")
     elapsed = time.perf_counter() - t0
     elapsed = float(horovod_reduce(np.array([elapsed]), "max")[0])
-    kept, blocks = tot[4 : 4 + k], tot[4 + k :]
+    kept, blocks = tot[5 : 5 + k], tot[5 + k :]
     report = {
         "dataset": args.dataset,
         "split": args.split,
         "ranks": size,
         "images_in": int(tot[0]),
         "images_out": int(tot[1]),
-        "shards": int(tot[3]),
-        "shards_written_this_run": int(round(tot[2] / 1)) if False else None,
+        "shards": int(tot[4]),
+        "shards_written_this_run": int(tot[3]),
+        "images_processed_this_run": int(tot[2]),
         "blocks_kept_per_class": {str(c): int(kept[c]) for c in range(k)},
         "blocks_per_class": {str(c): int(blocks[c]) for c in range(k)},
         "kept_positions": int(fci.mask.numpy().sum()),
         "positions": int(fci.positions),
         "time_s": round(elapsed, 3),
-        "images_per_s": round(tot[0] / elapsed, 2) if elapsed > 0 else None,
+        # throughput of this run: images it processed (resumed shards excluded) per second
+        "images_per_s": round(tot[2] / elapsed, 2) if elapsed > 0 else None,
         "config": {k2: v for k2, v in vars(args).items() if k2 not in ("func",)},
     }
     if rank == 0:
