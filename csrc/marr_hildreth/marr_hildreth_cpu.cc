@@ -65,7 +65,8 @@ Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const Pa
   const int64_t H = p.height, W = p.width, C = p.channels, planes = p.batch * C;
   if (planes == 0 || H == 0 || W == 0) return Status::OK();
   pf(planes, H * W * 60, [&](int64_t b, int64_t e) {
-    std::vector<double> g((H + 2) * (W + 2)), lap(H * W), mag(H * W);
+    // g and lap carry a 1-pixel reflected border, so the stencils index without branches.
+    std::vector<double> g((H + 2) * (W + 2)), lap((H + 2) * (W + 2)), mag(H * W);
     const int64_t GW = W + 2;
     for (int64_t q = b; q < e; ++q) {
       const int64_t n = q / C, c = q % C;
@@ -84,7 +85,8 @@ Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const Pa
         for (int64_t j = 0; j < W; ++j) {
           const double cross = up[j] + dn[j] + mid[j - 1] + mid[j + 1];
           const double diag = up[j - 1] + up[j + 1] + dn[j - 1] + dn[j + 1];
-          lap[i * W + j] = p.laplacian == 4 ? cross - 4.0 * mid[j] : cross + diag - 8.0 * mid[j];
+          lap[(i + 1) * GW + j + 1] =
+              p.laplacian == 4 ? cross - 4.0 * mid[j] : cross + diag - 8.0 * mid[j];
           const double gx = (up[j + 1] + 2.0 * mid[j + 1] + dn[j + 1]) -
                             (up[j - 1] + 2.0 * mid[j - 1] + dn[j - 1]);
           const double gy =
@@ -94,17 +96,24 @@ Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const Pa
           max_mag = std::max(max_mag, m);
         }
       }
+      for (int64_t i = 0; i < H; ++i) {  // reflected border columns, then rows
+        lap[(i + 1) * GW] = lap[(i + 1) * GW + 1 + ReflectIndex(-1, W)];
+        lap[(i + 1) * GW + W + 1] = lap[(i + 1) * GW + 1 + ReflectIndex(W, W)];
+      }
+      std::copy_n(lap.begin() + (1 + ReflectIndex(-1, H)) * GW, GW, lap.begin());
+      std::copy_n(lap.begin() + (1 + ReflectIndex(H, H)) * GW, GW, lap.begin() + (H + 1) * GW);
       const double t = p.relative ? p.threshold * max_mag : p.threshold;
       T* o = out + n * H * W * C + c;
       for (int64_t i = 0; i < H; ++i) {
-        const int64_t im = ReflectIndex(i - 1, H) * W, ip = ReflectIndex(i + 1, H) * W;
+        const double* up = lap.data() + i * GW + 1;  // lap(i-1, .)
+        const double* mid = up + GW;
+        const double* dn = mid + GW;
         for (int64_t j = 0; j < W; ++j) {
-          const int64_t jm = ReflectIndex(j - 1, W), jp = ReflectIndex(j + 1, W);
           // Opposite pairs: left/right, up/down, the two diagonals.
-          const double nb[8] = {lap[i * W + jm], lap[i * W + jp], lap[im + j],  lap[ip + j],
-                                lap[im + jm],    lap[ip + jp],    lap[im + jp], lap[ip + jm]};
+          const double nb[8] = {mid[j - 1], mid[j + 1], up[j],     dn[j],
+                                up[j - 1],  dn[j + 1],  up[j + 1], dn[j - 1]};
           const double m = mag[i * W + j];
-          const bool edge = m >= t && marr_hildreth_impl::ZeroCrossing(lap[i * W + j], nb);
+          const bool edge = m >= t && marr_hildreth_impl::ZeroCrossing(mid[j], nb);
           double v = 0.0;
           if (edge) {
             v = p.mode == EdgeMode::kMasked   ? g[(i + 1) * GW + j + 1]

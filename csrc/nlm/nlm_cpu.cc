@@ -2,7 +2,9 @@
 // per search offset d, the patch dot products <P_a, P_{a+d}> of all pixels are a box filter of the
 // product image g(.) g(. + d): vertical running sums (O(1) per pixel, vectorised across columns),
 // then the horizontal box (2r+1 vectorised taps for small r, a prefix-sum difference otherwise).
-// Running sums are kept in double so that all-zero patches stay (almost exactly) zero.
+// Running sums are kept in double so that all-zero patches stay (almost exactly) zero. Weights are
+// symmetric, so half the offsets are visited; hot loops are compiled for AVX-512, AVX2 and
+// baseline x86-64 (target_clones picks one at load time).
 #if defined(__GNUC__) && !defined(__clang__)
 // Float compares may then be if-converted, so the clamps in FastExp do not stop the weight loop
 // from vectorising (the kernel raises no FP exceptions anyone observes).
@@ -19,7 +21,7 @@
 #include "nlm/nlm_impl.h"
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define IAPDCNN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define IAPDCNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define IAPDCNN_CLONES
 #endif
@@ -49,6 +51,7 @@ struct Scratch {
   std::vector<double> v;    // vertical box sums of the product image, cols [-r, W+r)
   std::vector<double> d;    // patch dot products of one row
   std::vector<double> pre;  // prefix sums (large r)
+  std::vector<A> w;         // weights of one row
 };
 
 IAPDCNN_ALWAYS_INLINE float ExpOf(float x) { return nlm_impl::FastExp(x); }
@@ -72,50 +75,89 @@ IAPDCNN_ALWAYS_INLINE void HorizontalBox(const double* __restrict v, double* __r
 
 // The whole per-plane computation. A is the accumulation type of the weights (float for float
 // images: vectorised exp; double for double images: libm exp).
+// w(a, b) = w(b, a), so only half the offsets are visited (fast NLM's symmetry): for an offset
+// d > 0 the weight w(a, a + d) feeds pixel a (candidate a + d) and pixel a + d (candidate a).
+// Rows/cols are extended so that every image pixel gets both halves: a runs over the union of
+// the image and the image shifted by -d.
 template <typename A>
 IAPDCNN_ALWAYS_INLINE void PlaneImpl(const CosineNlmParams& p, Scratch<A>* s, A* __restrict num,
                                      A* __restrict den) {
   const int64_t H = p.height, W = p.width, r = p.patch_radius, sr = p.search_radius;
-  const int64_t R = r + sr, EW = W + 2 * R, NW = W + 2 * sr, VW = W + 2 * r;
+  const int64_t R = r + sr, EW = W + 2 * R, NW = W + 2 * sr;
   const double* __restrict ext = s->ext.data();
   double* __restrict v = s->v.data();
   double* __restrict d = s->d.data();
+  A* __restrict wrow = s->w.data();
   const A* __restrict norm = s->norm.data();
   const A* __restrict ext_a = s->ext_a.data();
   const A inv_h = static_cast<A>(1.0 / p.h);
   const A eps = static_cast<A>(p.eps);
-  std::fill(num, num + H * W, A(0));
-  std::fill(den, den + H * W, A(0));
   auto E = [&](int64_t i, int64_t j) { return ext + (i + R) * EW + (j + R); };  // ext(i, j)
-  for (int64_t dy = -sr; dy <= sr; ++dy) {
+  auto G = [&](int64_t i, int64_t j) { return ext_a + (i + R) * EW + (j + R); };
+  auto N = [&](int64_t i, int64_t j) { return norm + (i + sr) * NW + (j + sr); };  // |P_(i,j)|
+  // d = 0: the self weight, cos(a, a) = |P_a|^2 / (|P_a|^2 + eps).
+  for (int64_t i = 0; i < H; ++i) {
+    const A* __restrict na = N(i, 0);
+    const A* __restrict g = G(i, 0);
+    A* __restrict nu = num + i * W;
+    A* __restrict de = den + i * W;
+    for (int64_t j = 0; j < W; ++j) {
+      const A n2 = na[j] * na[j];
+      const A w = ExpOf((n2 / (n2 + eps) - A(1)) * inv_h);
+      nu[j] = w * g[j];
+      de[j] = w;
+    }
+  }
+  for (int64_t dy = 0; dy <= sr; ++dy) {
     for (int64_t dx = -sr; dx <= sr; ++dx) {
-      // Row 0: direct vertical sums of the product image over rows [-r, r].
-      for (int64_t j = 0; j < VW; ++j) v[j] = 0.0;
+      if (dy == 0 && dx <= 0) continue;  // d > 0 in row-major order; -d is its mirror
+      // a runs over rows [-dy, H) and cols [c0, c1): a or a + d lies in the image.
+      const int64_t c0 = std::min<int64_t>(0, -dx), c1 = std::max<int64_t>(W, W - dx);
+      const int64_t cw = c1 - c0, vw = cw + 2 * r;
+      const int64_t i0 = -dy;
+      for (int64_t j = 0; j < vw; ++j) v[j] = 0.0;
       for (int64_t k = -r; k <= r; ++k) {
-        const double* a = E(k, -r);
-        const double* b = E(k + dy, -r + dx);
-        for (int64_t j = 0; j < VW; ++j) v[j] += a[j] * b[j];
+        const double* a = E(i0 + k, c0 - r);
+        const double* b = E(i0 + k + dy, c0 - r + dx);
+        for (int64_t j = 0; j < vw; ++j) v[j] += a[j] * b[j];
       }
-      for (int64_t i = 0; i < H; ++i) {
-        if (i > 0) {  // slide the vertical window down one row: O(1) per pixel in r
-          const double* a_in = E(i + r, -r);
-          const double* b_in = E(i + r + dy, -r + dx);
-          const double* a_out = E(i - r - 1, -r);
-          const double* b_out = E(i - r - 1 + dy, -r + dx);
-          for (int64_t j = 0; j < VW; ++j) v[j] += a_in[j] * b_in[j] - a_out[j] * b_out[j];
+      for (int64_t i = i0; i < H; ++i) {
+        if (i > i0) {  // slide the vertical window down one row: O(1) per pixel in r
+          const double* a_in = E(i + r, c0 - r);
+          const double* b_in = E(i + r + dy, c0 - r + dx);
+          const double* a_out = E(i - r - 1, c0 - r);
+          const double* b_out = E(i - r - 1 + dy, c0 - r + dx);
+          for (int64_t j = 0; j < vw; ++j) v[j] += a_in[j] * b_in[j] - a_out[j] * b_out[j];
         }
-        HorizontalBox(v, d, s->pre.data(), W, r);
-        const A* __restrict na = norm + (i + sr) * NW + sr;
-        const A* __restrict nb = norm + (i + dy + sr) * NW + sr + dx;
-        const A* __restrict gb = ext_a + (i + dy + R) * EW + (dx + R);
-        A* __restrict nu = num + i * W;
-        A* __restrict de = den + i * W;
-        for (int64_t j = 0; j < W; ++j) {
-          // SPEC 1a: cos = <P_a, P_b> / (|P_a| |P_b| + eps), w = exp(-(1 - cos) / h).
-          const A cos = static_cast<A>(d[j]) / (na[j] * nb[j] + eps);
-          const A w = ExpOf((cos - A(1)) * inv_h);
-          nu[j] += w * gb[j];
-          de[j] += w;
+        HorizontalBox(v, d, s->pre.data(), cw, r);
+        {
+          const A* __restrict na = N(i, c0);
+          const A* __restrict nb = N(i + dy, c0 + dx);
+          for (int64_t j = 0; j < cw; ++j) {
+            // SPEC 1a: cos = <P_a, P_b> / (|P_a| |P_b| + eps), w = exp(-(1 - cos) / h).
+            const A cos = static_cast<A>(d[j]) / (na[j] * nb[j] + eps);
+            wrow[j] = ExpOf((cos - A(1)) * inv_h);
+          }
+        }
+        if (i >= 0) {                         // pixel a = (i, j), candidate a + d
+          const A* __restrict w = wrow - c0;  // w[j] for image col j
+          const A* __restrict gb = G(i + dy, dx);
+          A* __restrict nu = num + i * W;
+          A* __restrict de = den + i * W;
+          for (int64_t j = 0; j < W; ++j) {
+            nu[j] += w[j] * gb[j];
+            de[j] += w[j];
+          }
+        }
+        if (i + dy < H) {  // pixel a + d, candidate a: image cols j' = j + dx
+          const A* __restrict w = wrow - c0 - dx;  // w[j'] for image col j'
+          const A* __restrict ga = G(i, -dx);
+          A* __restrict nu = num + (i + dy) * W;
+          A* __restrict de = den + (i + dy) * W;
+          for (int64_t j = 0; j < W; ++j) {
+            nu[j] += w[j] * ga[j];
+            de[j] += w[j];
+          }
         }
       }
     }
@@ -141,9 +183,10 @@ void Prepare(const CosineNlmParams& p, const T* x, int64_t n, int64_t c, Scratch
   s->ext_a.resize(EH * EW);
   s->sq.resize((NH)*EW);
   s->norm.resize(NH * NW);
-  s->v.resize(W + 2 * r);
-  s->d.resize(W);
-  s->pre.resize(W + 2 * r + 1);
+  s->v.resize(W + 2 * sr + 2 * r);
+  s->d.resize(W + 2 * sr);
+  s->w.resize(W + 2 * sr);
+  s->pre.resize(W + 2 * sr + 2 * r + 1);
   const T* plane = x + n * H * W * C + c;
   for (int64_t i = 0; i < EH; ++i) {
     const int64_t si = ReflectIndex(i - R, H);
