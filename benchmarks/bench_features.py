@@ -42,13 +42,12 @@ def images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def per_image_seconds(fn, reps: int) -> list[float]:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        n = fn()
-        times.append((time.perf_counter() - t) / n)
-    return times
+def per_image_seconds(fn) -> tuple[float, float]:
+    """(wall, CPU) seconds per image of one call; CPU time sums all threads of this process and
+    is much less sensitive than wall time to other processes sharing the cores."""
+    t, c = time.perf_counter(), time.process_time()
+    n = fn()
+    return (time.perf_counter() - t) / n, (time.process_time() - c) / n
 
 
 def main() -> None:
@@ -97,7 +96,7 @@ def main() -> None:
 
         return run
 
-    results = {}
+    results, cpu_results = {}, {}
     for size, n, k in ((28, n28, n_other_28), (224, n224, n_other_224)):
         x = images(n, size)
         layer(x[:2])  # warm-up (op library load, thread pool)
@@ -105,15 +104,20 @@ def main() -> None:
         for f in cands.values():
             f()  # warm-up
         t = {name: [] for name in cands}
+        cpu = {name: [] for name in cands}
         for _ in range(reps):  # interleaved, so load from other processes hits all alike
             for name, f in cands.items():
-                t[name] += per_image_seconds(f, 1)
+                wall_s, cpu_s = per_image_seconds(f)
+                t[name].append(wall_s)
+                cpu[name].append(cpu_s)
         med = {name: statistics.median(v) for name, v in t.items()}
         results[size] = med
+        cpu_results[size] = {name: statistics.median(v) for name, v in cpu.items()}
         print(
             f"{size}x{size}: ours {med['ours'] * 1e3:.3f} ms/img ({1 / med['ours']:.0f} img/s, "
             f"batch {n}), skimage+LoG {med['skimage'] * 1e3:.3f} ms/img, "
-            f"OpenCV {med['opencv'] * 1e3:.3f} ms/img"
+            f"OpenCV {med['opencv'] * 1e3:.3f} ms/img (wall); CPU ms/img: "
+            + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in cpu_results[size].items())
         )
 
     # --- FCIFilter adapt throughput (prototype mode: two passes over the data) ---------------
@@ -137,6 +141,10 @@ def main() -> None:
         "ours_ms_224": round(results[224]["ours"] * 1e3, 3),
         "opencv_ms_224": round(results[224]["opencv"] * 1e3, 3),
         "skimage_ms_224": round(results[224]["skimage"] * 1e3, 3),
+        "cpu_vs_opencv_224": round(cpu_results[224]["opencv"] / cpu_results[224]["ours"], 3),
+        "cpu_vs_skimage_224": round(cpu_results[224]["skimage"] / cpu_results[224]["ours"], 3),
+        "cpu_vs_opencv_28": round(cpu_results[28]["opencv"] / cpu_results[28]["ours"], 3),
+        "ours_cpu_ms_224": round(cpu_results[224]["ours"] * 1e3, 3),
         "quick": quick,
         "threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
     }
