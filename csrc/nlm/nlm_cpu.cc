@@ -44,14 +44,15 @@ std::string ShapeStr(const std::vector<int64_t>& s) {
 // loop runs at full SIMD width.
 template <typename A>
 struct Scratch {
-  std::vector<double> ext;  // reflect-padded plane, pad r + s
-  std::vector<A> ext_a;     // the same in A (candidate values g(b))
-  std::vector<double> sq;   // vertical box sums of squares (norm pass)
-  std::vector<A> norm;      // |P_a| over rows/cols [-s, H+s)
-  std::vector<double> v;    // vertical box sums of the product image, cols [-r, W+r)
-  std::vector<double> d;    // patch dot products of one row
-  std::vector<double> pre;  // prefix sums (large r)
-  std::vector<A> w;         // weights of one row
+  std::vector<double> ext;    // reflect-padded plane, pad r + s
+  std::vector<A> ext_a;       // the same in A (candidate values g(b))
+  std::vector<double> sq;     // vertical box sums of squares (norm pass)
+  std::vector<A> norm;        // |P_a| over rows/cols [-s, H+s)
+  std::vector<double> v;      // vertical box sums of the product image, cols [-r, W+r)
+  std::vector<double> d;      // patch dot products of one row
+  std::vector<double> pre;    // prefix sums (large r)
+  std::vector<A> w;           // weights of one row
+  std::vector<int64_t> cols;  // reflected source column offsets
 };
 
 IAPDCNN_ALWAYS_INLINE float ExpOf(float x) { return nlm_impl::FastExp(x); }
@@ -188,10 +189,12 @@ void Prepare(const CosineNlmParams& p, const T* x, int64_t n, int64_t c, Scratch
   s->w.resize(W + 2 * sr);
   s->pre.resize(W + 2 * sr + 2 * r + 1);
   const T* plane = x + n * H * W * C + c;
+  s->cols.resize(EW);
+  for (int64_t j = 0; j < EW; ++j) s->cols[j] = ReflectIndex(j - R, W) * C;
   for (int64_t i = 0; i < EH; ++i) {
-    const int64_t si = ReflectIndex(i - R, H);
+    const T* src = plane + ReflectIndex(i - R, H) * W * C;
     for (int64_t j = 0; j < EW; ++j) {
-      const T g = plane[(si * W + ReflectIndex(j - R, W)) * C];
+      const T g = src[s->cols[j]];
       s->ext[i * EW + j] = static_cast<double>(g);
       s->ext_a[i * EW + j] = static_cast<A>(g);
     }
