@@ -1,4 +1,5 @@
-// TensorFlow adapter for the FCI kernel (csrc/fci): Iapdcnn>Fci(x, y) -> [n_x, n_y].
+// TensorFlow adapter for the FCI kernel (csrc/fci): Iapdcnn>Fci(x, y) -> [n_x, n_y], and the
+// block-screening ops FciClassStats, FciPrototype and FciWithinClass on x [n, positions, L].
 #include "fci/fci.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -52,6 +53,133 @@ class FciOp : public OpKernel {
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU
+
+// Shared by the three block ops: x [n, P, L] and labels [n] -> [n, P].
+static ::tensorflow::Status BlockShape(shape_inference::InferenceContext* c) {
+  shape_inference::ShapeHandle x, labels;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &labels));
+  c->set_output(0, c->Matrix(c->Dim(x, 0), c->Dim(x, 1)));
+  return ::tensorflow::OkStatus();
+}
+
+REGISTER_OP("Iapdcnn>FciClassStats")
+    .Input("x: T")
+    .Input("labels: int64")
+    .Output("counts: double")
+    .Output("sums: double")
+    .Attr("num_classes: int")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x, labels;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &labels));
+      int64_t k;
+      TF_RETURN_IF_ERROR(c->GetAttr("num_classes", &k));
+      c->set_output(0, c->Vector(k));
+      c->set_output(1, c->MakeShape({c->MakeDim(k), c->Dim(x, 1), c->Dim(x, 2)}));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("Mergeable per-class block counts and sums for FCI prototype mode (SPEC 1c).");
+
+REGISTER_OP("Iapdcnn>FciPrototype")
+    .Input("x: T")
+    .Input("labels: int64")
+    .Input("prototypes: T")
+    .Output("fci: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn(BlockShape)
+    .Doc("FCI of every block against its class prototype block (SPEC 1c, prototype mode).");
+
+REGISTER_OP("Iapdcnn>FciWithinClass")
+    .Input("x: T")
+    .Input("labels: int64")
+    .Output("fci: T")
+    .Attr("num_classes: int")
+    .Attr("T: {float, double}")
+    .SetShapeFn(BlockShape)
+    .Doc("Mean FCI of every block with the same block of the other same-class samples (SPEC 1c).");
+
+template <typename T>
+class FciClassStatsOp : public OpKernel {
+ public:
+  explicit FciClassStatsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_classes", &num_classes_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& labels = ctx->input(1);
+    FciBlocksParams p;
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, ValidateFciBlocks(Dims(x.shape()), Dims(labels.shape()), num_classes_, &p));
+    Tensor *counts = nullptr, *sums = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.num_classes}, &counts));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {p.num_classes, p.positions, p.block_len}, &sums));
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, FciClassStatsCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                                 counts->flat<double>().data(), sums->flat<double>().data(),
+                                 TfParallelFor(ctx)));
+  }
+
+ private:
+  int64_t num_classes_ = 0;
+};
+
+template <typename T>
+class FciPrototypeOp : public OpKernel {
+ public:
+  explicit FciPrototypeOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& labels = ctx->input(1);
+    const Tensor& protos = ctx->input(2);
+    const int64_t k = protos.dims() > 0 ? protos.dim_size(0) : 0;
+    FciBlocksParams p;
+    IAPDCNN_OP_REQUIRES_OK(ctx, ValidateFciBlocks(Dims(x.shape()), Dims(labels.shape()), k, &p));
+    IAPDCNN_OP_REQUIRES_OK(ctx, ValidateFciPrototypes(p, Dims(protos.shape())));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n, p.positions}, &out));
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx,
+        FciPrototypeCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                           protos.flat<T>().data(), out->flat<T>().data(), TfParallelFor(ctx)));
+  }
+};
+
+template <typename T>
+class FciWithinClassOp : public OpKernel {
+ public:
+  explicit FciWithinClassOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_classes", &num_classes_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& labels = ctx->input(1);
+    FciBlocksParams p;
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, ValidateFciBlocks(Dims(x.shape()), Dims(labels.shape()), num_classes_, &p));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n, p.positions}, &out));
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, FciWithinClassCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                                  out->flat<T>().data(), TfParallelFor(ctx)));
+  }
+
+ private:
+  int64_t num_classes_ = 0;
+};
+
+#define REGISTER_BLOCKS(T)                                                                         \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>FciClassStats").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          FciClassStatsOp<T>);                                                     \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>FciPrototype").Device(DEVICE_CPU).TypeConstraint<T>("T"),  \
+                          FciPrototypeOp<T>);                                                      \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("Iapdcnn>FciWithinClass").Device(DEVICE_CPU).TypeConstraint<T>("T"),                    \
+      FciWithinClassOp<T>)
+REGISTER_BLOCKS(float);
+REGISTER_BLOCKS(double);
+#undef REGISTER_BLOCKS
 
 }  // namespace tfops
 }  // namespace iapdcnn

@@ -28,4 +28,44 @@ Status ValidateFci(const std::vector<int64_t>& x_shape, const std::vector<int64_
 template <typename T>
 Status FciPairwiseCpu(const FciParams& p, const T* x, const T* y, T* out, const ParallelFor& pf);
 
+// Block screening (SPEC 1c). x: [n, positions, block_len] (block p of sample i is
+// x[i, p, :]), labels: [n] class ids in [0, num_classes).
+struct FciBlocksParams {
+  int64_t n = 0;
+  int64_t positions = 0;
+  int64_t block_len = 0;
+  int64_t num_classes = 0;
+};
+
+// Checks x ([n, P, L]) and labels ([n]) shapes and num_classes >= 1 (pass the prototypes'
+// first dimension for the prototype op). Messages name the argument.
+Status ValidateFciBlocks(const std::vector<int64_t>& x_shape,
+                         const std::vector<int64_t>& labels_shape, int64_t num_classes,
+                         FciBlocksParams* p);
+// Checks that prototypes is [num_classes, P, L] for x's P and L.
+Status ValidateFciPrototypes(const FciBlocksParams& p, const std::vector<int64_t>& proto_shape);
+// Checks every label is in [0, num_classes) (needs the data, so kernels call it first).
+Status CheckFciLabels(const FciBlocksParams& p, const int64_t* labels);
+
+// Mergeable class statistics for prototype mode (the "map"): counts[k] = #samples of class k,
+// sums[k, p, :] = sum of their blocks at position p, accumulated in double in sample order.
+// Statistics of disjoint shards merge by addition (the "reduce"); the result does not depend on
+// how samples were split whenever the float64 sums are exact: e.g. float32 images from 8-bit data
+// (k/255 in float32 is a multiple of 2^-31) for up to 2^22 samples per class.
+template <typename T>
+Status FciClassStatsCpu(const FciBlocksParams& p, const T* x, const int64_t* labels, double* counts,
+                        double* sums, const ParallelFor& pf);
+
+// out[i, p] = FCI(x[i, p], prototypes[labels[i], p]) (prototype mode, O(n)).
+template <typename T>
+Status FciPrototypeCpu(const FciBlocksParams& p, const T* x, const int64_t* labels,
+                       const T* prototypes, T* out, const ParallelFor& pf);
+
+// out[i, p] = mean over j != i with labels[j] == labels[i] of FCI(x[i, p], x[j, p]) (pairwise
+// mode, the paper's O(n^2) per class and position). A sample alone in its class gets 0.5: with
+// nothing to disagree with, it is treated as typical.
+template <typename T>
+Status FciWithinClassCpu(const FciBlocksParams& p, const T* x, const int64_t* labels, T* out,
+                         const ParallelFor& pf);
+
 }  // namespace iapdcnn

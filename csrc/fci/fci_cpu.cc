@@ -1,6 +1,8 @@
 // CPU FCI: one pass centres every block (O((n_x + n_y) L)), then the pairwise covariances are
 // dot products of centred rows, threaded over rows of x.
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -75,6 +77,148 @@ Status FciPairwiseCpu(const FciParams& p, const T* x, const T* y, T* out, const 
   });
   return Status::OK();
 }
+
+Status ValidateFciBlocks(const std::vector<int64_t>& x_shape,
+                         const std::vector<int64_t>& labels_shape, int64_t num_classes,
+                         FciBlocksParams* p) {
+  if (x_shape.size() != 3) {
+    return Status::InvalidArgument("fci: x must be 3-D [n, positions, block_len], got shape " +
+                                   ShapeStr(x_shape));
+  }
+  if (labels_shape.size() != 1) {
+    return Status::InvalidArgument("fci: labels must be 1-D [n], got shape " +
+                                   ShapeStr(labels_shape));
+  }
+  if (labels_shape[0] != x_shape[0]) {
+    return Status::InvalidArgument("fci: labels must have one entry per sample of x: labels has " +
+                                   std::to_string(labels_shape[0]) + ", x has " +
+                                   std::to_string(x_shape[0]));
+  }
+  if (x_shape[2] < 1) {
+    return Status::InvalidArgument("fci: block_len (last dimension of x) must be >= 1, got " +
+                                   std::to_string(x_shape[2]));
+  }
+  if (num_classes < 1) {
+    return Status::InvalidArgument("fci: num_classes must be >= 1, got " +
+                                   std::to_string(num_classes));
+  }
+  p->n = x_shape[0];
+  p->positions = x_shape[1];
+  p->block_len = x_shape[2];
+  p->num_classes = num_classes;
+  return Status::OK();
+}
+
+Status ValidateFciPrototypes(const FciBlocksParams& p, const std::vector<int64_t>& proto_shape) {
+  if (proto_shape.size() != 3 || proto_shape[0] != p.num_classes || proto_shape[1] != p.positions ||
+      proto_shape[2] != p.block_len) {
+    return Status::InvalidArgument(
+        "fci: prototypes must be [num_classes, positions, block_len] = [" +
+        std::to_string(p.num_classes) + ", " + std::to_string(p.positions) + ", " +
+        std::to_string(p.block_len) + "] to match x, got shape " + ShapeStr(proto_shape));
+  }
+  return Status::OK();
+}
+
+Status CheckFciLabels(const FciBlocksParams& p, const int64_t* labels) {
+  for (int64_t i = 0; i < p.n; ++i) {
+    if (labels[i] < 0 || labels[i] >= p.num_classes) {
+      return Status::InvalidArgument(
+          "fci: labels must be in [0, num_classes = " + std::to_string(p.num_classes) +
+          "), got labels[" + std::to_string(i) + "] = " + std::to_string(labels[i]));
+    }
+  }
+  return Status::OK();
+}
+
+template <typename T>
+Status FciClassStatsCpu(const FciBlocksParams& p, const T* x, const int64_t* labels, double* counts,
+                        double* sums, const ParallelFor& pf) {
+  IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
+  const int64_t PL = p.positions * p.block_len;
+  std::fill(counts, counts + p.num_classes, 0.0);
+  std::fill(sums, sums + p.num_classes * PL, 0.0);
+  for (int64_t i = 0; i < p.n; ++i) counts[labels[i]] += 1.0;
+  // Threads own disjoint column ranges and walk the samples in order: deterministic sums.
+  pf(PL, 2 * p.n + 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = 0; i < p.n; ++i) {
+      const T* xi = x + i * PL;
+      double* s = sums + labels[i] * PL;
+      for (int64_t k = b; k < e; ++k) s[k] += static_cast<double>(xi[k]);
+    }
+  });
+  return Status::OK();
+}
+
+template <typename T>
+Status FciPrototypeCpu(const FciBlocksParams& p, const T* x, const int64_t* labels,
+                       const T* prototypes, T* out, const ParallelFor& pf) {
+  IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
+  const int64_t L = p.block_len, P = p.positions;
+  pf(p.n * P, 8 * L, [&](int64_t b, int64_t e) {
+    std::vector<double> xc(L), mc(L);
+    for (int64_t q = b; q < e; ++q) {
+      const int64_t i = q / P, pos = q % P;
+      double mx = 0.0, mm = 0.0;
+      const double vx = fci_impl::CentreBlock(x + q * L, L, &mx, xc.data());
+      const double vm =
+          fci_impl::CentreBlock(prototypes + (labels[i] * P + pos) * L, L, &mm, mc.data());
+      double dot = 0.0;
+      for (int64_t k = 0; k < L; ++k) dot += xc[k] * mc[k];
+      out[q] = static_cast<T>(fci_impl::FciFromMoments(dot / L, vx, vm, mx, mm));
+    }
+  });
+  return Status::OK();
+}
+
+template <typename T>
+Status FciWithinClassCpu(const FciBlocksParams& p, const T* x, const int64_t* labels, T* out,
+                         const ParallelFor& pf) {
+  IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
+  const int64_t L = p.block_len, P = p.positions, n = p.n;
+  // Samples grouped by class (stable), so each class is a contiguous run of `order`.
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return labels[a] < labels[b]; });
+  pf(P, 2 * n * n * L / std::max<int64_t>(1, p.num_classes) + n * L, [&](int64_t b, int64_t e) {
+    std::vector<double> c(n * L), mean(n), var(n);
+    for (int64_t pos = b; pos < e; ++pos) {
+      for (int64_t i = 0; i < n; ++i) {
+        var[i] = fci_impl::CentreBlock(x + (i * P + pos) * L, L, &mean[i], c.data() + i * L);
+      }
+      for (int64_t s0 = 0; s0 < n;) {
+        int64_t s1 = s0;
+        while (s1 < n && labels[order[s1]] == labels[order[s0]]) ++s1;
+        for (int64_t a = s0; a < s1; ++a) {
+          const int64_t i = order[a];
+          double acc = 0.0;
+          for (int64_t bb = s0; bb < s1; ++bb) {
+            const int64_t j = order[bb];
+            if (j == i) continue;
+            double dot = 0.0;
+            for (int64_t k = 0; k < L; ++k) dot += c[i * L + k] * c[j * L + k];
+            acc += fci_impl::FciFromMoments(dot / L, var[i], var[j], mean[i], mean[j]);
+          }
+          out[i * P + pos] = static_cast<T>(s1 - s0 > 1 ? acc / (s1 - s0 - 1) : 0.5);
+        }
+        s0 = s1;
+      }
+    }
+  });
+  return Status::OK();
+}
+
+#define IAPDCNN_INSTANTIATE_BLOCKS(T)                                                            \
+  template Status FciClassStatsCpu<T>(const FciBlocksParams&, const T*, const int64_t*, double*, \
+                                      double*, const ParallelFor&);                              \
+  template Status FciPrototypeCpu<T>(const FciBlocksParams&, const T*, const int64_t*, const T*, \
+                                     T*, const ParallelFor&);                                    \
+  template Status FciWithinClassCpu<T>(const FciBlocksParams&, const T*, const int64_t*, T*,     \
+                                       const ParallelFor&);
+IAPDCNN_INSTANTIATE_BLOCKS(float)
+IAPDCNN_INSTANTIATE_BLOCKS(double)
+#undef IAPDCNN_INSTANTIATE_BLOCKS
 
 template Status FciPairwiseCpu<float>(const FciParams&, const float*, const float*, float*,
                                       const ParallelFor&);

@@ -1,4 +1,7 @@
 """Keras layers backed by iapdcnn's ops. Each layer lives in its own module here and is
 registered as Keras-serializable (package "iapdcnn")."""
 
-__all__: list[str] = []
+from .edge_features import EdgeFeatures
+from .fci_filter import FCIFilter
+
+__all__: list[str] = ["EdgeFeatures", "FCIFilter"]

@@ -32,3 +32,87 @@ def fci(x: tf.Tensor, y: tf.Tensor, name: str | None = None) -> tf.Tensor:
 
 
 tf.no_gradient("Iapdcnn>Fci")
+
+
+def _blocks_and_labels(x: tf.Tensor, labels: tf.Tensor, fn: str) -> tuple[tf.Tensor, tf.Tensor]:
+    x = tf.convert_to_tensor(x, name="x")
+    if x.dtype not in (tf.float32, tf.float64):
+        raise TypeError(f"{fn}: x must be float32 or float64, got {x.dtype.name}")
+    labels = tf.convert_to_tensor(labels, name="labels")
+    if not labels.dtype.is_integer:
+        raise TypeError(f"{fn}: labels must be integers, got {labels.dtype.name}")
+    return x, tf.cast(labels, tf.int64)
+
+
+def fci_class_stats(
+    x: tf.Tensor, labels: tf.Tensor, num_classes: int, name: str | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mergeable per-class block statistics for prototype mode (SPEC 1c, the "map").
+
+    Statistics of disjoint shards merge by adding them (the "reduce", e.g. a Horovod allreduce);
+    the prototypes are ``sums / counts``.
+
+    Args:
+      x: float32/float64 ``[n, positions, block_len]`` blocks.
+      labels: integer ``[n]`` class ids in ``[0, num_classes)``.
+      num_classes: K >= 1.
+      name: optional op name.
+
+    Returns:
+      ``(counts [K] float64, sums [K, positions, block_len] float64)``.
+    """
+    x, labels = _blocks_and_labels(x, labels, "fci_class_stats")
+    return load_ops().iapdcnn_fci_class_stats(
+        x=x, labels=labels, num_classes=int(num_classes), name=name
+    )
+
+
+def fci_prototype(
+    x: tf.Tensor, labels: tf.Tensor, prototypes: tf.Tensor, name: str | None = None
+) -> tf.Tensor:
+    """``out[i, p] = FCI(x[i, p], prototypes[labels[i], p])`` (SPEC 1c, prototype mode).
+
+    Args:
+      x: float32/float64 ``[n, positions, block_len]``.
+      labels: integer ``[n]`` in ``[0, K)``.
+      prototypes: x's dtype, ``[K, positions, block_len]`` (class-mean blocks).
+      name: optional op name.
+
+    Returns:
+      Tensor ``[n, positions]`` of x's dtype.
+    """
+    x, labels = _blocks_and_labels(x, labels, "fci_prototype")
+    prototypes = tf.convert_to_tensor(prototypes, name="prototypes")
+    if prototypes.dtype != x.dtype:
+        raise TypeError(
+            f"fci_prototype: prototypes must have x's dtype {x.dtype.name}, got "
+            f"{prototypes.dtype.name}"
+        )
+    return load_ops().iapdcnn_fci_prototype(x=x, labels=labels, prototypes=prototypes, name=name)
+
+
+def fci_within_class(
+    x: tf.Tensor, labels: tf.Tensor, num_classes: int, name: str | None = None
+) -> tf.Tensor:
+    """Mean FCI of each block with the same block of the other same-class samples (pairwise mode).
+
+    O(n^2) per class and position, as in the paper. A sample alone in its class gets 0.5.
+
+    Args:
+      x: float32/float64 ``[n, positions, block_len]``.
+      labels: integer ``[n]`` in ``[0, num_classes)``.
+      num_classes: K >= 1.
+      name: optional op name.
+
+    Returns:
+      Tensor ``[n, positions]`` of x's dtype.
+    """
+    x, labels = _blocks_and_labels(x, labels, "fci_within_class")
+    return load_ops().iapdcnn_fci_within_class(
+        x=x, labels=labels, num_classes=int(num_classes), name=name
+    )
+
+
+tf.no_gradient("Iapdcnn>FciClassStats")
+tf.no_gradient("Iapdcnn>FciPrototype")
+tf.no_gradient("Iapdcnn>FciWithinClass")

@@ -1,5 +1,14 @@
 """NumPy reference implementations (oracles for the tests), written for clarity, not speed."""
 
-from .fci import fci
+from .cosine_nlm import cosine_nlm
+from .fci import fci, fci_class_stats, fci_prototype, fci_within_class
+from .marr_hildreth import marr_hildreth
 
-__all__ = ["fci"]
+__all__ = [
+    "fci",
+    "cosine_nlm",
+    "marr_hildreth",
+    "fci_class_stats",
+    "fci_prototype",
+    "fci_within_class",
+]

@@ -26,3 +26,44 @@ def fci(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             den = va + vb + (ma - mb) ** 2
             out[i, j] = cov / den if den > 0 else 0.5
     return out
+
+
+def fci_class_stats(
+    x: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class counts [K] and block sums [K, P, L] of ``x`` [n, P, L] (SPEC 1c, prototype mode)."""
+    x = np.asarray(x, dtype=np.float64)
+    labels = np.asarray(labels)
+    counts = np.zeros(num_classes)
+    sums = np.zeros((num_classes,) + x.shape[1:])
+    for xi, k in zip(x, labels, strict=True):
+        counts[k] += 1
+        sums[k] += xi
+    return counts, sums
+
+
+def fci_prototype(x: np.ndarray, labels: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """``out[i, p] = FCI(x[i, p], prototypes[labels[i], p])`` -> [n, P]."""
+    x = np.asarray(x, dtype=np.float64)
+    prototypes = np.asarray(prototypes, dtype=np.float64)
+    out = np.empty(x.shape[:2])
+    for i, k in enumerate(np.asarray(labels)):
+        for p in range(x.shape[1]):
+            out[i, p] = fci(x[i, p][None], prototypes[k, p][None])[0, 0]
+    return out
+
+
+def fci_within_class(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean FCI of each block with the same block of the other same-class samples -> [n, P].
+
+    A sample alone in its class gets 0.5 (SPEC 1c pairwise mode; nothing to disagree with).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    labels = np.asarray(labels)
+    out = np.full(x.shape[:2], 0.5)
+    for i in range(x.shape[0]):
+        others = [j for j in range(x.shape[0]) if j != i and labels[j] == labels[i]]
+        if others:
+            for p in range(x.shape[1]):
+                out[i, p] = fci(x[i, p][None], x[others, p]).mean()
+    return out

@@ -1,0 +1,40 @@
+// Marr-Hildreth edges (SPEC 1b), per channel of NHWC images: lap = g * K (3x3, 4- or
+// 8-neighbour), an edge pixel has a Laplacian sign change across it along one of the 4 directions
+// and a Sobel gradient magnitude >= t (absolute, or a fraction of the plane's maximum).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/parallel.h"
+#include "common/status.h"
+
+namespace iapdcnn {
+
+enum class EdgeMode : int { kMasked = 0, kBinary = 1, kMagnitude = 2 };
+
+// x and out: [batch, height, width, channels], row-major (NHWC).
+struct MarrHildrethParams {
+  int64_t batch = 0;
+  int64_t height = 0;
+  int64_t width = 0;
+  int64_t channels = 0;
+  int64_t laplacian = 4;   // 4: [[0,1,0],[1,-4,1],[0,1,0]]; 8: [[1,1,1],[1,-8,1],[1,1,1]]
+  double threshold = 0.0;  // Sobel magnitude threshold t >= 0
+  bool relative = true;    // t is a fraction of the plane's maximum Sobel magnitude
+  EdgeMode mode = EdgeMode::kMasked;
+};
+
+// Parses "masked" | "binary" | "magnitude".
+Status ParseEdgeMode(const std::string& mode, EdgeMode* out);
+
+// Checks x's shape ([N, H, W, C]) and the scalars, fills p. Messages name the argument.
+Status ValidateMarrHildreth(const std::vector<int64_t>& x_shape, int64_t laplacian,
+                            double threshold, bool relative, const std::string& mode,
+                            MarrHildrethParams* p);
+
+template <typename T>
+Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const ParallelFor& pf);
+
+}  // namespace iapdcnn

@@ -1,0 +1,136 @@
+// CPU Marr-Hildreth edges (SPEC 1b): one task per (image, channel) plane. Borders reflect
+// (numpy "reflect"), both for the 3x3 filters and for the neighbours of the zero-crossing test.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "common/reflect.h"
+#include "marr_hildreth/marr_hildreth.h"
+#include "marr_hildreth/marr_hildreth_impl.h"
+
+namespace iapdcnn {
+
+namespace {
+std::string ShapeStr(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+}  // namespace
+
+Status ParseEdgeMode(const std::string& mode, EdgeMode* out) {
+  if (mode == "masked") {
+    *out = EdgeMode::kMasked;
+  } else if (mode == "binary") {
+    *out = EdgeMode::kBinary;
+  } else if (mode == "magnitude") {
+    *out = EdgeMode::kMagnitude;
+  } else {
+    return Status::InvalidArgument(
+        "marr_hildreth: mode must be 'masked', 'binary' or 'magnitude', got '" + mode + "'");
+  }
+  return Status::OK();
+}
+
+Status ValidateMarrHildreth(const std::vector<int64_t>& x_shape, int64_t laplacian,
+                            double threshold, bool relative, const std::string& mode,
+                            MarrHildrethParams* p) {
+  if (x_shape.size() != 4) {
+    return Status::InvalidArgument(
+        "marr_hildreth: x must be 4-D [batch, height, width, channels], got shape " +
+        ShapeStr(x_shape));
+  }
+  if (laplacian != 4 && laplacian != 8) {
+    return Status::InvalidArgument("marr_hildreth: laplacian must be 4 or 8 (neighbours), got " +
+                                   std::to_string(laplacian));
+  }
+  if (!(threshold >= 0.0) || !std::isfinite(threshold)) {
+    return Status::InvalidArgument("marr_hildreth: threshold must be a finite number >= 0, got " +
+                                   std::to_string(threshold));
+  }
+  IAPDCNN_RETURN_IF_ERROR(ParseEdgeMode(mode, &p->mode));
+  p->batch = x_shape[0];
+  p->height = x_shape[1];
+  p->width = x_shape[2];
+  p->channels = x_shape[3];
+  p->laplacian = laplacian;
+  p->threshold = threshold;
+  p->relative = relative;
+  return Status::OK();
+}
+
+template <typename T>
+Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const ParallelFor& pf) {
+  const int64_t H = p.height, W = p.width, C = p.channels, planes = p.batch * C;
+  if (planes == 0 || H == 0 || W == 0) return Status::OK();
+  pf(planes, H * W * 60, [&](int64_t b, int64_t e) {
+    // g and lap carry a 1-pixel reflected border, so the stencils index without branches.
+    std::vector<double> g((H + 2) * (W + 2)), lap((H + 2) * (W + 2)), mag(H * W);
+    const int64_t GW = W + 2;
+    for (int64_t q = b; q < e; ++q) {
+      const int64_t n = q / C, c = q % C;
+      const T* plane = x + n * H * W * C + c;
+      for (int64_t i = 0; i < H + 2; ++i) {
+        const int64_t si = ReflectIndex(i - 1, H);
+        for (int64_t j = 0; j < W + 2; ++j) {
+          g[i * GW + j] = static_cast<double>(plane[(si * W + ReflectIndex(j - 1, W)) * C]);
+        }
+      }
+      double max_mag = 0.0;
+      for (int64_t i = 0; i < H; ++i) {
+        const double* up = g.data() + i * GW + 1;  // g(i-1, .), column 0 at index 0 of up
+        const double* mid = up + GW;
+        const double* dn = mid + GW;
+        for (int64_t j = 0; j < W; ++j) {
+          const double cross = up[j] + dn[j] + mid[j - 1] + mid[j + 1];
+          const double diag = up[j - 1] + up[j + 1] + dn[j - 1] + dn[j + 1];
+          lap[(i + 1) * GW + j + 1] =
+              p.laplacian == 4 ? cross - 4.0 * mid[j] : cross + diag - 8.0 * mid[j];
+          const double gx = (up[j + 1] + 2.0 * mid[j + 1] + dn[j + 1]) -
+                            (up[j - 1] + 2.0 * mid[j - 1] + dn[j - 1]);
+          const double gy =
+              (dn[j - 1] + 2.0 * dn[j] + dn[j + 1]) - (up[j - 1] + 2.0 * up[j] + up[j + 1]);
+          const double m = std::sqrt(gx * gx + gy * gy);
+          mag[i * W + j] = m;
+          max_mag = std::max(max_mag, m);
+        }
+      }
+      for (int64_t i = 0; i < H; ++i) {  // reflected border columns, then rows
+        lap[(i + 1) * GW] = lap[(i + 1) * GW + 1 + ReflectIndex(-1, W)];
+        lap[(i + 1) * GW + W + 1] = lap[(i + 1) * GW + 1 + ReflectIndex(W, W)];
+      }
+      std::copy_n(lap.begin() + (1 + ReflectIndex(-1, H)) * GW, GW, lap.begin());
+      std::copy_n(lap.begin() + (1 + ReflectIndex(H, H)) * GW, GW, lap.begin() + (H + 1) * GW);
+      const double t = p.relative ? p.threshold * max_mag : p.threshold;
+      T* o = out + n * H * W * C + c;
+      for (int64_t i = 0; i < H; ++i) {
+        const double* up = lap.data() + i * GW + 1;  // lap(i-1, .)
+        const double* mid = up + GW;
+        const double* dn = mid + GW;
+        for (int64_t j = 0; j < W; ++j) {
+          // Opposite pairs: left/right, up/down, the two diagonals.
+          const double nb[8] = {mid[j - 1], mid[j + 1], up[j],     dn[j],
+                                up[j - 1],  dn[j + 1],  up[j + 1], dn[j - 1]};
+          const double m = mag[i * W + j];
+          const bool edge = m >= t && marr_hildreth_impl::ZeroCrossing(mid[j], nb);
+          double v = 0.0;
+          if (edge) {
+            v = p.mode == EdgeMode::kMasked   ? g[(i + 1) * GW + j + 1]
+                : p.mode == EdgeMode::kBinary ? 1.0
+                                              : m;
+          }
+          o[(i * W + j) * C] = static_cast<T>(v);
+        }
+      }
+    }
+  });
+  return Status::OK();
+}
+
+template Status MarrHildrethCpu<float>(const MarrHildrethParams&, const float*, float*,
+                                       const ParallelFor&);
+template Status MarrHildrethCpu<double>(const MarrHildrethParams&, const double*, double*,
+                                        const ParallelFor&);
+
+}  // namespace iapdcnn

@@ -1,0 +1,36 @@
+// Cosine-similarity non-local means (SPEC 1a), per channel of NHWC images:
+//   cos(a,b) = <P_a, P_b> / (|P_a| |P_b| + eps),  w = exp(-(1 - cos) / h),
+//   out(a)   = sum_b w(a,b) g(b) / sum_b w(a,b)   over the (2s+1)^2 search window,
+// with reflect borders. Cost O(H W (2s+1)^2): for each offset the patch dot products of all
+// pixels are one box filter of a product image, computed with running sums (fast NLM).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/parallel.h"
+#include "common/status.h"
+
+namespace iapdcnn {
+
+// x and out: [batch, height, width, channels], row-major (NHWC).
+struct CosineNlmParams {
+  int64_t batch = 0;
+  int64_t height = 0;
+  int64_t width = 0;
+  int64_t channels = 0;
+  int64_t patch_radius = 2;   // r: patches are (2r+1)^2
+  int64_t search_radius = 5;  // s: search windows are (2s+1)^2
+  double h = 0.1;             // filtering parameter, > 0
+  double eps = 1e-8;          // keeps cos defined for all-zero patches (cos = 0 there)
+};
+
+// Checks x's shape ([N, H, W, C]) and the scalar arguments, fills p. Messages name the argument.
+Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radius,
+                         int64_t search_radius, double h, double eps, CosineNlmParams* p);
+
+// T is float or double. float images use a vectorised exp (relative error ~1e-7).
+template <typename T>
+Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const ParallelFor& pf);
+
+}  // namespace iapdcnn

@@ -1,0 +1,356 @@
+"""The MHO-PFES preprocessing job (SPEC 1): EdgeFeatures (NLM + Marr-Hildreth) and FCIFilter
+adapt/apply over a dataset, one shard of the data per process (Horovod rank), written as sharded
+TFRecords with a JSON report. Resumable: finished shards are skipped, shards appear atomically.
+
+    iapdcnn preprocess --dataset fashion_mnist --out runs/pfes
+    horovodrun -np 2 python -m iapdcnn.preprocess --dataset fashion_mnist --out runs/pfes
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+STATE_FILE = "fci_state.npz"
+REPORT_FILE = "report.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The job's command-line arguments (shared by ``iapdcnn preprocess`` and ``-m``)."""
+    p.add_argument("--dataset", default="fashion_mnist", help="iapdcnn.data name, or 'synthetic'")
+    p.add_argument("--split", default="train")
+    p.add_argument("--path", default=None, help="dataset location (cifar*, image_folder, tfrecord)")
+    p.add_argument("--out", required=True, help="output folder (shards, state, report.json)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per rank")
+    p.add_argument("--shard-size", type=int, default=2048, help="images per output shard")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--patch-radius", type=int, default=2)
+    p.add_argument("--search-radius", type=int, default=5)
+    p.add_argument("--h", type=float, default=0.1)
+    p.add_argument("--laplacian", type=int, default=4, choices=(4, 8))
+    p.add_argument("--threshold", type=float, default=0.1)
+    p.add_argument("--absolute", action="store_true", help="threshold is absolute, not relative")
+    p.add_argument("--edge-mode", default="masked", choices=("masked", "binary", "magnitude"))
+    p.add_argument("--block-size", type=int, default=4)
+    p.add_argument("--epsilon", type=float, default=0.1)
+    p.add_argument("--fci-mode", default="prototype", choices=("prototype", "pairwise"))
+    p.add_argument("--min-keep", type=float, default=0.0, help="drop images keeping less")
+    p.add_argument("--preview", default=None, help="write a PNG: original/denoised/edges/kept")
+    p.add_argument("--preview-count", type=int, default=4)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _rank_size() -> tuple[int, int, Any]:
+    """(rank, size, hvd or None): Horovod when launched by horovodrun, else a single process."""
+    if "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+        import horovod.tensorflow as hvd
+
+        hvd.init()
+        return hvd.rank(), hvd.size(), hvd
+    return 0, 1, None
+
+
+def synthetic(n: int = 512, size: int = 28, classes: int = 4, seed: int = 0):
+    """Small class-structured images for tests: class k is a bright square at a k-dependent place
+    plus noise on 8-bit levels. Returns (x float32 [n, size, size, 1], y int64 [n])."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.int64)
+    x = rng.integers(0, 40, (n, size, size, 1)).astype(np.float32)
+    for i, k in enumerate(y):
+        o = 2 + (4 * int(k)) % max(1, size - 12)
+        x[i, o : o + 10, o : o + 10] += 180
+    return np.clip(x, 0, 255) / 255.0, y
+
+
+def load_data(args: argparse.Namespace, rank: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's shard of the dataset as NumPy arrays, through ``iapdcnn.data.load``."""
+    if args.dataset == "synthetic":
+        x, y = synthetic()
+        x, y = x[rank::size], y[rank::size]
+    else:
+        try:
+            from . import data as _data
+
+            load = _data.load
+        except (ImportError, AttributeError) as e:
+            raise SystemExit(
+                "iapdcnn preprocess: iapdcnn.data.load is not available in this checkout "
+                f"({e}); use --dataset synthetic, or merge the data layer"
+            ) from e
+        x, y = load(
+            args.dataset,
+            args.split,
+            shuffle=False,
+            shard=(rank, size),
+            path=args.path,
+            as_numpy=True,
+        )
+    if args.limit is not None:
+        x, y = x[: args.limit], y[: args.limit]
+    return np.asarray(x, np.float32), np.asarray(y, np.int64)
+
+
+def _config_key(args: argparse.Namespace, size: int) -> str:
+    keys = [
+        "dataset",
+        "split",
+        "path",
+        "limit",
+        "patch_radius",
+        "search_radius",
+        "h",
+        "laplacian",
+        "threshold",
+        "absolute",
+        "edge_mode",
+        "block_size",
+        "epsilon",
+        "fci_mode",
+    ]
+    blob = json.dumps({k: getattr(args, k) for k in keys} | {"ranks": size}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _encode(image: np.ndarray, label: int) -> bytes:
+    """iapdcnn's TFRecord image schema (as iapdcnn.data reads it): raw little-endian float32."""
+    import tensorflow as tf
+
+    feat = {
+        "image": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image, "<f4").tobytes()])
+        ),
+        "encoding": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"raw_f32"])),
+        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(image.shape))),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feat)).SerializeToString()
+
+
+def _write_shard(path: str, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
+    """Writes the shard to a temporary name and renames it: a killed run never leaves a file
+    under the final name that is not complete. The sidecar JSON lands first."""
+    import tensorflow as tf
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.TFRecordWriter(tmp) as w:
+        for im, lb in zip(images, labels, strict=True):
+            w.write(_encode(im, lb))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    _atomic_write(path + ".json", json.dumps(meta).encode())
+    os.replace(tmp, path)
+
+
+def _edges(layer: Any, x: np.ndarray, batch: int, bar: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(denoised, edges) of x, in batches."""
+    den, edg = [], []
+    for i in range(0, len(x), batch):
+        d = layer.denoise(x[i : i + batch]).numpy()
+        den.append(d)
+        edg.append(_edge_only(layer, d))
+        bar.update(len(d))
+    if not den:
+        shape = (0,) + x.shape[1:]
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    return np.concatenate(den), np.concatenate(edg)
+
+
+def _edge_only(layer: Any, d: np.ndarray) -> np.ndarray:
+    from . import ops
+
+    return ops.marr_hildreth(
+        d, layer.laplacian, layer.threshold, layer.relative, layer.mode
+    ).numpy()
+
+
+def render_preview(path: str, x, den, edg, kept, labels) -> None:
+    """original / denoised / edges / kept blocks for a few images, one row each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(x)
+    fig, axes = plt.subplots(max(n, 1), 4, figsize=(8, 2 * max(n, 1)), squeeze=False)
+    titles = ["original", "denoised (NLM)", "edges (Marr-Hildreth)", "kept blocks (FCI)"]
+    for i in range(n):
+        for j, im in enumerate((x[i], den[i], edg[i], kept[i])):
+            ax = axes[i][j]
+            ax.imshow(im[..., 0] if im.shape[-1] == 1 else np.clip(im, 0, 1), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j], fontsize=8)
+        axes[i][0].set_ylabel(f"label {int(labels[i])}", fontsize=8)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Runs the job on this process's rank; returns the report (rank 0 also writes it)."""
+    t0 = time.perf_counter()
+    rank, size, _ = _rank_size()
+    from tqdm import tqdm
+
+    from .layers import EdgeFeatures, FCIFilter
+    from .layers.fci_filter import horovod_reduce
+
+    os.makedirs(args.out, exist_ok=True)
+    x, y = load_data(args, rank, size)
+    edges = EdgeFeatures(
+        args.patch_radius,
+        args.search_radius,
+        args.h,
+        args.laplacian,
+        args.threshold,
+        args.edge_mode,
+        relative=not args.absolute,
+    )
+    fci = FCIFilter(args.block_size, args.epsilon, args.fci_mode, args.min_keep)
+    n_shards = (len(x) + args.shard_size - 1) // args.shard_size
+    names = [
+        os.path.join(args.out, f"{args.split}-r{rank:03d}-{i:05d}-of-{n_shards:05d}.tfrecord")
+        for i in range(n_shards)
+    ]
+    todo = [i for i, nm in enumerate(names) if not os.path.exists(nm)]
+    key = _config_key(args, size)
+    state_path = os.path.join(args.out, STATE_FILE)
+    quiet = args.no_progress or rank != 0
+    state = None
+    if os.path.exists(state_path):
+        with np.load(state_path) as z:
+            if str(z["key"]) == key:
+                state = {k: z[k] for k in z.files}
+    # Every rank takes part in adapt's allreduce, so all decide the same way (state or no state).
+    if state is None:
+        bar = tqdm(total=len(x), desc=f"edges r{rank}", disable=quiet, unit="img")
+        den, edg = _edges(edges, x, args.batch_size, bar)
+        bar.close()
+        fci.adapt((edg, y), batch_size=args.batch_size)
+        if rank == 0:
+            buf = _npz_bytes(
+                key=key,
+                counts=fci.counts.numpy(),
+                sums=fci.sums.numpy(),
+                mask=fci.mask.numpy(),
+                position_fci=fci.position_fci.numpy(),
+            )
+            _atomic_write(state_path, buf)
+    else:
+        fci.num_classes = int(len(state["counts"]))
+        fci.build((None,) + x.shape[1:])
+        for k in ("counts", "sums", "mask", "position_fci"):
+            getattr(fci, k).assign(state[k])
+        den = edg = None
+    bar = tqdm(total=len(todo), desc=f"shards r{rank}", disable=quiet, unit="shard")
+    for i in todo:
+        sl = slice(i * args.shard_size, (i + 1) * args.shard_size)
+        if edg is None:
+            e = _edges(edges, x[sl], args.batch_size, tqdm(disable=True))[1]
+        else:
+            e = edg[sl]
+        out, keep, frac = (t.numpy() for t in fci.screen(e, y[sl]))
+        ok = frac >= args.min_keep
+        k = fci.num_classes
+        meta = {
+            "images_in": int(len(e)),
+            "images_out": int(ok.sum()),
+            "blocks_kept_per_class": np.bincount(y[sl], keep.sum(1), k).astype(int).tolist(),
+            "blocks_per_class": (np.bincount(y[sl], None, k) * keep.shape[1]).astype(int).tolist(),
+        }
+        _write_shard(names[i], out[ok], y[sl][ok], meta)
+        bar.update(1)
+    bar.close()
+    # Totals from every shard's sidecar (resumed ones included), summed across ranks.
+    k = fci.num_classes
+    tot = np.zeros(5 + 2 * k, np.float64)
+    for nm in names:
+        with open(nm + ".json") as f:
+            m = json.load(f)
+        tot += np.concatenate(
+            [
+                [m["images_in"], m["images_out"], 0, 0, 0],
+                m["blocks_kept_per_class"],
+                m["blocks_per_class"],
+            ]
+        )
+    tot[2] = sum(min(args.shard_size, len(x) - i * args.shard_size) for i in todo)
+    tot[3] = len(todo)
+    tot[4] = n_shards
+    tot = horovod_reduce(tot, "sum")
+    elapsed = time.perf_counter() - t0
+    elapsed = float(horovod_reduce(np.array([elapsed]), "max")[0])
+    kept, blocks = tot[5 : 5 + k], tot[5 + k :]
+    report = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "ranks": size,
+        "images_in": int(tot[0]),
+        "images_out": int(tot[1]),
+        "shards": int(tot[4]),
+        "shards_written_this_run": int(tot[3]),
+        "images_processed_this_run": int(tot[2]),
+        "blocks_kept_per_class": {str(c): int(kept[c]) for c in range(k)},
+        "blocks_per_class": {str(c): int(blocks[c]) for c in range(k)},
+        "kept_positions": int(fci.mask.numpy().sum()),
+        "positions": int(fci.positions),
+        "time_s": round(elapsed, 3),
+        # throughput of this run: images it processed (resumed shards excluded) per second
+        "images_per_s": round(tot[2] / elapsed, 2) if elapsed > 0 else None,
+        "config": {k2: v for k2, v in vars(args).items() if k2 not in ("func",)},
+    }
+    if rank == 0:
+        _atomic_write(os.path.join(args.out, REPORT_FILE), json.dumps(report, indent=2).encode())
+        if args.preview:
+            n = min(args.preview_count, len(x))
+            xs = x[:n]
+            d = edges.denoise(xs).numpy() if den is None else den[:n]
+            e = _edge_only(edges, d) if edg is None else edg[:n]
+            kept_im = fci.screen(e, y[:n])[0].numpy()
+            render_preview(args.preview, xs, d, e, kept_im, y[:n])
+    return report
+
+
+def _npz_bytes(**arrays: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="iapdcnn preprocess", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    report = run(p.parse_args(argv))
+    if report is not None:
+        print(
+            json.dumps(
+                {k: report[k] for k in ("images_in", "images_out", "time_s", "images_per_s")}
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

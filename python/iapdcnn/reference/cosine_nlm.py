@@ -1,0 +1,72 @@
+"""NumPy reference for cosine-similarity non-local means (SPEC 1a): the formula as written, one
+patch element at a time (O(H W (2s+1)^2 (2r+1)^2)), for tests only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def reflect_pad(plane: np.ndarray, pad: int) -> np.ndarray:
+    """numpy "reflect" padding of a 2-D plane, repeated for pads wider than the plane."""
+    h, w = plane.shape
+
+    def idx(n: int) -> np.ndarray:
+        i = np.arange(-pad, n + pad)
+        if n == 1:
+            return np.zeros_like(i)
+        period = 2 * (n - 1)
+        i = np.mod(i, period)
+        return np.where(i < n, i, period - i)
+
+    return plane[np.ix_(idx(h), idx(w))]
+
+
+def cosine_nlm(
+    x: np.ndarray,
+    patch_radius: int = 2,
+    search_radius: int = 5,
+    h: float = 0.1,
+    eps: float = 1e-8,
+) -> np.ndarray:
+    """Cosine NLM of ``x`` [N, H, W, C] per channel -> [N, H, W, C] (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 4:
+        raise ValueError(
+            f"cosine_nlm: x must be 4-D [batch, height, width, channels], got {x.shape}"
+        )
+    if patch_radius < 0 or search_radius < 0 or not h > 0:
+        raise ValueError("cosine_nlm: need patch_radius >= 0, search_radius >= 0, h > 0")
+    r, s = patch_radius, search_radius
+    n, hh, ww, cc = x.shape
+    out = np.empty_like(x)
+    R = r + s
+    for b in range(n):
+        for c in range(cc):
+            e = reflect_pad(x[b, :, :, c], R)
+
+            def at(dy: int, dx: int, e: np.ndarray = e) -> np.ndarray:
+                # ext(i + dy, j + dx) for the image pixels (i, j).
+                return e[R + dy : R + dy + hh, R + dx : R + dx + ww]
+
+            def norm(dy: int, dx: int) -> np.ndarray:
+                # |P_{a + d}| for every image pixel a.
+                return np.sqrt(
+                    sum(at(dy + k, dx + m) ** 2 for k in range(-r, r + 1) for m in range(-r, r + 1))
+                )
+
+            num = np.zeros((hh, ww))
+            den = np.zeros((hh, ww))
+            norm_a = norm(0, 0)
+            for dy in range(-s, s + 1):
+                for dx in range(-s, s + 1):
+                    dot = sum(
+                        at(k, m) * at(dy + k, dx + m)
+                        for k in range(-r, r + 1)
+                        for m in range(-r, r + 1)
+                    )
+                    cos = dot / (norm_a * norm(dy, dx) + eps)
+                    w = np.exp(-(1.0 - cos) / h)
+                    num += w * at(dy, dx)
+                    den += w
+            out[b, :, :, c] = num / den
+    return out

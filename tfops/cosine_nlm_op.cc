@@ -1,0 +1,67 @@
+// TensorFlow adapter for cosine NLM (csrc/nlm): Iapdcnn>CosineNlm(x [N,H,W,C]) -> same shape.
+#include "nlm/nlm.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tf_adapter.h"
+
+namespace iapdcnn {
+namespace tfops {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+namespace shape_inference = ::tensorflow::shape_inference;
+
+REGISTER_OP("Iapdcnn>CosineNlm")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("patch_radius: int = 2")
+    .Attr("search_radius: int = 5")
+    .Attr("h: float = 0.1")
+    .Attr("eps: float = 1e-8")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      c->set_output(0, x);
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("Cosine-similarity non-local means per channel, reflect borders (SPEC 1a).");
+
+template <typename T>
+class CosineNlmOp : public OpKernel {
+ public:
+  explicit CosineNlmOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("patch_radius", &patch_radius_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("search_radius", &search_radius_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("h", &h_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("eps", &eps_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    CosineNlmParams p;
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, ValidateCosineNlm(Dims(x.shape()), patch_radius_, search_radius_, h_, eps_, &p));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, CosineNlmCpu<T>(p, x.flat<T>().data(), out->flat<T>().data(), TfParallelFor(ctx)));
+  }
+
+ private:
+  int64_t patch_radius_ = 2, search_radius_ = 5;
+  float h_ = 0.1f, eps_ = 1e-8f;
+};
+
+#define REGISTER_CPU(T)                                                                        \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>CosineNlm").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          CosineNlmOp<T>)
+REGISTER_CPU(float);
+REGISTER_CPU(double);
+#undef REGISTER_CPU
+
+}  // namespace tfops
+}  // namespace iapdcnn

@@ -1,0 +1,72 @@
+// TensorFlow adapter for Marr-Hildreth edges (csrc/marr_hildreth):
+// Iapdcnn>MarrHildreth(x [N,H,W,C]) -> same shape.
+#include <string>
+
+#include "marr_hildreth/marr_hildreth.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tf_adapter.h"
+
+namespace iapdcnn {
+namespace tfops {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+namespace shape_inference = ::tensorflow::shape_inference;
+
+REGISTER_OP("Iapdcnn>MarrHildreth")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("laplacian: int = 4")
+    .Attr("threshold: float = 0.1")
+    .Attr("relative: bool = true")
+    .Attr("mode: string = 'masked'")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      c->set_output(0, x);
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("Marr-Hildreth edges: Laplacian zero crossings gated by Sobel magnitude (SPEC 1b).");
+
+template <typename T>
+class MarrHildrethOp : public OpKernel {
+ public:
+  explicit MarrHildrethOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("laplacian", &laplacian_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("threshold", &threshold_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("relative", &relative_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    MarrHildrethParams p;
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, ValidateMarrHildreth(Dims(x.shape()), laplacian_, threshold_, relative_, mode_, &p));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, MarrHildrethCpu<T>(p, x.flat<T>().data(), out->flat<T>().data(), TfParallelFor(ctx)));
+  }
+
+ private:
+  int64_t laplacian_ = 4;
+  float threshold_ = 0.1f;
+  bool relative_ = true;
+  std::string mode_;
+};
+
+#define REGISTER_CPU(T)                                                                           \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>MarrHildreth").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          MarrHildrethOp<T>)
+REGISTER_CPU(float);
+REGISTER_CPU(double);
+#undef REGISTER_CPU
+
+}  // namespace tfops
+}  // namespace iapdcnn
