@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from . import data
+from .data import write_tfrecords
+
 STATE_FILE = "fci_state.npz"
 REPORT_FILE = "report.json"
 
@@ -76,16 +79,7 @@ def load_data(args: argparse.Namespace, rank: int, size: int) -> tuple[np.ndarra
         x, y = synthetic()
         x, y = x[rank::size], y[rank::size]
     else:
-        try:
-            from . import data as _data
-
-            load = _data.load
-        except (ImportError, AttributeError) as e:
-            raise SystemExit(
-                "iapdcnn preprocess: iapdcnn.data.load is not available in this checkout "
-                f"({e}); use --dataset synthetic, or merge the data layer"
-            ) from e
-        x, y = load(
+        x, y = data.load(
             args.dataset,
             args.split,
             shuffle=False,
@@ -128,34 +122,11 @@ def _atomic_write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _encode(image: np.ndarray, label: int) -> bytes:
-    """iapdcnn's TFRecord image schema (as iapdcnn.data reads it): raw little-endian float32."""
-    import tensorflow as tf
-
-    feat = {
-        "image": tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image, "<f4").tobytes()])
-        ),
-        "encoding": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"raw_f32"])),
-        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(image.shape))),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feat)).SerializeToString()
-
-
 def _write_shard(path: str, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
-    """Writes the shard to a temporary name and renames it: a killed run never leaves a file
-    under the final name that is not complete. The sidecar JSON lands first."""
-    import tensorflow as tf
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.TFRecordWriter(tmp) as w:
-        for im, lb in zip(images, labels, strict=True):
-            w.write(_encode(im, lb))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    """Writes the shard atomically (``iapdcnn.data.write_tfrecords``: temporary name, fsync,
+    rename), its sidecar JSON first: a killed run never leaves a shard that looks complete."""
     _atomic_write(path + ".json", json.dumps(meta).encode())
-    os.replace(tmp, path)
+    write_tfrecords(path, images, labels)
 
 
 def _edges(layer: Any, x: np.ndarray, batch: int, bar: Any) -> tuple[np.ndarray, np.ndarray]:

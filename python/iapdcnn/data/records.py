@@ -48,6 +48,8 @@ def write_tfrecords(path: str, images: Iterable[np.ndarray], labels: Iterable[in
             for img, lab in zip(images, labels, strict=True):
                 w.write(encode_example(img, lab))
                 n += 1
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
