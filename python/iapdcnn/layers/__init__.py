@@ -2,3 +2,7 @@
 registered as Keras-serializable (package "iapdcnn")."""
 
 __all__: list[str] = []
+
+from .conv import Im2colConv2D, convert  # noqa: E402
+
+__all__ += ["Im2colConv2D", "convert"]
