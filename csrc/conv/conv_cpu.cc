@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -36,9 +37,15 @@ struct ComputeOf<double> {
   using type = double;
 };
 
-constexpr int64_t kColBudgetBytes = 2 << 20;  // one im2col tile: fits L2/L3, bounded per task
+constexpr int64_t kColBudgetBytes = 4 << 20;  // one im2col tile: bounded per task
 constexpr int64_t kMinTileRows = 32;          // below this GEMM efficiency drops
-constexpr int64_t kTargetTasks = 8;           // enough tasks to balance a small pool
+
+// Enough tasks to balance the pool (2 per hardware thread), few enough to keep GEMMs large. The
+// ParallelFor does not say its size; TensorFlow's intra-op pool defaults to the core count.
+int64_t TargetTasks() {
+  static const int64_t n = std::max<int64_t>(2, 2 * std::thread::hardware_concurrency());
+  return n;
+}
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -150,6 +157,29 @@ void Im2colRange(const Im2colConv2DParams& p, const T* img, int64_t cb, int64_t 
                  int64_t r1, int64_t k0, int64_t k1, C* col) {
   const Strides s = InputStrides(p);
   const int64_t kc = k1 - k0, rows = r1 - r0;
+  if (!p.nchw && cn == p.in_c && p.dilation_w == 1 && k0 == 0 && k1 == p.k_h * p.k_w * cn) {
+    // All channels, undilated rows: the k_w taps of one kernel row are one contiguous input run
+    // (k_w * C values), e.g. 21 instead of 7 runs of 3 for ResNet's 7x7 stem.
+    const int64_t run = p.k_w * cn;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t oh = r / p.out_w, ow = r % p.out_w;
+      const int64_t iw0 = ow * p.stride_w - p.pad_left;
+      const int64_t lo = std::max<int64_t>(0, -iw0), hi = std::min(p.k_w, p.in_w - iw0);
+      for (int64_t kh = 0; kh < p.k_h; ++kh) {
+        C* dst = col + (r - r0) * kc + kh * run;
+        const int64_t ih = InputCoord(oh, p.stride_h, p.pad_top, kh, p.dilation_h);
+        if (ih < 0 || ih >= p.in_h || lo >= hi) {
+          std::fill_n(dst, run, C(0));
+          continue;
+        }
+        std::fill_n(dst, lo * cn, C(0));
+        const T* src = img + ih * s.h + (iw0 + lo) * s.w;
+        for (int64_t j = 0; j < (hi - lo) * cn; ++j) dst[lo * cn + j] = static_cast<C>(src[j]);
+        std::fill_n(dst + hi * cn, (p.k_w - hi) * cn, C(0));
+      }
+    }
+    return;
+  }
   if (!p.nchw) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t oh = r / p.out_w, ow = r % p.out_w;
@@ -186,6 +216,20 @@ void Im2colRange(const Im2colConv2DParams& p, const T* img, int64_t cb, int64_t 
                         ? static_cast<C>(plane[ih * s.h + iw])
                         : C(0);
     }
+  }
+}
+
+// Im2colRange over rows [r0, r1) of the batch's row space: NHWC numbers output pixels across
+// images (row = n * out_h * out_w + pixel), so one tile may span several images.
+template <typename T, typename C>
+void Im2colRows(const Im2colConv2DParams& p, const T* input, int64_t cb, int64_t cn, int64_t r0,
+                int64_t r1, int64_t k0, int64_t k1, C* col) {
+  const int64_t P = p.out_h * p.out_w, image = p.in_h * p.in_w * p.in_c;
+  for (int64_t r = r0; r < r1;) {
+    const int64_t n = r / P, end = std::min(r1, (n + 1) * P);
+    Im2colRange<T, C>(p, input + n * image, cb, cn, r - n * P, end - n * P, k0, k1,
+                      col + (r - r0) * (k1 - k0));
+    r = end;
   }
 }
 
@@ -252,21 +296,26 @@ std::vector<C> ToCompute(const T* x, int64_t n, const ParallelFor& pf) {
 struct FwdPlan {
   int64_t tile_rows, tiles, oc_block, oc_blocks;
 };
+// Row space of the forward and grad-filter tiles: an image's pixels (NCHW), or the whole batch's
+// (NHWC, where output rows are contiguous across images: larger GEMMs on small images).
+int64_t RowSpace(const Im2colConv2DParams& p) { return p.nchw ? Pixels(p) : p.batch * Pixels(p); }
+int64_t RowSeqs(const Im2colConv2DParams& p) { return p.nchw ? p.batch : 1; }
+
 FwdPlan PlanForward(const Im2colConv2DParams& p, int64_t cbytes) {
-  const int64_t P = Pixels(p), cg_out = p.out_c / p.groups;
+  const int64_t P = RowSpace(p), cg_out = p.out_c / p.groups;
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
   FwdPlan f;
   f.tile_rows = std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, K * cbytes));
   // Not enough tasks for the pool: smaller row tiles first, then output-channel blocks.
-  const int64_t images = std::max<int64_t>(1, p.batch * p.groups);
-  if (images * CeilDiv(P, f.tile_rows) < kTargetTasks) {
-    f.tile_rows = std::max<int64_t>(kMinTileRows, CeilDiv(P, CeilDiv(kTargetTasks, images)));
+  const int64_t images = std::max<int64_t>(1, RowSeqs(p) * p.groups);
+  if (images * CeilDiv(P, f.tile_rows) < TargetTasks()) {
+    f.tile_rows = std::max<int64_t>(kMinTileRows, CeilDiv(P, CeilDiv(TargetTasks(), images)));
   }
   f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
   f.tiles = CeilDiv(P, f.tile_rows);
   f.oc_block = cg_out;
-  if (images * f.tiles < kTargetTasks) {
-    const int64_t want = CeilDiv(kTargetTasks, images * f.tiles);
+  if (images * f.tiles < TargetTasks()) {
+    const int64_t want = CeilDiv(TargetTasks(), images * f.tiles);
     f.oc_block = std::max<int64_t>(std::min<int64_t>(64, cg_out), CeilDiv(cg_out, want));
   }
   f.oc_block = std::max<int64_t>(1, f.oc_block);
@@ -285,13 +334,13 @@ BwdInPlan PlanBackpropInput(const Im2colConv2DParams& p, int64_t cbytes) {
   // output rows it shares with its neighbour, so bands stay >= 2 dilated kernels tall.
   const int64_t kh_eff = EffectiveKernel(p.k_h, p.dilation_h);
   const int64_t max_bands = std::max<int64_t>(1, p.in_h / std::max<int64_t>(2 * kh_eff, 4));
-  b.bands = std::min(max_bands, CeilDiv(kTargetTasks, images));
+  b.bands = std::min(max_bands, CeilDiv(TargetTasks(), images));
   b.band_h = CeilDiv(std::max<int64_t>(1, p.in_h), b.bands);
   b.bands = CeilDiv(std::max<int64_t>(1, p.in_h), b.band_h);
   // Still too few tasks: split the input channels too (disjoint writes again).
   b.ch_block = cg;
-  if (images * b.bands < kTargetTasks) {
-    const int64_t want = CeilDiv(kTargetTasks, images * b.bands);
+  if (images * b.bands < TargetTasks()) {
+    const int64_t want = CeilDiv(TargetTasks(), images * b.bands);
     b.ch_block = std::max<int64_t>(std::min<int64_t>(32, cg), CeilDiv(cg, want));
   }
   b.ch_block = std::max<int64_t>(1, b.ch_block);
@@ -306,10 +355,10 @@ struct BwdFilPlan {
 };
 BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
-  const int64_t P = Pixels(p);
+  const int64_t P = RowSpace(p);
   BwdFilPlan f;
   // Tasks own disjoint blocks of im2col columns (rows of dW): no reduction needed.
-  const int64_t want = CeilDiv(kTargetTasks, p.groups);
+  const int64_t want = CeilDiv(TargetTasks(), p.groups);
   f.k_block = std::max<int64_t>(std::min<int64_t>(32, K), CeilDiv(K, want));
   f.k_blocks = CeilDiv(K, f.k_block);
   f.tile_rows = std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, f.k_block * cbytes));
@@ -317,10 +366,10 @@ BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
   f.tiles_per_image = CeilDiv(P, f.tile_rows);
   // Few column blocks (small K): also split the (image, tile) sequence into shards with their
   // own dW accumulators, summed afterwards.
-  const int64_t work = p.batch * f.tiles_per_image;
+  const int64_t work = RowSeqs(p) * f.tiles_per_image;
   f.shards = 1;
-  if (p.groups * f.k_blocks < kTargetTasks) {
-    f.shards = std::max<int64_t>(1, std::min(work, CeilDiv(kTargetTasks, p.groups * f.k_blocks)));
+  if (p.groups * f.k_blocks < TargetTasks()) {
+    f.shards = std::max<int64_t>(1, std::min(work, CeilDiv(TargetTasks(), p.groups * f.k_blocks)));
   }
   return f;
 }
@@ -553,13 +602,14 @@ Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* fil
     w = filters;
   }
   const FwdPlan f = PlanForward(p, sizeof(C));
-  const int64_t tasks = p.batch * p.groups * f.tiles * f.oc_blocks;
+  const int64_t RS = RowSpace(p);
+  const int64_t tasks = RowSeqs(p) * p.groups * f.tiles * f.oc_blocks;
   pf(tasks, f.tile_rows * K * f.oc_block / 4 + 1, [&](int64_t begin, int64_t end) {
     std::vector<C> col, otile;
     for (int64_t u = begin; u < end; ++u) {
       const int64_t ob = u % f.oc_blocks, tile = u / f.oc_blocks % f.tiles;
       const int64_t g = u / f.oc_blocks / f.tiles % p.groups, n = u / f.oc_blocks / f.tiles / p.groups;
-      const int64_t r0 = tile * f.tile_rows, r1 = std::min(P, r0 + f.tile_rows), rows = r1 - r0;
+      const int64_t r0 = tile * f.tile_rows, r1 = std::min(RS, r0 + f.tile_rows), rows = r1 - r0;
       const int64_t oc0 = ob * f.oc_block, ocn = std::min(og, oc0 + f.oc_block) - oc0;
       const T* img = input + n * is.n;
       Mat<C> a;
@@ -568,7 +618,11 @@ Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* fil
       }
       if (!pointwise) {
         col.resize(static_cast<size_t>(rows * K));
-        Im2colRange<T, C>(p, img, g * cg, cg, r0, r1, 0, K, col.data());
+        if (p.nchw) {
+          Im2colRange<T, C>(p, img, g * cg, cg, r0, r1, 0, K, col.data());
+        } else {
+          Im2colRows<T, C>(p, input, g * cg, cg, r0, r1, 0, K, col.data());
+        }
         a = p.nchw ? Mat<C>{col.data(), rows, true} : Mat<C>{col.data(), K, false};
       }
       const Mat<C> b{w + g * og + oc0, p.out_c, false};
@@ -705,16 +759,16 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
                                      const ParallelFor& pf) {
   using C = typename ComputeOf<T>::type;
   constexpr bool kPacked = !std::is_same<T, C>::value;
-  const int64_t P = Pixels(p);
   const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
   const int64_t K = p.k_h * p.k_w * cg;
   const Strides is = InputStrides(p);
   const bool pointwise = IsPointwise(p) && !kPacked;
   const BwdFilPlan f = PlanBackpropFilter(p, sizeof(C));
+  const int64_t RS = RowSpace(p);
   // Accumulators: dW itself, or one float/double [K, out_c] per shard.
   const bool direct = !kPacked && f.shards == 1;
   std::vector<C> acc(direct ? 0 : static_cast<size_t>(f.shards * K * p.out_c));
-  const int64_t work = p.batch * f.tiles_per_image;
+  const int64_t work = RowSeqs(p) * f.tiles_per_image;
   const int64_t per_shard = CeilDiv(std::max<int64_t>(1, work), f.shards);
   const int64_t tasks = p.groups * f.k_blocks * f.shards;
   pf(tasks, std::max<int64_t>(1, per_shard * f.tile_rows) * f.k_block * og / 4 + 1,
@@ -735,7 +789,7 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
          const int64_t w0 = s * per_shard, w1 = std::min(work, w0 + per_shard);
          for (int64_t wi = w0; wi < w1; ++wi) {
            const int64_t n = wi / f.tiles_per_image, tile = wi % f.tiles_per_image;
-           const int64_t r0 = tile * f.tile_rows, r1 = std::min(P, r0 + f.tile_rows);
+           const int64_t r0 = tile * f.tile_rows, r1 = std::min(RS, r0 + f.tile_rows);
            const int64_t rows = r1 - r0;
            const T* img = input + n * is.n;
            Mat<C> a;
@@ -744,7 +798,11 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
            }
            if (!pointwise) {
              col.resize(static_cast<size_t>(rows * kn));
-             Im2colRange<T, C>(p, img, g * cg, cg, r0, r1, k0, k1, col.data());
+             if (p.nchw) {
+               Im2colRange<T, C>(p, img, g * cg, cg, r0, r1, k0, k1, col.data());
+             } else {
+               Im2colRows<T, C>(p, input, g * cg, cg, r0, r1, k0, k1, col.data());
+             }
              a = p.nchw ? Mat<C>{col.data(), rows, true} : Mat<C>{col.data(), kn, false};
            }
            int64_t ld;
