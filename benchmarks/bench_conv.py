@@ -73,6 +73,41 @@ def _pair(f_tf, f_ours, warmup: int, reps: int) -> tuple[float, float]:
     return float(np.median(a)), float(np.median(b))
 
 
+def _functions(lib, x, w, dy, xs, ws, st, attrs) -> dict:
+    """kind -> (TensorFlow's op, ours), each a tf.function of no arguments."""
+    pad = "SAME"
+    return {
+        "fwd": (
+            tf.function(lambda: tf.nn.conv2d(x, w, st, pad)),
+            tf.function(lambda: im2col_conv2d(x, w, st, pad)),
+        ),
+        "bwd_input": (
+            tf.function(
+                lambda: tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=xs, filter=w, out_backprop=dy, strides=st, padding=pad
+                )
+            ),
+            tf.function(
+                lambda: lib.iapdcnn_im2col_conv2d_backprop_input(
+                    input_sizes=xs, filters=w, out_backprop=dy, **attrs
+                )
+            ),
+        ),
+        "bwd_filter": (
+            tf.function(
+                lambda: tf.raw_ops.Conv2DBackpropFilter(
+                    input=x, filter_sizes=ws, out_backprop=dy, strides=st, padding=pad
+                )
+            ),
+            tf.function(
+                lambda: lib.iapdcnn_im2col_conv2d_backprop_filter(
+                    input=x, filter_sizes=ws, out_backprop=dy, **attrs
+                )
+            ),
+        ),
+    }
+
+
 def sgemm_rate(reps: int) -> float:
     """This machine's SGEMM rate (GFLOP/s) through TensorFlow's matmul, all threads."""
     n = 2048
@@ -108,27 +143,18 @@ def main() -> None:
             if args.only and args.only not in name:
                 continue
             x = tf.constant(rng.normal(size=(batch, hw, hw, cin)).astype(np.float32))
-            w = tf.constant((rng.normal(size=(k, k, cin, cout)) / math.sqrt(k * k * cin)).astype(np.float32))
+            w = tf.constant(
+                (rng.normal(size=(k, k, cin, cout)) / math.sqrt(k * k * cin)).astype(np.float32)
+            )
             oh = -(-hw // s)
             dy = tf.constant(rng.normal(size=(batch, oh, oh, cout)).astype(np.float32))
             xs = tf.constant([batch, hw, hw, cin])
             ws = tf.constant([k, k, cin, cout])
             st = [1, s, s, 1]
-            attrs = dict(strides=st, padding="SAME", data_format="NHWC", dilations=[1, 1, 1, 1], groups=1)
-            fns = {
-                "fwd": (
-                    tf.function(lambda: tf.nn.conv2d(x, w, st, "SAME")),
-                    tf.function(lambda: im2col_conv2d(x, w, st, "SAME")),
-                ),
-                "bwd_input": (
-                    tf.function(lambda: tf.raw_ops.Conv2DBackpropInput(input_sizes=xs, filter=w, out_backprop=dy, strides=st, padding="SAME")),
-                    tf.function(lambda: lib.iapdcnn_im2col_conv2d_backprop_input(input_sizes=xs, filters=w, out_backprop=dy, **attrs)),
-                ),
-                "bwd_filter": (
-                    tf.function(lambda: tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=ws, out_backprop=dy, strides=st, padding="SAME")),
-                    tf.function(lambda: lib.iapdcnn_im2col_conv2d_backprop_filter(input=x, filter_sizes=ws, out_backprop=dy, **attrs)),
-                ),
-            }
+            attrs = dict(
+                strides=st, padding="SAME", data_format="NHWC", dilations=[1, 1, 1, 1], groups=1
+            )
+            fns = _functions(lib, x, w, dy, xs, ws, st, attrs)
             flops = 2.0 * batch * oh * oh * k * k * cin * cout
             line = [f"b{batch} {name:22s}"]
             for kind, (f_tf, f_ours) in fns.items():
@@ -136,7 +162,9 @@ def main() -> None:
                 scale = max(1.0, float(np.abs(a).max()))
                 err = float(np.abs(a - b).max()) / scale
                 assert err < 1e-4, f"{name} b{batch} {kind}: ours differs from TF by {err:.2e}"
-                t_tf, t_ours = _pair(lambda: f_tf().numpy(), lambda: f_ours().numpy(), warmup, reps)
+                t_tf, t_ours = _pair(
+                    lambda f=f_tf: f().numpy(), lambda f=f_ours: f().numpy(), warmup, reps
+                )
                 ratio = t_tf / t_ours
                 ratios[kind].append(ratio)
                 if ratio < worst[0]:
@@ -150,7 +178,9 @@ def main() -> None:
     # Scratch: largest per-task buffer + shared buffers, every shape at batch 64 (float32).
     extra = 0
     for _, hw, cin, k, cout, s in RESNET50:
-        per_task, shared = _C.im2col_conv2d_scratch_bytes((64, hw, hw, cin), (k, k, cin, cout), s, "SAME")
+        per_task, shared = _C.im2col_conv2d_scratch_bytes(
+            (64, hw, hw, cin), (k, k, cin, cout), s, "SAME"
+        )
         extra = max(extra, per_task + shared)
 
     def geo(v):

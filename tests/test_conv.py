@@ -86,7 +86,11 @@ def _assert_close(got, want, dtype):
 @pytest.mark.parametrize("cfg", GRID, ids=_ids)
 def test_forward_matches_tf_nn_conv2d(rng, cfg, fmt):
     x, f, s, pad, d, g = _make(cfg, rng, "float64", fmt)
-    want = _tf_conv(x, f, s, pad, fmt, d) if g == 1 else reference.im2col_conv2d(x, f, s, pad, fmt, d, g)
+    want = (
+        _tf_conv(x, f, s, pad, fmt, d)
+        if g == 1
+        else reference.im2col_conv2d(x, f, s, pad, fmt, d, g)
+    )
     # Grouped cases use the reference, itself checked against tf.nn.conv2d on the others.
     _assert_close(reference.im2col_conv2d(x, f, s, pad, fmt, d, g), want, "float64")
     _assert_close(ops.im2col_conv2d(x, f, s, pad, fmt, d, g).numpy(), want, "float64")
@@ -126,10 +130,14 @@ def test_gradients_match_reference_and_tf(rng, cfg, fmt):
     _assert_close(dx.numpy(), want_dx, "float64")
     _assert_close(df.numpy(), want_df, "float64")
     _assert_close(
-        _C.im2col_conv2d_backprop_input(x.shape, f, dy.numpy(), s, pad, fmt, d, g), want_dx, "float64"
+        _C.im2col_conv2d_backprop_input(x.shape, f, dy.numpy(), s, pad, fmt, d, g),
+        want_dx,
+        "float64",
     )
     _assert_close(
-        _C.im2col_conv2d_backprop_filter(x, f.shape, dy.numpy(), s, pad, fmt, d, g), want_df, "float64"
+        _C.im2col_conv2d_backprop_filter(x, f.shape, dy.numpy(), s, pad, fmt, d, g),
+        want_df,
+        "float64",
     )
     # The reference against TF's own gradients (TF's CPU gradients lack groups and dilations).
     if g == 1 and d == 1 and x.shape[0] > 0 and fmt == "NHWC":
@@ -175,7 +183,7 @@ def test_numeric_gradient_float64(rng, cfg, fmt):
     theoretical, numerical = tf.test.compute_gradient(
         lambda a, b: ops.im2col_conv2d(a, b, s, pad, fmt, d, g), [tf.constant(x), tf.constant(f)]
     )
-    for t, n in zip(theoretical, numerical):
+    for t, n in zip(theoretical, numerical, strict=True):
         np.testing.assert_allclose(t, n, atol=1e-8)
 
 
@@ -216,7 +224,9 @@ def test_modes_eager_function_graph(rng):
     assert gx.shape == x.shape
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_random_configs(data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
@@ -226,7 +236,9 @@ def test_random_configs(data):
     kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
     h, w = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 20))
     strides = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
-    dil = (1, 1) if max(strides) > 1 else (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    dil = (
+        (1, 1) if max(strides) > 1 else (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    )
     kind = data.draw(st.sampled_from(["SAME", "VALID", "EXPLICIT"]))
     pads = [data.draw(st.integers(0, 3)) for _ in range(4)]
     ekh, ekw = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
@@ -240,7 +252,9 @@ def test_random_configs(data):
     x = rng.normal(size=(n, c, h, w) if fmt == "NCHW" else (n, h, w, c))
     f = rng.normal(size=(kh, kw, c // groups, oc))
     want = reference.im2col_conv2d(x, f, strides, padding, fmt, dil, groups)
-    _assert_close(ops.im2col_conv2d(x, f, strides, padding, fmt, dil, groups).numpy(), want, "float64")
+    _assert_close(
+        ops.im2col_conv2d(x, f, strides, padding, fmt, dil, groups).numpy(), want, "float64"
+    )
     dy = rng.normal(size=want.shape)
     _assert_close(
         _C.im2col_conv2d_backprop_input(x.shape, f, dy, strides, padding, fmt, dil, groups),
@@ -257,11 +271,35 @@ def test_random_configs(data):
 BAD = [
     ("wrong input rank", np.zeros((2, 5, 5)), np.zeros((3, 3, 5, 2)), {}, "input must be 4-D"),
     ("wrong filter rank", np.zeros((1, 5, 5, 2)), np.zeros((3, 2, 2)), {}, "filters must be 4-D"),
-    ("channels", np.zeros((1, 5, 5, 3)), np.zeros((3, 3, 2, 2)), {"groups": 1}, "input channels (3)"),
+    (
+        "channels",
+        np.zeros((1, 5, 5, 3)),
+        np.zeros((3, 3, 2, 2)),
+        {"groups": 1},
+        "input channels (3)",
+    ),
     ("zero stride", np.zeros((1, 5, 5, 2)), np.zeros((3, 3, 2, 2)), {"strides": 0}, "strides"),
-    ("negative stride", np.zeros((1, 5, 5, 2)), np.zeros((3, 3, 2, 2)), {"strides": (1, -2)}, "strides"),
-    ("groups not dividing", np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 2, 3)), {"groups": 2}, "groups (2)"),
-    ("zero groups", np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 2, 4)), {"groups": 0}, "groups must be"),
+    (
+        "negative stride",
+        np.zeros((1, 5, 5, 2)),
+        np.zeros((3, 3, 2, 2)),
+        {"strides": (1, -2)},
+        "strides",
+    ),
+    (
+        "groups not dividing",
+        np.zeros((1, 5, 5, 4)),
+        np.zeros((3, 3, 2, 3)),
+        {"groups": 2},
+        "groups (2)",
+    ),
+    (
+        "zero groups",
+        np.zeros((1, 5, 5, 4)),
+        np.zeros((3, 3, 2, 4)),
+        {"groups": 0},
+        "groups must be",
+    ),
     (
         "stride with dilation",
         np.zeros((1, 9, 9, 2)),
@@ -269,7 +307,13 @@ BAD = [
         {"strides": 2, "dilations": 2},
         "strides > 1 together with dilations > 1",
     ),
-    ("kernel too big", np.zeros((1, 2, 2, 1)), np.zeros((5, 5, 1, 1)), {"padding": "VALID"}, "negative"),
+    (
+        "kernel too big",
+        np.zeros((1, 2, 2, 1)),
+        np.zeros((5, 5, 1, 1)),
+        {"padding": "VALID"},
+        "negative",
+    ),
     (
         "negative pads",
         np.zeros((1, 5, 5, 1)),
@@ -277,7 +321,13 @@ BAD = [
         {"padding": [[0, 0], [1, -1], [0, 0], [0, 0]]},
         "explicit_paddings",
     ),
-    ("zero dilation", np.zeros((1, 5, 5, 1)), np.zeros((3, 3, 1, 1)), {"dilations": 0}, "dilations"),
+    (
+        "zero dilation",
+        np.zeros((1, 5, 5, 1)),
+        np.zeros((3, 3, 1, 1)),
+        {"dilations": 0},
+        "dilations",
+    ),
 ]
 
 
@@ -299,7 +349,9 @@ def test_bad_input_is_a_clear_error(case, impl):
 def test_bad_input_in_graph_mode_is_caught_by_the_shape_function():
     @tf.function
     def fn():
-        return ops.im2col_conv2d(tf.zeros([1, 5, 5, 4]), tf.zeros([3, 3, 2, 3]), 1, "SAME", groups=2)
+        return ops.im2col_conv2d(
+            tf.zeros([1, 5, 5, 4]), tf.zeros([3, 3, 2, 3]), 1, "SAME", groups=2
+        )
 
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="groups"):
         fn()

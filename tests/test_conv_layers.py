@@ -11,7 +11,13 @@ keras = tf.keras
 
 CONFIGS = [
     {"filters": 4, "kernel_size": 3},
-    {"filters": 6, "kernel_size": (2, 3), "strides": (1, 2), "padding": "same", "activation": "relu"},
+    {
+        "filters": 6,
+        "kernel_size": (2, 3),
+        "strides": (1, 2),
+        "padding": "same",
+        "activation": "relu",
+    },
     {"filters": 4, "kernel_size": 3, "dilation_rate": 2, "use_bias": False, "padding": "same"},
     {"filters": 6, "kernel_size": 3, "groups": 2, "padding": "same", "bias_initializer": "ones"},
     {"filters": 5, "kernel_size": 1, "data_format": "channels_first"},
@@ -42,7 +48,11 @@ def test_layer_matches_conv2d(rng, cfg):
     if cfg.get("groups", 1) == 1:
         with tf.GradientTape(persistent=True) as tape:
             a, b = tf.reduce_sum(ref(x) ** 2), tf.reduce_sum(ours(x) ** 2)
-        for g1, g2 in zip(tape.gradient(a, ref.trainable_weights), tape.gradient(b, ours.trainable_weights)):
+        for g1, g2 in zip(
+            tape.gradient(a, ref.trainable_weights),
+            tape.gradient(b, ours.trainable_weights),
+            strict=True,
+        ):
             np.testing.assert_allclose(g2.numpy(), g1.numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -104,7 +114,9 @@ def test_convert_resnet50_matches(rng):
     for la in model.layers:
         if isinstance(la, keras.layers.BatchNormalization):
             w = la.get_weights()
-            la.set_weights([w[0], w[1], 0.1 * rng.normal(size=w[2].shape), 1 + rng.uniform(size=w[3].shape)])
+            la.set_weights(
+                [w[0], w[1], 0.1 * rng.normal(size=w[2].shape), 1 + rng.uniform(size=w[3].shape)]
+            )
     x = rng.uniform(size=(1, 64, 64, 3)).astype(np.float32)
     converted = _assert_converted(model, x)
     assert sum(isinstance(la, layers.Im2colConv2D) for la in converted.layers) == 53

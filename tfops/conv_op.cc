@@ -46,8 +46,8 @@ struct ConvAttrs {
   }
   Status Validate(const std::vector<int64_t>& in, const std::vector<int64_t>& f,
                   Im2colConv2DParams* p) const {
-    return ValidateIm2colConv2D(in, f, strides, padding, explicit_paddings, data_format,
-                                dilations, groups, p);
+    return ValidateIm2colConv2D(in, f, strides, padding, explicit_paddings, data_format, dilations,
+                                groups, p);
   }
 };
 
@@ -89,7 +89,8 @@ REGISTER_OP("Iapdcnn>Im2colConv2D")
     .Input("input: T")
     .Input("filters: T")
     .Output("output: T")
-    .IAPDCNN_CONV_ATTRS.SetShapeFn([](si::InferenceContext* c) {
+    .IAPDCNN_CONV_ATTRS
+    .SetShapeFn([](si::InferenceContext* c) {
       si::ShapeHandle out;
       TF_RETURN_IF_ERROR(ForwardShape(c, c->input(0), c->input(1), &out));
       c->set_output(0, out);
@@ -102,7 +103,8 @@ REGISTER_OP("Iapdcnn>Im2colConv2DBackpropInput")
     .Input("filters: T")
     .Input("out_backprop: T")
     .Output("output: T")
-    .IAPDCNN_CONV_ATTRS.SetShapeFn([](si::InferenceContext* c) {
+    .IAPDCNN_CONV_ATTRS
+    .SetShapeFn([](si::InferenceContext* c) {
       si::ShapeHandle s;
       TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(0, &s));
       TF_RETURN_IF_ERROR(c->WithRank(s, 4, &s));
@@ -116,7 +118,8 @@ REGISTER_OP("Iapdcnn>Im2colConv2DBackpropFilter")
     .Input("filter_sizes: int32")
     .Input("out_backprop: T")
     .Output("output: T")
-    .IAPDCNN_CONV_ATTRS.SetShapeFn([](si::InferenceContext* c) {
+    .IAPDCNN_CONV_ATTRS
+    .SetShapeFn([](si::InferenceContext* c) {
       si::ShapeHandle s;
       TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(1, &s));
       TF_RETURN_IF_ERROR(c->WithRank(s, 4, &s));
@@ -146,8 +149,10 @@ class Im2colConv2DOp : public OpKernel {
     Im2colConv2DParams p;
     std::vector<int64_t> in_shape = kMode == 1 ? SizesOf(a) : Dims(a.shape());
     std::vector<int64_t> f_shape = kMode == 2 ? SizesOf(b) : Dims(b.shape());
-    if (kMode == 1) IAPDCNN_OP_REQUIRES_OK(ctx, CheckShapeIs("input_sizes", {in_shape.size()}, {4}));
-    if (kMode == 2) IAPDCNN_OP_REQUIRES_OK(ctx, CheckShapeIs("filter_sizes", {f_shape.size()}, {4}));
+    if (kMode == 1)
+      IAPDCNN_OP_REQUIRES_OK(ctx, CheckShapeIs("input_sizes", {in_shape.size()}, {4}));
+    if (kMode == 2)
+      IAPDCNN_OP_REQUIRES_OK(ctx, CheckShapeIs("filter_sizes", {f_shape.size()}, {4}));
     IAPDCNN_OP_REQUIRES_OK(ctx, attrs_.Validate(in_shape, f_shape, &p));
     if (kMode != 0) {
       IAPDCNN_OP_REQUIRES_OK(
@@ -162,13 +167,16 @@ class Im2colConv2DOp : public OpKernel {
     const ParallelFor pf = TfParallelFor(ctx);
     T* o = out->flat<T>().data();
     if (kMode == 0) {
-      IAPDCNN_OP_REQUIRES_OK(ctx, Im2colConv2DCpu<T>(p, a.flat<T>().data(), b.flat<T>().data(), o, pf));
+      IAPDCNN_OP_REQUIRES_OK(ctx,
+                             Im2colConv2DCpu<T>(p, a.flat<T>().data(), b.flat<T>().data(), o, pf));
     } else if (kMode == 1) {
-      IAPDCNN_OP_REQUIRES_OK(ctx, Im2colConv2DBackpropInputCpu<T>(
-                                      p, b.flat<T>().data(), ctx->input(2).flat<T>().data(), o, pf));
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, Im2colConv2DBackpropInputCpu<T>(p, b.flat<T>().data(),
+                                               ctx->input(2).flat<T>().data(), o, pf));
     } else {
-      IAPDCNN_OP_REQUIRES_OK(ctx, Im2colConv2DBackpropFilterCpu<T>(
-                                      p, a.flat<T>().data(), ctx->input(2).flat<T>().data(), o, pf));
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, Im2colConv2DBackpropFilterCpu<T>(p, a.flat<T>().data(),
+                                                ctx->input(2).flat<T>().data(), o, pf));
     }
   }
 
@@ -176,19 +184,18 @@ class Im2colConv2DOp : public OpKernel {
   ConvAttrs attrs_;
 };
 
-#define REGISTER_CPU(T)                                                                         \
-  REGISTER_KERNEL_BUILDER(                                                                      \
-      Name("Iapdcnn>Im2colConv2D").Device(DEVICE_CPU).TypeConstraint<T>("T"),                   \
-      Im2colConv2DOp<T, 0>);                                                                    \
-  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>Im2colConv2DBackpropInput")                             \
-                              .Device(DEVICE_CPU)                                               \
-                              .TypeConstraint<T>("T")                                           \
-                              .HostMemory("input_sizes"),                                       \
-                          Im2colConv2DOp<T, 1>);                                                \
-  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>Im2colConv2DBackpropFilter")                            \
-                              .Device(DEVICE_CPU)                                               \
-                              .TypeConstraint<T>("T")                                           \
-                              .HostMemory("filter_sizes"),                                      \
+#define REGISTER_CPU(T)                                                                           \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>Im2colConv2D").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          Im2colConv2DOp<T, 0>);                                                  \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>Im2colConv2DBackpropInput")                               \
+                              .Device(DEVICE_CPU)                                                 \
+                              .TypeConstraint<T>("T")                                             \
+                              .HostMemory("input_sizes"),                                         \
+                          Im2colConv2DOp<T, 1>);                                                  \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>Im2colConv2DBackpropFilter")                              \
+                              .Device(DEVICE_CPU)                                                 \
+                              .TypeConstraint<T>("T")                                             \
+                              .HostMemory("filter_sizes"),                                        \
                           Im2colConv2DOp<T, 2>);
 REGISTER_CPU(float);
 REGISTER_CPU(double);

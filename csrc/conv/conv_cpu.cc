@@ -100,7 +100,8 @@ void MatMul(int64_t m, int64_t n, int64_t k, Mat<C> a, Mat<C> b, OutMat<C> out, 
   if (m == 0 || n == 0) return;
   if (k == 0) {
     if (!acc) {
-      for (int64_t i = 0; i < (out.t ? n : m); ++i) std::fill_n(out.p + i * out.ld, out.t ? m : n, C(0));
+      for (int64_t i = 0; i < (out.t ? n : m); ++i)
+        std::fill_n(out.p + i * out.ld, out.t ? m : n, C(0));
     }
     return;
   }
@@ -129,14 +130,15 @@ template <typename D>
 struct View {
   D* p;
   int64_t sh, sw, sc, h0, c0;
-  D* at(int64_t ih, int64_t iw, int64_t c) const { return p + (ih - h0) * sh + iw * sw + (c - c0) * sc; }
+  D* at(int64_t ih, int64_t iw, int64_t c) const {
+    return p + (ih - h0) * sh + iw * sw + (c - c0) * sc;
+  }
 };
 
 // Output tile [rows, cols] at output pixel r0 and output channel oc0 of image `img` (size-P
 // planes in NCHW): a row-major view in NHWC, a transposed one in NCHW.
 template <typename X>
-X* OutTilePtr(const Im2colConv2DParams& p, X* img, int64_t r0, int64_t oc0, int64_t* ld,
-              bool* t) {
+X* OutTilePtr(const Im2colConv2DParams& p, X* img, int64_t r0, int64_t oc0, int64_t* ld, bool* t) {
   if (p.nchw) {
     *ld = Pixels(p);
     *t = true;
@@ -346,7 +348,8 @@ BwdInPlan PlanBackpropInput(const Im2colConv2DParams& p, int64_t cbytes) {
   b.ch_block = std::max<int64_t>(1, b.ch_block);
   b.ch_blocks = CeilDiv(cg, b.ch_block);
   const int64_t kc = p.k_h * p.k_w * b.ch_block;
-  b.tile_rows = std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, kc * cbytes));
+  b.tile_rows =
+      std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, kc * cbytes));
   return b;
 }
 
@@ -357,11 +360,15 @@ BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
   const int64_t P = RowSpace(p);
   BwdFilPlan f;
-  // Tasks own disjoint blocks of im2col columns (rows of dW): no reduction needed.
+  // Small dW (stem, most 1x1 layers): tasks split the rows, each with its own full-K
+  // accumulator (fast whole-row im2col, long GEMMs). Large dW (deep 3x3 layers): tasks own
+  // disjoint blocks of im2col columns (rows of dW), so no accumulator copies are needed.
   const int64_t want = CeilDiv(TargetTasks(), p.groups);
-  f.k_block = std::max<int64_t>(std::min<int64_t>(32, K), CeilDiv(K, want));
+  const bool small_dw = K * p.out_c * cbytes * TargetTasks() <= (int64_t{16} << 20);
+  f.k_block = small_dw ? K : std::max<int64_t>(std::min<int64_t>(32, K), CeilDiv(K, want));
   f.k_blocks = CeilDiv(K, f.k_block);
-  f.tile_rows = std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, f.k_block * cbytes));
+  f.tile_rows =
+      std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, f.k_block * cbytes));
   f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
   f.tiles_per_image = CeilDiv(P, f.tile_rows);
   // Few column blocks (small K): also split the (image, tile) sequence into shards with their
@@ -413,8 +420,8 @@ Status SpatialPair(const char* name, const std::vector<int64_t>& v, bool nchw, i
                                    " must have 1, 2 or 4 values, got " + ShapeStr(v));
   }
   if (*h < 1 || *w < 1) {
-    return Status::InvalidArgument(std::string("im2col_conv2d: ") + name +
-                                   " must be >= 1, got " + ShapeStr(v));
+    return Status::InvalidArgument(std::string("im2col_conv2d: ") + name + " must be >= 1, got " +
+                                   ShapeStr(v));
   }
   return Status::OK();
 }
@@ -462,10 +469,10 @@ Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
   }
   p->groups = groups;
   if (p->in_c != filter_shape[2] * groups) {
-    return Status::InvalidArgument(
-        "im2col_conv2d: input channels (" + std::to_string(p->in_c) +
-        ") must equal filters' in_channels (dimension 2 of filters " + ShapeStr(filter_shape) +
-        ") times groups (" + std::to_string(groups) + ")");
+    return Status::InvalidArgument("im2col_conv2d: input channels (" + std::to_string(p->in_c) +
+                                   ") must equal filters' in_channels (dimension 2 of filters " +
+                                   ShapeStr(filter_shape) + ") times groups (" +
+                                   std::to_string(groups) + ")");
   }
   if (p->out_c % groups != 0) {
     return Status::InvalidArgument("im2col_conv2d: groups (" + std::to_string(groups) +
@@ -486,15 +493,17 @@ Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
   const int64_t kw_eff = EffectiveKernel(p->k_w, p->dilation_w);
   if (padding == "SAME") {
     if (!explicit_paddings.empty()) {
-      return Status::InvalidArgument("im2col_conv2d: explicit_paddings must be empty unless "
-                                     "padding is 'EXPLICIT'");
+      return Status::InvalidArgument(
+          "im2col_conv2d: explicit_paddings must be empty unless "
+          "padding is 'EXPLICIT'");
     }
     conv_impl::SamePadding(p->in_h, kh_eff, p->stride_h, &p->pad_top, &p->pad_bottom);
     conv_impl::SamePadding(p->in_w, kw_eff, p->stride_w, &p->pad_left, &p->pad_right);
   } else if (padding == "VALID") {
     if (!explicit_paddings.empty()) {
-      return Status::InvalidArgument("im2col_conv2d: explicit_paddings must be empty unless "
-                                     "padding is 'EXPLICIT'");
+      return Status::InvalidArgument(
+          "im2col_conv2d: explicit_paddings must be empty unless "
+          "padding is 'EXPLICIT'");
     }
     p->pad_top = p->pad_bottom = p->pad_left = p->pad_right = 0;
   } else if (padding == "EXPLICIT") {
@@ -533,12 +542,13 @@ Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
   p->out_h = conv_impl::OutputSize(p->in_h, kh_eff, p->stride_h, p->pad_top, p->pad_bottom);
   p->out_w = conv_impl::OutputSize(p->in_w, kw_eff, p->stride_w, p->pad_left, p->pad_right);
   if (p->out_h < 0 || p->out_w < 0) {
-    return Status::InvalidArgument(
-        "im2col_conv2d: the dilated kernel (" + std::to_string(kh_eff) + " x " +
-        std::to_string(kw_eff) + ") is larger than the padded input (" +
-        std::to_string(p->in_h + p->pad_top + p->pad_bottom) + " x " +
-        std::to_string(p->in_w + p->pad_left + p->pad_right) + "): computed output size would "
-        "be negative");
+    return Status::InvalidArgument("im2col_conv2d: the dilated kernel (" + std::to_string(kh_eff) +
+                                   " x " + std::to_string(kw_eff) +
+                                   ") is larger than the padded input (" +
+                                   std::to_string(p->in_h + p->pad_top + p->pad_bottom) + " x " +
+                                   std::to_string(p->in_w + p->pad_left + p->pad_right) +
+                                   "): computed output size would "
+                                   "be negative");
   }
   return Status::OK();
 }
@@ -608,7 +618,8 @@ Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* fil
     std::vector<C> col, otile;
     for (int64_t u = begin; u < end; ++u) {
       const int64_t ob = u % f.oc_blocks, tile = u / f.oc_blocks % f.tiles;
-      const int64_t g = u / f.oc_blocks / f.tiles % p.groups, n = u / f.oc_blocks / f.tiles / p.groups;
+      const int64_t g = u / f.oc_blocks / f.tiles % p.groups,
+                    n = u / f.oc_blocks / f.tiles / p.groups;
       const int64_t r0 = tile * f.tile_rows, r1 = std::min(RS, r0 + f.tile_rows), rows = r1 - r0;
       const int64_t oc0 = ob * f.oc_block, ocn = std::min(og, oc0 + f.oc_block) - oc0;
       const T* img = input + n * is.n;
@@ -679,7 +690,8 @@ Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filter
       const int64_t cbi = u % b.ch_blocks, bi = u / b.ch_blocks % b.bands;
       const int64_t g = u / b.ch_blocks / b.bands % p.groups;
       const int64_t n = u / b.ch_blocks / b.bands / p.groups;
-      const int64_t c0 = g * cg + cbi * b.ch_block, cn = std::min(g * cg + cg, c0 + b.ch_block) - c0;
+      const int64_t c0 = g * cg + cbi * b.ch_block,
+                    cn = std::min(g * cg + cg, c0 + b.ch_block) - c0;
       const int64_t h_lo = bi * b.band_h, h_hi = std::min(p.in_h, h_lo + b.band_h);
       const int64_t kc = taps * cn;
       T* dimg = in_backprop + n * is.n;
@@ -733,8 +745,8 @@ Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filter
           dot = {src, ld, t};
         }
         dcol.resize(static_cast<size_t>(rows * kc));
-        const OutMat<C> dc = p.nchw ? OutMat<C>{dcol.data(), rows, true}
-                                    : OutMat<C>{dcol.data(), kc, false};
+        const OutMat<C> dc =
+            p.nchw ? OutMat<C>{dcol.data(), rows, true} : OutMat<C>{dcol.data(), kc, false};
         MatMul<C>(rows, kc, og, dot, wt.T(), dc, false);
         Col2imRange<C, C>(p, dcol.data(), c0, cn, r0, r1, h_lo, h_hi, fv);
       }
@@ -742,7 +754,8 @@ Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filter
         const View<T> tv{dimg, is.h, is.w, is.c, 0, 0};
         for (int64_t ih = h_lo; ih < h_hi; ++ih) {
           for (int64_t iw = 0; iw < p.in_w; ++iw) {
-            for (int64_t c = c0; c < c0 + cn; ++c) *tv.at(ih, iw, c) = static_cast<T>(*fv.at(ih, iw, c));
+            for (int64_t c = c0; c < c0 + cn; ++c)
+              *tv.at(ih, iw, c) = static_cast<T>(*fv.at(ih, iw, c));
           }
         }
       }
@@ -855,13 +868,13 @@ void Col2im(const Im2colConv2DParams& p, const C* col, int64_t g, int64_t row_be
                     View<T>{image, s.h, s.w, s.c, 0, 0});
 }
 
-#define IAPDCNN_INSTANTIATE_CONV(T)                                                              \
-  template Status Im2colConv2DCpu<T>(const Im2colConv2DParams&, const T*, const T*, T*,          \
-                                     const ParallelFor&);                                        \
-  template Status Im2colConv2DBackpropInputCpu<T>(const Im2colConv2DParams&, const T*, const T*, \
-                                                  T*, const ParallelFor&);                       \
-  template Status Im2colConv2DBackpropFilterCpu<T>(const Im2colConv2DParams&, const T*,          \
-                                                   const T*, T*, const ParallelFor&);
+#define IAPDCNN_INSTANTIATE_CONV(T)                                                               \
+  template Status Im2colConv2DCpu<T>(const Im2colConv2DParams&, const T*, const T*, T*,           \
+                                     const ParallelFor&);                                         \
+  template Status Im2colConv2DBackpropInputCpu<T>(const Im2colConv2DParams&, const T*, const T*,  \
+                                                  T*, const ParallelFor&);                        \
+  template Status Im2colConv2DBackpropFilterCpu<T>(const Im2colConv2DParams&, const T*, const T*, \
+                                                   T*, const ParallelFor&);
 IAPDCNN_INSTANTIATE_CONV(float)
 IAPDCNN_INSTANTIATE_CONV(double)
 IAPDCNN_INSTANTIATE_CONV(Eigen::half)

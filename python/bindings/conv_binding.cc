@@ -1,10 +1,10 @@
 // iapdcnn._C.im2col_conv2d (+ _backprop_input / _backprop_filter): the Im2col convolution
 // (csrc/conv, SPEC 2b) on NumPy arrays, float16 / bfloat16 (ml_dtypes) / float32 / float64.
+#include <pybind11/stl.h>
+
 #include <Eigen/Core>
 #include <string>
 #include <vector>
-
-#include <pybind11/stl.h>
 
 #include "binding_util.h"
 #include "common/parallel.h"
@@ -83,10 +83,18 @@ void WithoutGil(Fn fn) {
 template <typename Fn>
 void Dispatch(Kind k, Fn fn) {
   switch (k) {
-    case Kind::kF32: fn(float{}); break;
-    case Kind::kF64: fn(double{}); break;
-    case Kind::kF16: fn(Eigen::half{}); break;
-    case Kind::kBF16: fn(Eigen::bfloat16{}); break;
+    case Kind::kF32:
+      fn(float{});
+      break;
+    case Kind::kF64:
+      fn(double{});
+      break;
+    case Kind::kF16:
+      fn(Eigen::half{});
+      break;
+    case Kind::kBF16:
+      fn(Eigen::bfloat16{});
+      break;
   }
 }
 
@@ -167,14 +175,14 @@ const Register reg([](py::module_& m) {
         py::arg("groups") = 1,
         "Im2col + GEMM conv2d with tf.nn.conv2d semantics (SPEC 2b). input NHWC/NCHW, filters "
         "[k_h, k_w, in_c / groups, out_c]; padding 'SAME', 'VALID' or explicit pads.");
-  m.def("im2col_conv2d_backprop_input", &BackpropInput, py::arg("input_sizes"),
-        py::arg("filters"), py::arg("out_backprop"), py::arg("strides") = 1,
-        py::arg("padding") = "VALID", py::arg("data_format") = "NHWC", py::arg("dilations") = 1,
-        py::arg("groups") = 1, "Gradient of im2col_conv2d with respect to its input.");
-  m.def("im2col_conv2d_backprop_filter", &BackpropFilter, py::arg("input"),
-        py::arg("filter_sizes"), py::arg("out_backprop"), py::arg("strides") = 1,
-        py::arg("padding") = "VALID", py::arg("data_format") = "NHWC", py::arg("dilations") = 1,
-        py::arg("groups") = 1, "Gradient of im2col_conv2d with respect to its filters.");
+  m.def("im2col_conv2d_backprop_input", &BackpropInput, py::arg("input_sizes"), py::arg("filters"),
+        py::arg("out_backprop"), py::arg("strides") = 1, py::arg("padding") = "VALID",
+        py::arg("data_format") = "NHWC", py::arg("dilations") = 1, py::arg("groups") = 1,
+        "Gradient of im2col_conv2d with respect to its input.");
+  m.def("im2col_conv2d_backprop_filter", &BackpropFilter, py::arg("input"), py::arg("filter_sizes"),
+        py::arg("out_backprop"), py::arg("strides") = 1, py::arg("padding") = "VALID",
+        py::arg("data_format") = "NHWC", py::arg("dilations") = 1, py::arg("groups") = 1,
+        "Gradient of im2col_conv2d with respect to its filters.");
   m.def("im2col_conv2d_scratch_bytes", &ScratchBytes, py::arg("input_shape"),
         py::arg("filter_shape"), py::arg("strides") = 1, py::arg("padding") = "VALID",
         py::arg("data_format") = "NHWC", py::arg("dilations") = 1, py::arg("groups") = 1,

@@ -5,10 +5,9 @@ Framework-free (no TensorFlow import)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
-IntOrSeq = Union[int, Sequence[int]]
-Padding = Union[str, Sequence[int], Sequence[Sequence[int]]]
+IntOrSeq = int | Sequence[int]
+Padding = str | Sequence[int] | Sequence[Sequence[int]]
 
 
 def spatial(name: str, value: IntOrSeq, data_format: str) -> list[int]:

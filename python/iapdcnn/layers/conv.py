@@ -63,7 +63,7 @@ def convert(model: keras.Model) -> keras.Model:
         return layer.__class__.from_config(layer.get_config())
 
     new = keras.models.clone_model(model, clone_function=clone)
-    for old_layer, new_layer in zip(model.layers, new.layers):
+    for old_layer, new_layer in zip(model.layers, new.layers, strict=True):
         if not isinstance(old_layer, keras.Model):
             new_layer.set_weights(old_layer.get_weights())
     return new

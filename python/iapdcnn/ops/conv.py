@@ -53,7 +53,9 @@ def im2col_conv2d(
         )
     filters = tf.convert_to_tensor(filters, dtype=input.dtype, name="filters")
     if data_format not in ("NHWC", "NCHW"):
-        raise ValueError(f"im2col_conv2d: data_format must be 'NHWC' or 'NCHW', got {data_format!r}")
+        raise ValueError(
+            f"im2col_conv2d: data_format must be 'NHWC' or 'NCHW', got {data_format!r}"
+        )
     if groups is None:
         groups = 1
         if input.shape.rank == 4 and filters.shape.rank == 4:

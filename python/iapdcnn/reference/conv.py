@@ -56,9 +56,13 @@ def _taps(kh, kw, dh, dw, sh, sw, oh, ow):
     """For each kernel tap: the (rows, cols) slices of the padded input it reads."""
     for i in range(kh):
         for j in range(kw):
-            yield i, j, (
-                slice(i * dh, i * dh + (oh - 1) * sh + 1, sh),
-                slice(j * dw, j * dw + (ow - 1) * sw + 1, sw),
+            yield (
+                i,
+                j,
+                (
+                    slice(i * dh, i * dh + (oh - 1) * sh + 1, sh),
+                    slice(j * dw, j * dw + (ow - 1) * sw + 1, sw),
+                ),
             )
 
 
@@ -131,8 +135,13 @@ def im2col_conv2d_backprop_filter(
     dy = _nhwc(np.asarray(out_backprop, np.float64), data_format)
     kh, kw, cg, oc = filter_sizes
     sh, sw, dh, dw, (pt, pb, pl, pr), groups, oh, ow = _setup(
-        _back(x, data_format).shape, tuple(filter_sizes), strides, padding, data_format,
-        dilations, groups,
+        _back(x, data_format).shape,
+        tuple(filter_sizes),
+        strides,
+        padding,
+        data_format,
+        dilations,
+        groups,
     )
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     og = oc // groups
