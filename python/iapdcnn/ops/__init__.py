@@ -3,15 +3,17 @@
 Each op lives in its own module here; this package only re-exports them.
 """
 
+from .conv import im2col_conv2d
 from .cosine_nlm import cosine_nlm
 from .fci import fci, fci_class_stats, fci_prototype, fci_within_class
 from .marr_hildreth import marr_hildreth
 
 __all__ = [
-    "fci",
     "cosine_nlm",
-    "marr_hildreth",
+    "fci",
     "fci_class_stats",
     "fci_prototype",
     "fci_within_class",
+    "im2col_conv2d",
+    "marr_hildreth",
 ]

@@ -1,14 +1,18 @@
 """NumPy reference implementations (oracles for the tests), written for clarity, not speed."""
 
+from .conv import im2col_conv2d, im2col_conv2d_backprop_filter, im2col_conv2d_backprop_input
 from .cosine_nlm import cosine_nlm
 from .fci import fci, fci_class_stats, fci_prototype, fci_within_class
 from .marr_hildreth import marr_hildreth
 
 __all__ = [
-    "fci",
     "cosine_nlm",
-    "marr_hildreth",
+    "fci",
     "fci_class_stats",
     "fci_prototype",
     "fci_within_class",
+    "im2col_conv2d",
+    "im2col_conv2d_backprop_filter",
+    "im2col_conv2d_backprop_input",
+    "marr_hildreth",
 ]

@@ -1,0 +1,205 @@
+"""Benchmark of the Im2col + GEMM convolution (SPEC 2b) against TensorFlow's own Conv2D (oneDNN)
+on ResNet-50's distinct convolution shapes at batch 8 and 1: forward, gradient w.r.t. input and
+w.r.t. filter, interleaved in one process. Ratio = TF time / our time (> 1: we are faster).
+Last stdout line: one JSON object with the figures.
+
+Usage: python benchmarks/bench_conv.py [--quick] [--batches 8 1] [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from iapdcnn import _C  # noqa: E402
+from iapdcnn.ops import im2col_conv2d  # noqa: E402
+from iapdcnn.ops.conv import load_ops  # noqa: E402
+
+# (name, H=W of the input, in_c, k, out_c, stride) of keras.applications.ResNet50 (v1: the
+# stride sits on the first 1x1 of each stage), all SAME-padded.
+RESNET50 = [
+    ("conv1_7x7", 224, 3, 7, 64, 2),
+    ("c2_1x1_64_64", 56, 64, 1, 64, 1),
+    ("c2_3x3_64", 56, 64, 3, 64, 1),
+    ("c2_1x1_64_256", 56, 64, 1, 256, 1),
+    ("c2_1x1_256_64", 56, 256, 1, 64, 1),
+    ("c3_1x1_256_128_s2", 56, 256, 1, 128, 2),
+    ("c3_1x1_256_512_s2", 56, 256, 1, 512, 2),
+    ("c3_3x3_128", 28, 128, 3, 128, 1),
+    ("c3_1x1_128_512", 28, 128, 1, 512, 1),
+    ("c3_1x1_512_128", 28, 512, 1, 128, 1),
+    ("c4_1x1_512_256_s2", 28, 512, 1, 256, 2),
+    ("c4_1x1_512_1024_s2", 28, 512, 1, 1024, 2),
+    ("c4_3x3_256", 14, 256, 3, 256, 1),
+    ("c4_1x1_256_1024", 14, 256, 1, 1024, 1),
+    ("c4_1x1_1024_256", 14, 1024, 1, 256, 1),
+    ("c5_1x1_1024_512_s2", 14, 1024, 1, 512, 2),
+    ("c5_1x1_1024_2048_s2", 14, 1024, 1, 2048, 2),
+    ("c5_3x3_512", 7, 512, 3, 512, 1),
+    ("c5_1x1_512_2048", 7, 512, 1, 2048, 1),
+    ("c5_1x1_2048_512", 7, 2048, 1, 512, 1),
+]
+
+
+def _timeit(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _pair(f_tf, f_ours, warmup: int, reps: int) -> tuple[float, float]:
+    """Medians of interleaved runs (order alternates, so drift hits both equally)."""
+    for _ in range(warmup):
+        f_tf()
+        f_ours()
+    a, b = [], []
+    for r in range(reps):
+        first, second = (f_tf, f_ours) if r % 2 == 0 else (f_ours, f_tf)
+        t1 = _timeit(first, 1)[0]
+        t2 = _timeit(second, 1)[0]
+        (a if first is f_tf else b).append(t1)
+        (b if first is f_tf else a).append(t2)
+    return float(np.median(a)), float(np.median(b))
+
+
+def _functions(lib, x, w, dy, xs, ws, st, attrs) -> dict:
+    """kind -> (TensorFlow's op, ours), each a tf.function of no arguments."""
+    pad = "SAME"
+    return {
+        "fwd": (
+            tf.function(lambda: tf.nn.conv2d(x, w, st, pad)),
+            tf.function(lambda: im2col_conv2d(x, w, st, pad)),
+        ),
+        "bwd_input": (
+            tf.function(
+                lambda: tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=xs, filter=w, out_backprop=dy, strides=st, padding=pad
+                )
+            ),
+            tf.function(
+                lambda: lib.iapdcnn_im2col_conv2d_backprop_input(
+                    input_sizes=xs, filters=w, out_backprop=dy, **attrs
+                )
+            ),
+        ),
+        "bwd_filter": (
+            tf.function(
+                lambda: tf.raw_ops.Conv2DBackpropFilter(
+                    input=x, filter_sizes=ws, out_backprop=dy, strides=st, padding=pad
+                )
+            ),
+            tf.function(
+                lambda: lib.iapdcnn_im2col_conv2d_backprop_filter(
+                    input=x, filter_sizes=ws, out_backprop=dy, **attrs
+                )
+            ),
+        ),
+    }
+
+
+def sgemm_rate(reps: int) -> float:
+    """This machine's SGEMM rate (GFLOP/s) through TensorFlow's matmul, all threads."""
+    n = 2048
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    mm = tf.function(lambda: tf.linalg.matmul(a, b))
+    mm()
+    ts = _timeit(lambda: mm().numpy(), reps)
+    return 2 * n**3 / min(ts) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (noisy, still valid)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 1])
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--only", default="", help="substring filter on shape names")
+    args = ap.parse_args()
+    reps = args.reps or (3 if args.quick else 9)
+    warmup = 1 if args.quick else 2
+    threads = os.cpu_count() or 1
+    lib = load_ops()
+    rng = np.random.default_rng(0)
+
+    peak = sgemm_rate(5)
+    print(f"SGEMM rate (tf.linalg.matmul 2048^3): {peak:.1f} GFLOP/s on {threads} threads")
+
+    ratios = {"fwd": [], "bwd_input": [], "bwd_filter": []}
+    rates_3x3 = []
+    worst = (math.inf, "")
+    for batch in args.batches:
+        for name, hw, cin, k, cout, s in RESNET50:
+            if args.only and args.only not in name:
+                continue
+            x = tf.constant(rng.normal(size=(batch, hw, hw, cin)).astype(np.float32))
+            w = tf.constant(
+                (rng.normal(size=(k, k, cin, cout)) / math.sqrt(k * k * cin)).astype(np.float32)
+            )
+            oh = -(-hw // s)
+            dy = tf.constant(rng.normal(size=(batch, oh, oh, cout)).astype(np.float32))
+            xs = tf.constant([batch, hw, hw, cin])
+            ws = tf.constant([k, k, cin, cout])
+            st = [1, s, s, 1]
+            attrs = dict(
+                strides=st, padding="SAME", data_format="NHWC", dilations=[1, 1, 1, 1], groups=1
+            )
+            fns = _functions(lib, x, w, dy, xs, ws, st, attrs)
+            flops = 2.0 * batch * oh * oh * k * k * cin * cout
+            line = [f"b{batch} {name:22s}"]
+            for kind, (f_tf, f_ours) in fns.items():
+                a, b = f_tf().numpy(), f_ours().numpy()  # correctness first
+                scale = max(1.0, float(np.abs(a).max()))
+                err = float(np.abs(a - b).max()) / scale
+                assert err < 1e-4, f"{name} b{batch} {kind}: ours differs from TF by {err:.2e}"
+                t_tf, t_ours = _pair(
+                    lambda f=f_tf: f().numpy(), lambda f=f_ours: f().numpy(), warmup, reps
+                )
+                ratio = t_tf / t_ours
+                ratios[kind].append(ratio)
+                if ratio < worst[0]:
+                    worst = (ratio, f"b{batch} {name} {kind}")
+                gf = flops / t_ours / 1e9
+                if k == 3 and kind == "fwd" and batch == max(args.batches):
+                    rates_3x3.append(gf)
+                line.append(f"{kind} {ratio:5.2f}x ({gf:6.1f} vs {flops / t_tf / 1e9:6.1f} GF/s)")
+            print("  ".join(line), flush=True)
+
+    # Scratch: largest per-task buffer + shared buffers, every shape at batch 64 (float32).
+    extra = 0
+    for _, hw, cin, k, cout, s in RESNET50:
+        per_task, shared = _C.im2col_conv2d_scratch_bytes(
+            (64, hw, hw, cin), (k, k, cin, cout), s, "SAME"
+        )
+        extra = max(extra, per_task + shared)
+
+    def geo(v):
+        return float(math.exp(np.mean(np.log(v)))) if v else float("nan")
+
+    result = {
+        "fwd_geomean_ratio": round(geo(ratios["fwd"]), 3),
+        "bwd_input_geomean_ratio": round(geo(ratios["bwd_input"]), 3),
+        "bwd_filter_geomean_ratio": round(geo(ratios["bwd_filter"]), 3),
+        "worst_ratio": round(worst[0], 3),
+        "worst_case": worst[1],
+        "peak_fraction_3x3": round(geo(rates_3x3) / peak, 3) if rates_3x3 else None,
+        "sgemm_gflops": round(peak, 1),
+        "peak_extra_mib": round(extra / 2**20, 2),
+        "batches": args.batches,
+        "reps": reps,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,893 @@
+// CPU Im2col + GEMM convolution (SPEC 2b). The paper's "map" is a tile of output pixels (forward,
+// grad-input) or a block of im2col columns (grad-filter) handed to one task of the ParallelFor;
+// each task packs its tile with im2col into a bounded buffer and multiplies it with Eigen's GEMM.
+//
+// Why Eigen's GEMM (header-only, from TensorFlow's include dir; no TensorFlow code): measured
+// single-threaded on this 2-core AVX-512 machine against OpenBLAS 0.3.34 (scipy-openblas32) on
+// ResNet-50 3x3 shapes ([3136x576]x[576x64], [784x1152]x[1152x128], [196x2304]x[2304x256]):
+// Eigen 221 / 245 / 236 GFLOP/s, OpenBLAS 124 / 128 / 128 (its runtime dispatch picks the Haswell
+// kernels on this VM; forced to SkylakeX it ties Eigen). Eigen is as fast, adds no dependency and
+// runs single-threaded inside our tasks, so TensorFlow's intra-op pool is the only thread pool.
+#define EIGEN_DONT_PARALLELIZE
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "conv/conv.h"
+#include "conv/conv_impl.h"
+
+namespace iapdcnn {
+
+namespace {
+
+using conv_impl::EffectiveKernel;
+using conv_impl::InputCoord;
+
+// half and bfloat16 are packed into float and multiplied in float (float accumulation).
+template <typename T>
+struct ComputeOf {
+  using type = float;
+};
+template <>
+struct ComputeOf<double> {
+  using type = double;
+};
+
+constexpr int64_t kColBudgetBytes = 4 << 20;  // one im2col tile: bounded per task
+constexpr int64_t kMinTileRows = 32;          // below this GEMM efficiency drops
+
+// Enough tasks to balance the pool (2 per hardware thread), few enough to keep GEMMs large. The
+// ParallelFor does not say its size; TensorFlow's intra-op pool defaults to the core count.
+int64_t TargetTasks() {
+  static const int64_t n = std::max<int64_t>(2, 2 * std::thread::hardware_concurrency());
+  return n;
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+std::string ShapeStr(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// ---- GEMM -------------------------------------------------------------------------------------
+
+// A logical [rows x cols] matrix: stored row-major with leading dimension ld, or (t) stored as
+// its transpose [cols x rows] row-major with leading dimension ld.
+template <typename C>
+struct Mat {
+  const C* p;
+  int64_t ld;
+  bool t;
+  Mat T() const { return {p, ld, !t}; }
+};
+template <typename C>
+struct OutMat {
+  C* p;
+  int64_t ld;
+  bool t;
+};
+
+template <typename C>
+void Gemm(int64_t m, int64_t n, int64_t k, Mat<C> a, Mat<C> b, C* c, int64_t ldc, bool acc) {
+  using Row = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Col = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  using S = Eigen::OuterStride<>;
+  Eigen::Map<Row, 0, S> cm(c, m, n, S(ldc));
+  auto run = [&](const auto& am, const auto& bm) {
+    if (acc) {
+      cm.noalias() += am * bm;
+    } else {
+      cm.noalias() = am * bm;
+    }
+  };
+  using RA = Eigen::Map<const Row, 0, S>;
+  using CA = Eigen::Map<const Col, 0, S>;
+  if (!a.t && !b.t) run(RA(a.p, m, k, S(a.ld)), RA(b.p, k, n, S(b.ld)));
+  if (!a.t && b.t) run(RA(a.p, m, k, S(a.ld)), CA(b.p, k, n, S(b.ld)));
+  if (a.t && !b.t) run(CA(a.p, m, k, S(a.ld)), RA(b.p, k, n, S(b.ld)));
+  if (a.t && b.t) run(CA(a.p, m, k, S(a.ld)), CA(b.p, k, n, S(b.ld)));
+}
+
+// out [m x n] (=|+=) A [m x k] x B [k x n]; a transposed output is computed as B^T A^T.
+template <typename C>
+void MatMul(int64_t m, int64_t n, int64_t k, Mat<C> a, Mat<C> b, OutMat<C> out, bool acc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!acc) {
+      for (int64_t i = 0; i < (out.t ? n : m); ++i)
+        std::fill_n(out.p + i * out.ld, out.t ? m : n, C(0));
+    }
+    return;
+  }
+  if (out.t) {
+    Gemm<C>(n, m, k, b.T(), a.T(), out.p, out.ld, acc);
+  } else {
+    Gemm<C>(m, n, k, a, b, out.p, out.ld, acc);
+  }
+}
+
+// ---- layouts ----------------------------------------------------------------------------------
+
+struct Strides {
+  int64_t n, h, w, c;
+};
+Strides InputStrides(const Im2colConv2DParams& p) {
+  if (p.nchw) return {p.in_c * p.in_h * p.in_w, p.in_w, 1, p.in_h * p.in_w};
+  return {p.in_h * p.in_w * p.in_c, p.in_w * p.in_c, p.in_c, 1};
+}
+int64_t Pixels(const Im2colConv2DParams& p) { return p.out_h * p.out_w; }
+int64_t OutImageSize(const Im2colConv2DParams& p) { return Pixels(p) * p.out_c; }
+
+// An image-shaped target (dI or a float band buffer): address of (ih, iw, c) is
+// p + (ih - h0) * sh + iw * sw + (c - c0) * sc.
+template <typename D>
+struct View {
+  D* p;
+  int64_t sh, sw, sc, h0, c0;
+  D* at(int64_t ih, int64_t iw, int64_t c) const {
+    return p + (ih - h0) * sh + iw * sw + (c - c0) * sc;
+  }
+};
+
+// Output tile [rows, cols] at output pixel r0 and output channel oc0 of image `img` (size-P
+// planes in NCHW): a row-major view in NHWC, a transposed one in NCHW.
+template <typename X>
+X* OutTilePtr(const Im2colConv2DParams& p, X* img, int64_t r0, int64_t oc0, int64_t* ld, bool* t) {
+  if (p.nchw) {
+    *ld = Pixels(p);
+    *t = true;
+    return img + oc0 * Pixels(p) + r0;
+  }
+  *ld = p.out_c;
+  *t = false;
+  return img + r0 * p.out_c + oc0;
+}
+
+// ---- im2col / col2im over a channel range ---------------------------------------------------
+
+// Columns k in [k0, k1) of the im2col matrix of channels [cb, cb + cn): k = (kh * k_w + kw) * cn
+// + ci. NHWC writes col [rows, k1 - k0]; NCHW writes its transpose [k1 - k0, rows], so that both
+// read the input along its contiguous axis.
+template <typename T, typename C>
+void Im2colRange(const Im2colConv2DParams& p, const T* img, int64_t cb, int64_t cn, int64_t r0,
+                 int64_t r1, int64_t k0, int64_t k1, C* col) {
+  const Strides s = InputStrides(p);
+  const int64_t kc = k1 - k0, rows = r1 - r0;
+  if (!p.nchw && cn == p.in_c && p.dilation_w == 1 && k0 == 0 && k1 == p.k_h * p.k_w * cn) {
+    // All channels, undilated rows: the k_w taps of one kernel row are one contiguous input run
+    // (k_w * C values), e.g. 21 instead of 7 runs of 3 for ResNet's 7x7 stem.
+    const int64_t run = p.k_w * cn;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t oh = r / p.out_w, ow = r % p.out_w;
+      const int64_t iw0 = ow * p.stride_w - p.pad_left;
+      const int64_t lo = std::max<int64_t>(0, -iw0), hi = std::min(p.k_w, p.in_w - iw0);
+      for (int64_t kh = 0; kh < p.k_h; ++kh) {
+        C* dst = col + (r - r0) * kc + kh * run;
+        const int64_t ih = InputCoord(oh, p.stride_h, p.pad_top, kh, p.dilation_h);
+        if (ih < 0 || ih >= p.in_h || lo >= hi) {
+          std::fill_n(dst, run, C(0));
+          continue;
+        }
+        std::fill_n(dst, lo * cn, C(0));
+        const T* src = img + ih * s.h + (iw0 + lo) * s.w;
+        for (int64_t j = 0; j < (hi - lo) * cn; ++j) dst[lo * cn + j] = static_cast<C>(src[j]);
+        std::fill_n(dst + hi * cn, (p.k_w - hi) * cn, C(0));
+      }
+    }
+    return;
+  }
+  if (!p.nchw) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t oh = r / p.out_w, ow = r % p.out_w;
+      C* dst = col + (r - r0) * kc;
+      int64_t k = k0;
+      int64_t ci = k % cn, kw = (k / cn) % p.k_w, kh = k / cn / p.k_w;
+      while (k < k1) {
+        const int64_t run = std::min(cn - ci, k1 - k);
+        const int64_t ih = InputCoord(oh, p.stride_h, p.pad_top, kh, p.dilation_h);
+        const int64_t iw = InputCoord(ow, p.stride_w, p.pad_left, kw, p.dilation_w);
+        if (ih >= 0 && ih < p.in_h && iw >= 0 && iw < p.in_w) {
+          const T* src = img + ih * s.h + iw * s.w + cb + ci;
+          for (int64_t j = 0; j < run; ++j) dst[j] = static_cast<C>(src[j]);
+        } else {
+          std::fill_n(dst, run, C(0));
+        }
+        dst += run;
+        k += run;
+        ci = 0;
+        if (++kw == p.k_w) kw = 0, ++kh;
+      }
+    }
+    return;
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t ci = k % cn, kw = (k / cn) % p.k_w, kh = k / cn / p.k_w;
+    const T* plane = img + (cb + ci) * s.c;
+    C* dst = col + (k - k0) * rows;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t oh = r / p.out_w, ow = r % p.out_w;
+      const int64_t ih = InputCoord(oh, p.stride_h, p.pad_top, kh, p.dilation_h);
+      const int64_t iw = InputCoord(ow, p.stride_w, p.pad_left, kw, p.dilation_w);
+      dst[r - r0] = (ih >= 0 && ih < p.in_h && iw >= 0 && iw < p.in_w)
+                        ? static_cast<C>(plane[ih * s.h + iw])
+                        : C(0);
+    }
+  }
+}
+
+// Im2colRange over rows [r0, r1) of the batch's row space: NHWC numbers output pixels across
+// images (row = n * out_h * out_w + pixel), so one tile may span several images.
+template <typename T, typename C>
+void Im2colRows(const Im2colConv2DParams& p, const T* input, int64_t cb, int64_t cn, int64_t r0,
+                int64_t r1, int64_t k0, int64_t k1, C* col) {
+  const int64_t P = p.out_h * p.out_w, image = p.in_h * p.in_w * p.in_c;
+  for (int64_t r = r0; r < r1;) {
+    const int64_t n = r / P, end = std::min(r1, (n + 1) * P);
+    Im2colRange<T, C>(p, input + n * image, cb, cn, r - n * P, end - n * P, k0, k1,
+                      col + (r - r0) * (k1 - k0));
+    r = end;
+  }
+}
+
+// Adjoint of Im2colRange over all columns (k in [0, k_h * k_w * cn)), adding only into input rows
+// [h_lo, h_hi) of the view.
+template <typename C, typename D>
+void Col2imRange(const Im2colConv2DParams& p, const C* col, int64_t cb, int64_t cn, int64_t r0,
+                 int64_t r1, int64_t h_lo, int64_t h_hi, const View<D>& v) {
+  const int64_t kc = p.k_h * p.k_w * cn, rows = r1 - r0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t oh = r / p.out_w, ow = r % p.out_w;
+    for (int64_t kh = 0; kh < p.k_h; ++kh) {
+      const int64_t ih = InputCoord(oh, p.stride_h, p.pad_top, kh, p.dilation_h);
+      if (ih < h_lo || ih >= h_hi) continue;
+      for (int64_t kw = 0; kw < p.k_w; ++kw) {
+        const int64_t iw = InputCoord(ow, p.stride_w, p.pad_left, kw, p.dilation_w);
+        if (iw < 0 || iw >= p.in_w) continue;
+        const int64_t k = (kh * p.k_w + kw) * cn;
+        D* dst = v.at(ih, iw, cb);
+        if (!p.nchw) {
+          const C* src = col + (r - r0) * kc + k;
+          if (v.sc == 1) {
+            for (int64_t j = 0; j < cn; ++j) dst[j] = static_cast<D>(dst[j] + src[j]);
+          } else {
+            for (int64_t j = 0; j < cn; ++j) dst[j * v.sc] = static_cast<D>(dst[j * v.sc] + src[j]);
+          }
+        } else {
+          const C* src = col + k * rows + (r - r0);
+          for (int64_t j = 0; j < cn; ++j) {
+            dst[j * v.sc] = static_cast<D>(dst[j * v.sc] + src[j * rows]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// A 1x1, stride-1, unpadded convolution's im2col matrix is the input itself.
+bool IsPointwise(const Im2colConv2DParams& p) {
+  return p.k_h == 1 && p.k_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_top == 0 &&
+         p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
+}
+
+// The im2col matrix of channels [cb, cb + cn), rows [r0, r1), columns [k0, k1) of a pointwise
+// convolution, read in place.
+template <typename C>
+Mat<C> PointwiseCols(const Im2colConv2DParams& p, const C* img, int64_t cb, int64_t r0,
+                     int64_t k0) {
+  if (p.nchw) return {img + (cb + k0) * Pixels(p) + r0, Pixels(p), true};
+  return {img + r0 * p.in_c + cb + k0, p.in_c, false};
+}
+
+template <typename T, typename C>
+std::vector<C> ToCompute(const T* x, int64_t n, const ParallelFor& pf) {
+  std::vector<C> out(static_cast<size_t>(n));
+  pf(n, 2, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[i] = static_cast<C>(x[i]);
+  });
+  return out;
+}
+
+// ---- tiling plans (shared with the scratch-size functions) -----------------------------------
+
+struct FwdPlan {
+  int64_t tile_rows, tiles, oc_block, oc_blocks;
+};
+// Row space of the forward and grad-filter tiles: an image's pixels (NCHW), or the whole batch's
+// (NHWC, where output rows are contiguous across images: larger GEMMs on small images).
+int64_t RowSpace(const Im2colConv2DParams& p) { return p.nchw ? Pixels(p) : p.batch * Pixels(p); }
+int64_t RowSeqs(const Im2colConv2DParams& p) { return p.nchw ? p.batch : 1; }
+
+FwdPlan PlanForward(const Im2colConv2DParams& p, int64_t cbytes) {
+  const int64_t P = RowSpace(p), cg_out = p.out_c / p.groups;
+  const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
+  FwdPlan f;
+  f.tile_rows = std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, K * cbytes));
+  // Not enough tasks for the pool: smaller row tiles first, then output-channel blocks.
+  const int64_t images = std::max<int64_t>(1, RowSeqs(p) * p.groups);
+  if (images * CeilDiv(P, f.tile_rows) < TargetTasks()) {
+    f.tile_rows = std::max<int64_t>(kMinTileRows, CeilDiv(P, CeilDiv(TargetTasks(), images)));
+  }
+  f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
+  f.tiles = CeilDiv(P, f.tile_rows);
+  f.oc_block = cg_out;
+  if (images * f.tiles < TargetTasks()) {
+    const int64_t want = CeilDiv(TargetTasks(), images * f.tiles);
+    f.oc_block = std::max<int64_t>(std::min<int64_t>(64, cg_out), CeilDiv(cg_out, want));
+  }
+  f.oc_block = std::max<int64_t>(1, f.oc_block);
+  f.oc_blocks = CeilDiv(cg_out, f.oc_block);
+  return f;
+}
+
+struct BwdInPlan {
+  int64_t bands, band_h, ch_block, ch_blocks, tile_rows;
+};
+BwdInPlan PlanBackpropInput(const Im2colConv2DParams& p, int64_t cbytes) {
+  const int64_t cg = p.in_c / p.groups;
+  const int64_t images = std::max<int64_t>(1, p.batch * p.groups);
+  BwdInPlan b;
+  // Threads own disjoint input-row bands, so col2im needs no atomics; a band recomputes the
+  // output rows it shares with its neighbour, so bands stay >= 2 dilated kernels tall.
+  const int64_t kh_eff = EffectiveKernel(p.k_h, p.dilation_h);
+  const int64_t max_bands = std::max<int64_t>(1, p.in_h / std::max<int64_t>(2 * kh_eff, 4));
+  b.bands = std::min(max_bands, CeilDiv(TargetTasks(), images));
+  b.band_h = CeilDiv(std::max<int64_t>(1, p.in_h), b.bands);
+  b.bands = CeilDiv(std::max<int64_t>(1, p.in_h), b.band_h);
+  // Still too few tasks: split the input channels too (disjoint writes again).
+  b.ch_block = cg;
+  if (images * b.bands < TargetTasks()) {
+    const int64_t want = CeilDiv(TargetTasks(), images * b.bands);
+    b.ch_block = std::max<int64_t>(std::min<int64_t>(32, cg), CeilDiv(cg, want));
+  }
+  b.ch_block = std::max<int64_t>(1, b.ch_block);
+  b.ch_blocks = CeilDiv(cg, b.ch_block);
+  const int64_t kc = p.k_h * p.k_w * b.ch_block;
+  b.tile_rows =
+      std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, kc * cbytes));
+  return b;
+}
+
+struct BwdFilPlan {
+  int64_t k_block, k_blocks, shards, tile_rows, tiles_per_image;
+};
+BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
+  const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
+  const int64_t P = RowSpace(p);
+  BwdFilPlan f;
+  // Small dW (stem, most 1x1 layers): tasks split the rows, each with its own full-K
+  // accumulator (fast whole-row im2col, long GEMMs). Large dW (deep 3x3 layers): tasks own
+  // disjoint blocks of im2col columns (rows of dW), so no accumulator copies are needed.
+  const int64_t want = CeilDiv(TargetTasks(), p.groups);
+  const bool small_dw = K * p.out_c * cbytes * TargetTasks() <= (int64_t{16} << 20);
+  f.k_block = small_dw ? K : std::max<int64_t>(std::min<int64_t>(32, K), CeilDiv(K, want));
+  f.k_blocks = CeilDiv(K, f.k_block);
+  f.tile_rows =
+      std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, f.k_block * cbytes));
+  f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
+  f.tiles_per_image = CeilDiv(P, f.tile_rows);
+  // Few column blocks (small K): also split the (image, tile) sequence into shards with their
+  // own dW accumulators, summed afterwards.
+  const int64_t work = RowSeqs(p) * f.tiles_per_image;
+  f.shards = 1;
+  if (p.groups * f.k_blocks < TargetTasks()) {
+    f.shards = std::max<int64_t>(1, std::min(work, CeilDiv(TargetTasks(), p.groups * f.k_blocks)));
+  }
+  return f;
+}
+
+}  // namespace
+
+// ---- validation ---------------------------------------------------------------------------------
+
+std::vector<int64_t> Im2colConv2DParams::InputShape() const {
+  return nchw ? std::vector<int64_t>{batch, in_c, in_h, in_w}
+              : std::vector<int64_t>{batch, in_h, in_w, in_c};
+}
+std::vector<int64_t> Im2colConv2DParams::FilterShape() const {
+  return {k_h, k_w, groups > 0 ? in_c / groups : 0, out_c};
+}
+std::vector<int64_t> Im2colConv2DParams::OutputShape() const {
+  return nchw ? std::vector<int64_t>{batch, out_c, out_h, out_w}
+              : std::vector<int64_t>{batch, out_h, out_w, out_c};
+}
+
+namespace {
+// 1, 2 or 4 values (data_format order) -> (h, w).
+Status SpatialPair(const char* name, const std::vector<int64_t>& v, bool nchw, int64_t* h,
+                   int64_t* w) {
+  if (v.size() == 1) {
+    *h = *w = v[0];
+  } else if (v.size() == 2) {
+    *h = v[0];
+    *w = v[1];
+  } else if (v.size() == 4) {
+    const int64_t nb = v[0], ch = nchw ? v[1] : v[3];
+    if (nb != 1 || ch != 1) {
+      return Status::InvalidArgument(std::string("im2col_conv2d: ") + name +
+                                     " in the batch and channel dimensions must be 1, got " +
+                                     ShapeStr(v));
+    }
+    *h = nchw ? v[2] : v[1];
+    *w = nchw ? v[3] : v[2];
+  } else {
+    return Status::InvalidArgument(std::string("im2col_conv2d: ") + name +
+                                   " must have 1, 2 or 4 values, got " + ShapeStr(v));
+  }
+  if (*h < 1 || *w < 1) {
+    return Status::InvalidArgument(std::string("im2col_conv2d: ") + name + " must be >= 1, got " +
+                                   ShapeStr(v));
+  }
+  return Status::OK();
+}
+}  // namespace
+
+Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
+                            const std::vector<int64_t>& filter_shape,
+                            const std::vector<int64_t>& strides, const std::string& padding,
+                            const std::vector<int64_t>& explicit_paddings,
+                            const std::string& data_format, const std::vector<int64_t>& dilations,
+                            int64_t groups, Im2colConv2DParams* p) {
+  if (data_format != "NHWC" && data_format != "NCHW") {
+    return Status::InvalidArgument("im2col_conv2d: data_format must be 'NHWC' or 'NCHW', got '" +
+                                   data_format + "'");
+  }
+  const bool nchw = data_format == "NCHW";
+  p->nchw = nchw;
+  if (input_shape.size() != 4) {
+    return Status::InvalidArgument("im2col_conv2d: input must be 4-D (" + data_format +
+                                   "), got shape " + ShapeStr(input_shape));
+  }
+  if (filter_shape.size() != 4) {
+    return Status::InvalidArgument(
+        "im2col_conv2d: filters must be 4-D [k_h, k_w, in_channels / groups, out_channels], got "
+        "shape " +
+        ShapeStr(filter_shape));
+  }
+  for (int64_t d : input_shape) {
+    if (d < 0) return Status::InvalidArgument("im2col_conv2d: input has a negative dimension");
+  }
+  p->batch = input_shape[0];
+  p->in_c = nchw ? input_shape[1] : input_shape[3];
+  p->in_h = nchw ? input_shape[2] : input_shape[1];
+  p->in_w = nchw ? input_shape[3] : input_shape[2];
+  p->k_h = filter_shape[0];
+  p->k_w = filter_shape[1];
+  p->out_c = filter_shape[3];
+  if (p->k_h < 1 || p->k_w < 1 || filter_shape[2] < 1 || p->out_c < 1) {
+    return Status::InvalidArgument("im2col_conv2d: every dimension of filters must be >= 1, got " +
+                                   ShapeStr(filter_shape));
+  }
+  if (groups < 1) {
+    return Status::InvalidArgument("im2col_conv2d: groups must be >= 1, got " +
+                                   std::to_string(groups));
+  }
+  p->groups = groups;
+  if (p->in_c != filter_shape[2] * groups) {
+    return Status::InvalidArgument("im2col_conv2d: input channels (" + std::to_string(p->in_c) +
+                                   ") must equal filters' in_channels (dimension 2 of filters " +
+                                   ShapeStr(filter_shape) + ") times groups (" +
+                                   std::to_string(groups) + ")");
+  }
+  if (p->out_c % groups != 0) {
+    return Status::InvalidArgument("im2col_conv2d: groups (" + std::to_string(groups) +
+                                   ") must divide the filters' out_channels (" +
+                                   std::to_string(p->out_c) + ")");
+  }
+  IAPDCNN_RETURN_IF_ERROR(SpatialPair("strides", strides, nchw, &p->stride_h, &p->stride_w));
+  IAPDCNN_RETURN_IF_ERROR(
+      SpatialPair("dilations", dilations, nchw, &p->dilation_h, &p->dilation_w));
+  if ((p->stride_h > 1 || p->stride_w > 1) && (p->dilation_h > 1 || p->dilation_w > 1)) {
+    // tf.nn.conv2d rejects this combination on CPU as well.
+    return Status::InvalidArgument(
+        "im2col_conv2d: strides > 1 together with dilations > 1 is not supported (as in "
+        "tf.nn.conv2d on CPU), got strides " +
+        ShapeStr(strides) + " and dilations " + ShapeStr(dilations));
+  }
+  const int64_t kh_eff = EffectiveKernel(p->k_h, p->dilation_h);
+  const int64_t kw_eff = EffectiveKernel(p->k_w, p->dilation_w);
+  if (padding == "SAME") {
+    if (!explicit_paddings.empty()) {
+      return Status::InvalidArgument(
+          "im2col_conv2d: explicit_paddings must be empty unless "
+          "padding is 'EXPLICIT'");
+    }
+    conv_impl::SamePadding(p->in_h, kh_eff, p->stride_h, &p->pad_top, &p->pad_bottom);
+    conv_impl::SamePadding(p->in_w, kw_eff, p->stride_w, &p->pad_left, &p->pad_right);
+  } else if (padding == "VALID") {
+    if (!explicit_paddings.empty()) {
+      return Status::InvalidArgument(
+          "im2col_conv2d: explicit_paddings must be empty unless "
+          "padding is 'EXPLICIT'");
+    }
+    p->pad_top = p->pad_bottom = p->pad_left = p->pad_right = 0;
+  } else if (padding == "EXPLICIT") {
+    const auto& e = explicit_paddings;
+    if (e.size() == 8) {
+      const int hi = nchw ? 4 : 2, wi = nchw ? 6 : 4, ci = nchw ? 2 : 6;
+      if (e[0] || e[1] || e[ci] || e[ci + 1]) {
+        return Status::InvalidArgument(
+            "im2col_conv2d: explicit_paddings of the batch and channel dimensions must be 0, "
+            "got " +
+            ShapeStr(e));
+      }
+      p->pad_top = e[hi];
+      p->pad_bottom = e[hi + 1];
+      p->pad_left = e[wi];
+      p->pad_right = e[wi + 1];
+    } else if (e.size() == 4) {
+      p->pad_top = e[0];
+      p->pad_bottom = e[1];
+      p->pad_left = e[2];
+      p->pad_right = e[3];
+    } else {
+      return Status::InvalidArgument(
+          "im2col_conv2d: explicit_paddings must have 8 values (4 pairs in data_format order) "
+          "or 4 (top, bottom, left, right) when padding is 'EXPLICIT', got " +
+          ShapeStr(e));
+    }
+    if (p->pad_top < 0 || p->pad_bottom < 0 || p->pad_left < 0 || p->pad_right < 0) {
+      return Status::InvalidArgument("im2col_conv2d: explicit_paddings must be >= 0, got " +
+                                     ShapeStr(e));
+    }
+  } else {
+    return Status::InvalidArgument(
+        "im2col_conv2d: padding must be 'SAME', 'VALID' or 'EXPLICIT', got '" + padding + "'");
+  }
+  p->out_h = conv_impl::OutputSize(p->in_h, kh_eff, p->stride_h, p->pad_top, p->pad_bottom);
+  p->out_w = conv_impl::OutputSize(p->in_w, kw_eff, p->stride_w, p->pad_left, p->pad_right);
+  if (p->out_h < 0 || p->out_w < 0) {
+    return Status::InvalidArgument("im2col_conv2d: the dilated kernel (" + std::to_string(kh_eff) +
+                                   " x " + std::to_string(kw_eff) +
+                                   ") is larger than the padded input (" +
+                                   std::to_string(p->in_h + p->pad_top + p->pad_bottom) + " x " +
+                                   std::to_string(p->in_w + p->pad_left + p->pad_right) +
+                                   "): computed output size would "
+                                   "be negative");
+  }
+  return Status::OK();
+}
+
+Status CheckShapeIs(const char* what, const std::vector<int64_t>& got,
+                    const std::vector<int64_t>& want) {
+  if (got != want) {
+    return Status::InvalidArgument(std::string("im2col_conv2d: ") + what + " must have shape " +
+                                   ShapeStr(want) + ", got " + ShapeStr(got));
+  }
+  return Status::OK();
+}
+
+// ---- scratch sizes ------------------------------------------------------------------------------
+
+int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t elem_bytes) {
+  const int64_t cb = elem_bytes == 8 ? 8 : 4;
+  const bool packed = elem_bytes != cb;  // half / bfloat16
+  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
+  const FwdPlan f = PlanForward(p, cb);
+  int64_t fwd = IsPointwise(p) && !packed ? 0 : f.tile_rows * p.k_h * p.k_w * cg * cb;
+  if (packed) fwd += f.tile_rows * f.oc_block * cb;
+  const BwdInPlan bi = PlanBackpropInput(p, cb);
+  int64_t bin = bi.tile_rows * p.k_h * p.k_w * bi.ch_block * cb;
+  if (bi.ch_blocks > 1) bin += p.k_h * p.k_w * bi.ch_block * og * cb;
+  if (packed) bin += bi.tile_rows * og * cb + bi.band_h * p.in_w * bi.ch_block * cb;
+  const BwdFilPlan bf = PlanBackpropFilter(p, cb);
+  int64_t bfil = IsPointwise(p) && !packed ? 0 : bf.tile_rows * bf.k_block * cb;
+  if (packed) bfil += bf.tile_rows * og * cb;
+  return std::max({fwd, bin, bfil});
+}
+
+int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes) {
+  const int64_t cb = elem_bytes == 8 ? 8 : 4;
+  const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
+  const BwdFilPlan bf = PlanBackpropFilter(p, cb);
+  int64_t shared = bf.shards > 1 || elem_bytes != cb ? bf.shards * K * p.out_c * cb : 0;
+  if (elem_bytes != cb) shared = std::max(shared, K * p.out_c * cb);
+  return shared;
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+template <typename T>
+Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* filters, T* output,
+                       const ParallelFor& pf) {
+  using C = typename ComputeOf<T>::type;
+  constexpr bool kPacked = !std::is_same<T, C>::value;
+  const int64_t P = Pixels(p);
+  if (p.batch == 0 || P == 0) return Status::OK();
+  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
+  const int64_t K = p.k_h * p.k_w * cg;
+  const Strides is = InputStrides(p);
+  const bool pointwise = IsPointwise(p) && !kPacked;
+  std::vector<C> wbuf;
+  const C* w = nullptr;
+  if constexpr (kPacked) {
+    wbuf = ToCompute<T, C>(filters, K * p.out_c, pf);
+    w = wbuf.data();
+  } else {
+    w = filters;
+  }
+  const FwdPlan f = PlanForward(p, sizeof(C));
+  const int64_t RS = RowSpace(p);
+  const int64_t tasks = RowSeqs(p) * p.groups * f.tiles * f.oc_blocks;
+  pf(tasks, f.tile_rows * K * f.oc_block / 4 + 1, [&](int64_t begin, int64_t end) {
+    std::vector<C> col, otile;
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t ob = u % f.oc_blocks, tile = u / f.oc_blocks % f.tiles;
+      const int64_t g = u / f.oc_blocks / f.tiles % p.groups,
+                    n = u / f.oc_blocks / f.tiles / p.groups;
+      const int64_t r0 = tile * f.tile_rows, r1 = std::min(RS, r0 + f.tile_rows), rows = r1 - r0;
+      const int64_t oc0 = ob * f.oc_block, ocn = std::min(og, oc0 + f.oc_block) - oc0;
+      const T* img = input + n * is.n;
+      Mat<C> a;
+      if constexpr (!kPacked) {
+        if (pointwise) a = PointwiseCols<C>(p, img, g * cg, r0, 0);
+      }
+      if (!pointwise) {
+        col.resize(static_cast<size_t>(rows * K));
+        if (p.nchw) {
+          Im2colRange<T, C>(p, img, g * cg, cg, r0, r1, 0, K, col.data());
+        } else {
+          Im2colRows<T, C>(p, input, g * cg, cg, r0, r1, 0, K, col.data());
+        }
+        a = p.nchw ? Mat<C>{col.data(), rows, true} : Mat<C>{col.data(), K, false};
+      }
+      const Mat<C> b{w + g * og + oc0, p.out_c, false};
+      T* out_img = output + n * OutImageSize(p);
+      if constexpr (kPacked) {
+        otile.resize(static_cast<size_t>(rows * ocn));
+        MatMul<C>(rows, ocn, K, a, b, {otile.data(), ocn, false}, false);
+        int64_t ld;
+        bool t;
+        T* o = OutTilePtr(p, out_img, r0, g * og + oc0, &ld, &t);
+        for (int64_t i = 0; i < rows; ++i) {
+          for (int64_t j = 0; j < ocn; ++j) {
+            o[t ? j * ld + i : i * ld + j] = static_cast<T>(otile[i * ocn + j]);
+          }
+        }
+      } else {
+        int64_t ld;
+        bool t;
+        C* o = OutTilePtr(p, out_img, r0, g * og + oc0, &ld, &t);
+        MatMul<C>(rows, ocn, K, a, b, {o, ld, t}, false);
+      }
+    }
+  });
+  return Status::OK();
+}
+
+// ---- gradient with respect to the input ---------------------------------------------------------
+
+template <typename T>
+Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filters,
+                                    const T* out_backprop, T* in_backprop, const ParallelFor& pf) {
+  using C = typename ComputeOf<T>::type;
+  constexpr bool kPacked = !std::is_same<T, C>::value;
+  if (p.batch == 0 || p.in_h == 0 || p.in_w == 0) return Status::OK();
+  const int64_t P = Pixels(p);
+  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
+  const int64_t K = p.k_h * p.k_w * cg, taps = p.k_h * p.k_w;
+  const Strides is = InputStrides(p);
+  std::vector<C> wbuf;
+  const C* w = nullptr;
+  if constexpr (kPacked) {
+    wbuf = ToCompute<T, C>(filters, K * p.out_c, pf);
+    w = wbuf.data();
+  } else {
+    w = filters;
+  }
+  const BwdInPlan b = PlanBackpropInput(p, sizeof(C));
+  const int64_t tasks = p.batch * p.groups * b.bands * b.ch_blocks;
+  const int64_t rows_per_band =
+      std::min(P, (CeilDiv(b.band_h, p.stride_h) + p.k_h * p.dilation_h) * p.out_w);
+  pf(tasks, rows_per_band * taps * b.ch_block * og / 4 + 1, [&](int64_t begin, int64_t end) {
+    std::vector<C> dcol, wsub, dotile, band;
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t cbi = u % b.ch_blocks, bi = u / b.ch_blocks % b.bands;
+      const int64_t g = u / b.ch_blocks / b.bands % p.groups;
+      const int64_t n = u / b.ch_blocks / b.bands / p.groups;
+      const int64_t c0 = g * cg + cbi * b.ch_block,
+                    cn = std::min(g * cg + cg, c0 + b.ch_block) - c0;
+      const int64_t h_lo = bi * b.band_h, h_hi = std::min(p.in_h, h_lo + b.band_h);
+      const int64_t kc = taps * cn;
+      T* dimg = in_backprop + n * is.n;
+      // The target: dI itself, or a float band [h_hi - h_lo, in_w, cn] for half / bfloat16.
+      View<C> fv{nullptr, 0, 0, 0, 0, 0};
+      if constexpr (kPacked) {
+        band.assign(static_cast<size_t>((h_hi - h_lo) * p.in_w * cn), C(0));
+        fv = {band.data(), p.in_w * cn, cn, 1, h_lo, c0};
+      } else {
+        fv = {dimg, is.h, is.w, is.c, 0, 0};
+        for (int64_t ih = h_lo; ih < h_hi; ++ih) {
+          for (int64_t iw = 0; iw < p.in_w; ++iw) {
+            for (int64_t c = c0; c < c0 + cn; ++c) *fv.at(ih, iw, c) = C(0);
+          }
+        }
+      }
+      // Filter rows of this channel block: W [taps, cg, out_c] -> [taps * cn, og].
+      Mat<C> wt{w + g * og, p.out_c, false};
+      if (cn != cg) {
+        wsub.resize(static_cast<size_t>(kc * og));
+        for (int64_t t = 0; t < taps; ++t) {
+          for (int64_t c = 0; c < cn; ++c) {
+            const C* src = w + (t * cg + (c0 - g * cg) + c) * p.out_c + g * og;
+            std::copy_n(src, og, wsub.data() + (t * cn + c) * og);
+          }
+        }
+        wt = {wsub.data(), og, false};
+      }
+      // Output rows whose receptive field meets [h_lo, h_hi).
+      const int64_t reach = (p.k_h - 1) * p.dilation_h;
+      int64_t oh_lo = h_lo + p.pad_top - reach;
+      oh_lo = oh_lo <= 0 ? 0 : CeilDiv(oh_lo, p.stride_h);
+      const int64_t oh_hi = std::min(p.out_h, (h_hi - 1 + p.pad_top) / p.stride_h + 1);
+      if (oh_lo >= oh_hi) continue;
+      const T* do_img = out_backprop + n * OutImageSize(p);
+      for (int64_t r0 = oh_lo * p.out_w; r0 < oh_hi * p.out_w; r0 += b.tile_rows) {
+        const int64_t r1 = std::min(oh_hi * p.out_w, r0 + b.tile_rows), rows = r1 - r0;
+        Mat<C> dot;
+        int64_t ld;
+        bool t;
+        const T* src = OutTilePtr(p, do_img, r0, g * og, &ld, &t);
+        if constexpr (kPacked) {
+          dotile.resize(static_cast<size_t>(rows * og));
+          for (int64_t i = 0; i < rows; ++i) {
+            for (int64_t j = 0; j < og; ++j) {
+              dotile[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
+            }
+          }
+          dot = {dotile.data(), og, false};
+        } else {
+          dot = {src, ld, t};
+        }
+        dcol.resize(static_cast<size_t>(rows * kc));
+        const OutMat<C> dc =
+            p.nchw ? OutMat<C>{dcol.data(), rows, true} : OutMat<C>{dcol.data(), kc, false};
+        MatMul<C>(rows, kc, og, dot, wt.T(), dc, false);
+        Col2imRange<C, C>(p, dcol.data(), c0, cn, r0, r1, h_lo, h_hi, fv);
+      }
+      if constexpr (kPacked) {
+        const View<T> tv{dimg, is.h, is.w, is.c, 0, 0};
+        for (int64_t ih = h_lo; ih < h_hi; ++ih) {
+          for (int64_t iw = 0; iw < p.in_w; ++iw) {
+            for (int64_t c = c0; c < c0 + cn; ++c)
+              *tv.at(ih, iw, c) = static_cast<T>(*fv.at(ih, iw, c));
+          }
+        }
+      }
+    }
+  });
+  return Status::OK();
+}
+
+// ---- gradient with respect to the filter --------------------------------------------------------
+
+template <typename T>
+Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input,
+                                     const T* out_backprop, T* filter_backprop,
+                                     const ParallelFor& pf) {
+  using C = typename ComputeOf<T>::type;
+  constexpr bool kPacked = !std::is_same<T, C>::value;
+  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
+  const int64_t K = p.k_h * p.k_w * cg;
+  const Strides is = InputStrides(p);
+  const bool pointwise = IsPointwise(p) && !kPacked;
+  const BwdFilPlan f = PlanBackpropFilter(p, sizeof(C));
+  const int64_t RS = RowSpace(p);
+  // Accumulators: dW itself, or one float/double [K, out_c] per shard.
+  const bool direct = !kPacked && f.shards == 1;
+  std::vector<C> acc(direct ? 0 : static_cast<size_t>(f.shards * K * p.out_c));
+  const int64_t work = RowSeqs(p) * f.tiles_per_image;
+  const int64_t per_shard = CeilDiv(std::max<int64_t>(1, work), f.shards);
+  const int64_t tasks = p.groups * f.k_blocks * f.shards;
+  pf(tasks, std::max<int64_t>(1, per_shard * f.tile_rows) * f.k_block * og / 4 + 1,
+     [&](int64_t begin, int64_t end) {
+       std::vector<C> col, dotile;
+       for (int64_t u = begin; u < end; ++u) {
+         const int64_t s = u % f.shards, kb = u / f.shards % f.k_blocks;
+         const int64_t g = u / f.shards / f.k_blocks;
+         const int64_t k0 = kb * f.k_block, k1 = std::min(K, k0 + f.k_block), kn = k1 - k0;
+         C* dw = nullptr;
+         if constexpr (kPacked) {
+           dw = acc.data() + s * K * p.out_c;
+         } else {
+           dw = direct ? filter_backprop : acc.data() + s * K * p.out_c;
+         }
+         const OutMat<C> out{dw + k0 * p.out_c + g * og, p.out_c, false};
+         for (int64_t i = 0; i < kn; ++i) std::fill_n(out.p + i * p.out_c, og, C(0));
+         const int64_t w0 = s * per_shard, w1 = std::min(work, w0 + per_shard);
+         for (int64_t wi = w0; wi < w1; ++wi) {
+           const int64_t n = wi / f.tiles_per_image, tile = wi % f.tiles_per_image;
+           const int64_t r0 = tile * f.tile_rows, r1 = std::min(RS, r0 + f.tile_rows);
+           const int64_t rows = r1 - r0;
+           const T* img = input + n * is.n;
+           Mat<C> a;
+           if constexpr (!kPacked) {
+             if (pointwise) a = PointwiseCols<C>(p, img, g * cg, r0, k0);
+           }
+           if (!pointwise) {
+             col.resize(static_cast<size_t>(rows * kn));
+             if (p.nchw) {
+               Im2colRange<T, C>(p, img, g * cg, cg, r0, r1, k0, k1, col.data());
+             } else {
+               Im2colRows<T, C>(p, input, g * cg, cg, r0, r1, k0, k1, col.data());
+             }
+             a = p.nchw ? Mat<C>{col.data(), rows, true} : Mat<C>{col.data(), kn, false};
+           }
+           int64_t ld;
+           bool t;
+           const T* src = OutTilePtr(p, out_backprop + n * OutImageSize(p), r0, g * og, &ld, &t);
+           Mat<C> dot;
+           if constexpr (kPacked) {
+             dotile.resize(static_cast<size_t>(rows * og));
+             for (int64_t i = 0; i < rows; ++i) {
+               for (int64_t j = 0; j < og; ++j) {
+                 dotile[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
+               }
+             }
+             dot = {dotile.data(), og, false};
+           } else {
+             dot = {src, ld, t};
+           }
+           MatMul<C>(kn, og, rows, a.T(), dot, out, true);
+         }
+       }
+     });
+  if (!direct) {
+    const int64_t total = K * p.out_c;
+    pf(total, f.shards + 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        C sum = 0;
+        for (int64_t s = 0; s < f.shards; ++s) sum += acc[s * total + i];
+        filter_backprop[i] = static_cast<T>(sum);
+      }
+    });
+  }
+  return Status::OK();
+}
+
+// ---- public im2col / col2im (whole group, whole image) ---------------------------------------
+
+template <typename T, typename C>
+void Im2col(const Im2colConv2DParams& p, const T* image, int64_t g, int64_t row_begin,
+            int64_t row_end, int64_t k_begin, int64_t k_end, C* col) {
+  const int64_t cg = p.in_c / p.groups;
+  Im2colRange<T, C>(p, image, g * cg, cg, row_begin, row_end, k_begin, k_end, col);
+}
+
+template <typename T, typename C>
+void Col2im(const Im2colConv2DParams& p, const C* col, int64_t g, int64_t row_begin,
+            int64_t row_end, int64_t h_begin, int64_t h_end, T* image) {
+  const int64_t cg = p.in_c / p.groups;
+  const Strides s = InputStrides(p);
+  Col2imRange<C, T>(p, col, g * cg, cg, row_begin, row_end, h_begin, h_end,
+                    View<T>{image, s.h, s.w, s.c, 0, 0});
+}
+
+#define IAPDCNN_INSTANTIATE_CONV(T)                                                               \
+  template Status Im2colConv2DCpu<T>(const Im2colConv2DParams&, const T*, const T*, T*,           \
+                                     const ParallelFor&);                                         \
+  template Status Im2colConv2DBackpropInputCpu<T>(const Im2colConv2DParams&, const T*, const T*,  \
+                                                  T*, const ParallelFor&);                        \
+  template Status Im2colConv2DBackpropFilterCpu<T>(const Im2colConv2DParams&, const T*, const T*, \
+                                                   T*, const ParallelFor&);
+IAPDCNN_INSTANTIATE_CONV(float)
+IAPDCNN_INSTANTIATE_CONV(double)
+IAPDCNN_INSTANTIATE_CONV(Eigen::half)
+IAPDCNN_INSTANTIATE_CONV(Eigen::bfloat16)
+#undef IAPDCNN_INSTANTIATE_CONV
+
+template void Im2col<float, float>(const Im2colConv2DParams&, const float*, int64_t, int64_t,
+                                   int64_t, int64_t, int64_t, float*);
+template void Im2col<double, double>(const Im2colConv2DParams&, const double*, int64_t, int64_t,
+                                     int64_t, int64_t, int64_t, double*);
+template void Col2im<float, float>(const Im2colConv2DParams&, const float*, int64_t, int64_t,
+                                   int64_t, int64_t, int64_t, float*);
+template void Col2im<double, double>(const Im2colConv2DParams&, const double*, int64_t, int64_t,
+                                     int64_t, int64_t, int64_t, double*);
+
+}  // namespace iapdcnn

@@ -1,0 +1,62 @@
+"""Argument normalisation shared by ``iapdcnn.ops.im2col_conv2d``, its Keras layer and the NumPy
+reference: tf.nn.conv2d's forms of strides, dilations and padding -> the op's attributes.
+Framework-free (no TensorFlow import)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+IntOrSeq = int | Sequence[int]
+Padding = str | Sequence[int] | Sequence[Sequence[int]]
+
+
+def spatial(name: str, value: IntOrSeq, data_format: str) -> list[int]:
+    """1, 2 or 4 values (4 in data_format order) -> the 4-value attribute in data_format order.
+
+    Range checks are left to the kernel, which names the argument in its error."""
+    if isinstance(value, int) or hasattr(value, "__index__"):
+        vals = [int(value)]
+    else:
+        vals = [int(v) for v in value]
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) == 2:
+        return [1, 1, *vals] if data_format == "NCHW" else [1, *vals, 1]
+    if len(vals) == 4:
+        return vals
+    raise ValueError(f"im2col_conv2d: {name} must have 1, 2 or 4 values, got {value!r}")
+
+
+def padding_attrs(padding: Padding, data_format: str) -> tuple[str, list[int]]:
+    """tf.nn.conv2d padding -> (padding attr, explicit_paddings attr).
+
+    Explicit padding may be 4 pairs in data_format order (tf.nn.conv2d's form), 2 pairs
+    ((top, bottom), (left, right)), or 4 ints (top, bottom, left, right)."""
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode not in ("SAME", "VALID"):
+            raise ValueError(
+                f"im2col_conv2d: padding must be 'SAME', 'VALID' or explicit pads, got {padding!r}"
+            )
+        return mode, []
+    items = list(padding)
+    flat: list[int] = []
+    for item in items:
+        if isinstance(item, int) or hasattr(item, "__index__"):
+            flat.append(int(item))
+        else:
+            flat.extend(int(v) for v in item)
+    if len(items) == 2 and len(flat) == 4:  # ((top, bottom), (left, right))
+        top, bottom, left, right = flat
+    elif len(items) == 4 and len(flat) == 4:  # (top, bottom, left, right)
+        top, bottom, left, right = flat
+    elif len(flat) == 8:
+        return "EXPLICIT", flat
+    else:
+        raise ValueError(
+            "im2col_conv2d: explicit padding must be 4 pairs in data_format order, 2 pairs "
+            f"((top, bottom), (left, right)) or 4 ints, got {padding!r}"
+        )
+    if data_format == "NCHW":
+        return "EXPLICIT", [0, 0, 0, 0, top, bottom, left, right]
+    return "EXPLICIT", [0, 0, top, bottom, left, right, 0, 0]

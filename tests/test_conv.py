@@ -1,0 +1,384 @@
+"""Im2col + GEMM convolution (SPEC 2b): the TF op against tf.nn.conv2d on a broad grid, the NumPy
+reference == _C == TF op for all three kernels, gradients, random configs, and bad input."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iapdcnn import _C, ops, reference
+
+# Max error relative to max(1, max |reference|); the reference sees the same rounded inputs.
+TOL = {"float64": 1e-11, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
+NP_DTYPE = {
+    "float64": np.float64,
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+}
+
+# (batch, h, w, c, kh, kw, out_c, strides, padding, dilations, groups)
+GRID = [
+    (1, 1, 1, 1, 1, 1, 1, 1, "VALID", 1, 1),
+    (3, 5, 5, 4, 1, 1, 8, 1, "VALID", 1, 1),  # pointwise: no im2col
+    (3, 6, 7, 4, 1, 1, 6, 2, "SAME", 1, 1),  # 1x1 stride 2
+    (3, 9, 11, 3, 3, 3, 5, 1, "SAME", 1, 1),
+    (1, 12, 12, 4, 2, 5, 3, (1, 2), "VALID", 1, 1),  # non-square kernel, strides (1, 2)
+    (3, 13, 11, 4, 5, 3, 6, 3, "SAME", 1, 1),
+    (1, 17, 17, 3, 7, 7, 4, 2, "SAME", 1, 1),  # ResNet stem-like
+    (1, 3, 3, 2, 7, 7, 3, 1, "SAME", 1, 1),  # kernel larger than the input under SAME
+    (1, 2, 5, 2, 5, 4, 3, 2, "SAME", 1, 1),  # kernel larger than the input, strided
+    (3, 10, 9, 4, 3, 3, 4, 1, "SAME", 2, 1),  # dilations
+    (1, 14, 12, 3, 3, 2, 2, 1, "VALID", (2, 3), 1),
+    (3, 8, 9, 4, 3, 3, 5, 1, [[0, 0], [1, 2], [0, 3], [0, 0]], 1, 1),  # asymmetric explicit
+    (1, 9, 9, 3, 4, 4, 2, 2, [[0, 0], [3, 0], [2, 1], [0, 0]], 1, 1),
+    (3, 8, 8, 8, 3, 3, 8, 1, "SAME", 1, 2),  # groups
+    (1, 9, 7, 6, 3, 3, 6, 2, "VALID", 1, 3),
+    (3, 6, 6, 8, 3, 3, 8, 1, "SAME", 1, 8),  # depthwise
+    (0, 7, 7, 3, 3, 3, 4, 1, "SAME", 1, 1),  # empty batch
+    (1, 73, 73, 16, 3, 3, 32, 1, "SAME", 1, 1),  # several tiles and row bands
+    (1, 7, 7, 128, 3, 3, 64, 1, "SAME", 1, 1),  # channel blocks in grad-input
+    (2, 40, 41, 8, 1, 1, 4, 1, "VALID", 1, 1),  # sharded grad-filter
+    (1, 73, 5, 2, 7, 1, 3, 3, "VALID", 1, 1),
+]
+
+
+def _ids(cfg):
+    return "n{}_{}x{}x{}_k{}x{}x{}_s{}_{}_d{}_g{}".format(*cfg).replace(" ", "")
+
+
+def _to_tf_padding(padding, fmt):
+    if isinstance(padding, str) or fmt == "NHWC":
+        return padding
+    return [padding[0], padding[3], padding[1], padding[2]]
+
+
+def _make(cfg, rng, dtype="float64", fmt="NHWC"):
+    n, h, w, c, kh, kw, oc, s, pad, d, g = cfg
+    x = rng.normal(size=(n, h, w, c)).astype(NP_DTYPE[dtype])
+    f = rng.normal(size=(kh, kw, c // g, oc)).astype(NP_DTYPE[dtype])
+    if fmt == "NCHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x, f, s, _to_tf_padding(pad, fmt), d, g
+
+
+def _tf_conv(x, f, s, pad, fmt, d):
+    """tf.nn.conv2d in float64 (NCHW through transposes: TF's CPU conv is NHWC)."""
+    x64, f64 = np.asarray(x, np.float64), np.asarray(f, np.float64)
+    if fmt == "NCHW":
+        x64 = x64.transpose(0, 2, 3, 1)
+        pad = pad if isinstance(pad, str) else [pad[0], pad[2], pad[3], pad[1]]
+    out = tf.nn.conv2d(x64, f64, s, pad, dilations=d).numpy()
+    return out.transpose(0, 3, 1, 2) if fmt == "NCHW" else out
+
+
+def _assert_close(got, want, dtype):
+    got = np.asarray(got, np.float64)
+    assert got.shape == want.shape
+    if want.size:
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype] * scale)
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("cfg", GRID, ids=_ids)
+def test_forward_matches_tf_nn_conv2d(rng, cfg, fmt):
+    x, f, s, pad, d, g = _make(cfg, rng, "float64", fmt)
+    want = (
+        _tf_conv(x, f, s, pad, fmt, d)
+        if g == 1
+        else reference.im2col_conv2d(x, f, s, pad, fmt, d, g)
+    )
+    # Grouped cases use the reference, itself checked against tf.nn.conv2d on the others.
+    _assert_close(reference.im2col_conv2d(x, f, s, pad, fmt, d, g), want, "float64")
+    _assert_close(ops.im2col_conv2d(x, f, s, pad, fmt, d, g).numpy(), want, "float64")
+    _assert_close(_C.im2col_conv2d(x, f, s, pad, fmt, d, g), want, "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("cfg", GRID[:17:2] + [GRID[13]], ids=_ids)
+def test_forward_dtypes(rng, cfg, fmt, dtype):
+    x, f, s, pad, d, g = _make(cfg, rng, dtype, fmt)
+    want = reference.im2col_conv2d(x, f, s, pad, fmt, d, g)
+    got = ops.im2col_conv2d(tf.constant(x), tf.constant(f), s, pad, fmt, d, g)
+    assert got.dtype.name == dtype
+    _assert_close(got.numpy(), want, dtype)
+    got_c = _C.im2col_conv2d(x, f, s, pad, fmt, d, g)
+    assert got_c.dtype == NP_DTYPE[dtype]
+    _assert_close(got_c, want, dtype)
+    # TF's own low-precision conv agrees (its oneDNN conv gets the shape of an empty batch wrong).
+    if g == 1 and dtype != "bfloat16" and fmt == "NHWC" and x.shape[0] > 0:
+        _assert_close(tf.nn.conv2d(x, f, s, pad, dilations=d).numpy(), want, dtype)
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("cfg", GRID, ids=_ids)
+def test_gradients_match_reference_and_tf(rng, cfg, fmt):
+    x, f, s, pad, d, g = _make(cfg, rng, "float64", fmt)
+    xt, ft = tf.constant(x), tf.constant(f)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, ft])
+        y = ops.im2col_conv2d(xt, ft, s, pad, fmt, d, g)
+        dy = tf.constant(rng.normal(size=y.shape))
+        loss = tf.reduce_sum(y * dy)
+    dx, df = tape.gradient(loss, [xt, ft])
+    want_dx = reference.im2col_conv2d_backprop_input(x.shape, f, dy.numpy(), s, pad, fmt, d, g)
+    want_df = reference.im2col_conv2d_backprop_filter(x, f.shape, dy.numpy(), s, pad, fmt, d, g)
+    _assert_close(dx.numpy(), want_dx, "float64")
+    _assert_close(df.numpy(), want_df, "float64")
+    _assert_close(
+        _C.im2col_conv2d_backprop_input(x.shape, f, dy.numpy(), s, pad, fmt, d, g),
+        want_dx,
+        "float64",
+    )
+    _assert_close(
+        _C.im2col_conv2d_backprop_filter(x, f.shape, dy.numpy(), s, pad, fmt, d, g),
+        want_df,
+        "float64",
+    )
+    # The reference against TF's own gradients (TF's CPU gradients lack groups and dilations).
+    if g == 1 and d == 1 and x.shape[0] > 0 and fmt == "NHWC":
+        with tf.GradientTape() as tape:
+            tape.watch([xt, ft])
+            loss = tf.reduce_sum(tf.nn.conv2d(xt, ft, s, pad, dilations=d) * dy)
+        tdx, tdf = tape.gradient(loss, [xt, ft])
+        _assert_close(want_dx, tdx.numpy(), "float64")
+        _assert_close(want_df, tdf.numpy(), "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+def test_gradients_low_precision(rng, dtype, fmt):
+    cfg = (2, 9, 8, 4, 3, 3, 6, (1, 2), [[0, 0], [1, 2], [0, 1], [0, 0]], 1, 2)
+    x, f, s, pad, d, g = _make(cfg, rng, dtype, fmt)
+    y_shape = _C.im2col_conv2d(x, f, s, pad, fmt, d, g).shape
+    dy = rng.normal(size=y_shape).astype(NP_DTYPE[dtype])
+    want_dx = reference.im2col_conv2d_backprop_input(x.shape, f, dy, s, pad, fmt, d, g)
+    want_df = reference.im2col_conv2d_backprop_filter(x, f.shape, dy, s, pad, fmt, d, g)
+    xt, ft = tf.constant(x), tf.constant(f)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, ft])
+        y = ops.im2col_conv2d(xt, ft, s, pad, fmt, d, g)
+    dx, df = tape.gradient(y, [xt, ft], output_gradients=tf.constant(dy))
+    assert dx.dtype.name == df.dtype.name == dtype
+    _assert_close(dx.numpy(), want_dx, dtype)
+    _assert_close(df.numpy(), want_df, dtype)
+
+
+@pytest.mark.parametrize(
+    "cfg,fmt",
+    [
+        ((2, 5, 6, 3, 3, 2, 4, (1, 2), "SAME", 1, 1), "NHWC"),
+        ((1, 6, 5, 4, 3, 3, 4, 1, [[0, 0], [2, 0], [1, 1], [0, 0]], 2, 2), "NHWC"),
+        ((2, 5, 5, 4, 2, 2, 2, 2, "VALID", 1, 2), "NCHW"),
+        ((1, 4, 4, 3, 1, 1, 2, 1, "VALID", 1, 1), "NCHW"),
+    ],
+    ids=["strided", "explicit_dilated_groups", "nchw_groups", "pointwise"],
+)
+def test_numeric_gradient_float64(rng, cfg, fmt):
+    x, f, s, pad, d, g = _make(cfg, rng, "float64", fmt)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda a, b: ops.im2col_conv2d(a, b, s, pad, fmt, d, g), [tf.constant(x), tf.constant(f)]
+    )
+    for t, n in zip(theoretical, numerical, strict=True):
+        np.testing.assert_allclose(t, n, atol=1e-8)
+
+
+def test_hand_worked_case():
+    # 3x3 image 1..9, 2x2 filter of ones, VALID: each output is the sum of a 2x2 window.
+    x = np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)
+    f = np.ones((2, 2, 1, 1), np.float32)
+    want = np.array([[12, 16], [24, 28]], np.float32).reshape(1, 2, 2, 1)
+    np.testing.assert_array_equal(ops.im2col_conv2d(x, f, 1, "VALID").numpy(), want)
+    np.testing.assert_array_equal(_C.im2col_conv2d(x, f, 1, "VALID"), want)
+    # SAME pads one row/column after (TF's rule): the last row/column sums what is left.
+    same = _C.im2col_conv2d(x, f, 1, "SAME")[0, :, :, 0]
+    np.testing.assert_array_equal(same, [[12, 16, 9], [24, 28, 15], [15, 17, 9]])
+
+
+def test_modes_eager_function_graph(rng):
+    x, f, s, pad, d, g = _make((2, 8, 8, 4, 3, 3, 5, 2, "SAME", 1, 1), rng, "float32")
+    eager = ops.im2col_conv2d(x, f, s, pad).numpy()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 4], tf.float32)])
+    def fn(inp):
+        return ops.im2col_conv2d(inp, f, s, pad)
+
+    np.testing.assert_array_equal(fn(x).numpy(), eager)
+    assert fn.get_concrete_function().output_shapes.as_list() == [None, None, None, 5]
+    shaped = tf.function(lambda inp: ops.im2col_conv2d(inp, f, s, pad))
+    spec = tf.TensorSpec([None, 8, 8, 4], tf.float32)
+    assert shaped.get_concrete_function(spec).output_shapes.as_list() == [None, 4, 4, 5]
+    graph = tf.Graph()
+    with graph.as_default():
+        ph = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 4])
+        out = ops.im2col_conv2d(ph, f, s, pad)
+        assert out.shape.as_list() == [None, 4, 4, 5]
+        grads = tf.gradients(tf.reduce_sum(out), [ph])
+        with tf.compat.v1.Session(graph=graph) as sess:
+            got, gx = sess.run([out, grads[0]], {ph: x})
+    np.testing.assert_array_equal(got, eager)
+    assert gx.shape == x.shape
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_random_configs(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    groups = data.draw(st.sampled_from([1, 1, 2, 3]))
+    c = groups * data.draw(st.integers(1, 4))
+    oc = groups * data.draw(st.integers(1, 4))
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    h, w = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 20))
+    strides = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    dil = (
+        (1, 1) if max(strides) > 1 else (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    )
+    kind = data.draw(st.sampled_from(["SAME", "VALID", "EXPLICIT"]))
+    pads = [data.draw(st.integers(0, 3)) for _ in range(4)]
+    ekh, ekw = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
+    if kind == "VALID" and (h < ekh or w < ekw):
+        kind = "SAME"
+    if kind == "EXPLICIT" and (h + pads[0] + pads[1] < ekh or w + pads[2] + pads[3] < ekw):
+        kind = "SAME"
+    fmt = data.draw(st.sampled_from(["NHWC", "NCHW"]))
+    n = data.draw(st.integers(0, 3))
+    padding = kind if kind != "EXPLICIT" else [[pads[0], pads[1]], [pads[2], pads[3]]]
+    x = rng.normal(size=(n, c, h, w) if fmt == "NCHW" else (n, h, w, c))
+    f = rng.normal(size=(kh, kw, c // groups, oc))
+    want = reference.im2col_conv2d(x, f, strides, padding, fmt, dil, groups)
+    _assert_close(
+        ops.im2col_conv2d(x, f, strides, padding, fmt, dil, groups).numpy(), want, "float64"
+    )
+    dy = rng.normal(size=want.shape)
+    _assert_close(
+        _C.im2col_conv2d_backprop_input(x.shape, f, dy, strides, padding, fmt, dil, groups),
+        reference.im2col_conv2d_backprop_input(x.shape, f, dy, strides, padding, fmt, dil, groups),
+        "float64",
+    )
+    _assert_close(
+        _C.im2col_conv2d_backprop_filter(x, f.shape, dy, strides, padding, fmt, dil, groups),
+        reference.im2col_conv2d_backprop_filter(x, f.shape, dy, strides, padding, fmt, dil, groups),
+        "float64",
+    )
+
+
+BAD = [
+    ("wrong input rank", np.zeros((2, 5, 5)), np.zeros((3, 3, 5, 2)), {}, "input must be 4-D"),
+    ("wrong filter rank", np.zeros((1, 5, 5, 2)), np.zeros((3, 2, 2)), {}, "filters must be 4-D"),
+    (
+        "channels",
+        np.zeros((1, 5, 5, 3)),
+        np.zeros((3, 3, 2, 2)),
+        {"groups": 1},
+        "input channels (3)",
+    ),
+    ("zero stride", np.zeros((1, 5, 5, 2)), np.zeros((3, 3, 2, 2)), {"strides": 0}, "strides"),
+    (
+        "negative stride",
+        np.zeros((1, 5, 5, 2)),
+        np.zeros((3, 3, 2, 2)),
+        {"strides": (1, -2)},
+        "strides",
+    ),
+    (
+        "groups not dividing",
+        np.zeros((1, 5, 5, 4)),
+        np.zeros((3, 3, 2, 3)),
+        {"groups": 2},
+        "groups (2)",
+    ),
+    (
+        "zero groups",
+        np.zeros((1, 5, 5, 4)),
+        np.zeros((3, 3, 2, 4)),
+        {"groups": 0},
+        "groups must be",
+    ),
+    (
+        "stride with dilation",
+        np.zeros((1, 9, 9, 2)),
+        np.zeros((3, 3, 2, 2)),
+        {"strides": 2, "dilations": 2},
+        "strides > 1 together with dilations > 1",
+    ),
+    (
+        "kernel too big",
+        np.zeros((1, 2, 2, 1)),
+        np.zeros((5, 5, 1, 1)),
+        {"padding": "VALID"},
+        "negative",
+    ),
+    (
+        "negative pads",
+        np.zeros((1, 5, 5, 1)),
+        np.zeros((3, 3, 1, 1)),
+        {"padding": [[0, 0], [1, -1], [0, 0], [0, 0]]},
+        "explicit_paddings",
+    ),
+    (
+        "zero dilation",
+        np.zeros((1, 5, 5, 1)),
+        np.zeros((3, 3, 1, 1)),
+        {"dilations": 0},
+        "dilations",
+    ),
+]
+
+
+@pytest.mark.parametrize("impl", ["tf", "c"])
+@pytest.mark.parametrize("case", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_clear_error(case, impl):
+    _, x, f, kwargs, needle = case
+    kwargs = {"strides": 1, "padding": "SAME", **kwargs}
+    if impl == "tf":
+        with pytest.raises(tf.errors.InvalidArgumentError, match="im2col_conv2d: .*") as e:
+            ops.im2col_conv2d(x, f, **kwargs)
+    else:
+        kwargs.setdefault("groups", 1)
+        with pytest.raises(ValueError) as e:
+            _C.im2col_conv2d(x, f, **kwargs)
+    assert needle in str(e.value)
+
+
+def test_bad_input_in_graph_mode_is_caught_by_the_shape_function():
+    @tf.function
+    def fn():
+        return ops.im2col_conv2d(
+            tf.zeros([1, 5, 5, 4]), tf.zeros([3, 3, 2, 3]), 1, "SAME", groups=2
+        )
+
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="groups"):
+        fn()
+
+
+def test_bad_gradient_shapes_name_the_argument():
+    x, f = np.zeros((1, 5, 5, 2)), np.zeros((3, 3, 2, 4))
+    with pytest.raises(ValueError, match="out_backprop must have shape"):
+        _C.im2col_conv2d_backprop_filter(x, f.shape, np.zeros((1, 5, 5, 3)), 1, "SAME")
+    lib = ops.conv.load_ops()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="out_backprop must have shape"):
+        lib.iapdcnn_im2col_conv2d_backprop_input(
+            input_sizes=[1, 5, 5, 2], filters=f, out_backprop=np.zeros((1, 4, 5, 4)), padding="SAME"
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input_sizes"):
+        lib.iapdcnn_im2col_conv2d_backprop_input(
+            input_sizes=[1, 5, 5], filters=f, out_backprop=np.zeros((1, 5, 5, 4)), padding="SAME"
+        )
+
+
+def test_scratch_is_bounded_for_resnet50_batch64():
+    # The largest ResNet-50 activations: stem and conv2_x 3x3 at batch 64.
+    for shape, filt, s in [
+        ((64, 224, 224, 3), (7, 7, 3, 64), 2),
+        ((64, 56, 56, 64), (3, 3, 64, 64), 1),
+        ((64, 7, 7, 512), (3, 3, 512, 512), 1),
+        ((64, 56, 56, 64), (1, 1, 64, 256), 1),
+    ]:
+        per_task, shared = _C.im2col_conv2d_scratch_bytes(shape, filt, s, "SAME")
+        assert per_task < 64 << 20 and shared < 64 << 20
