@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from .reduction import Reduction, make_reduction
 
-STAT_KEYS = ("workers_kept", "samples_kept", "skipped", "loss", "loss_min", "loss_max")
+# samples_kept is not here: the optimizer does not see the batch size (the custom loop has it).
+STAT_KEYS = ("workers_kept", "skipped", "loss", "loss_min", "loss_max")
 
 
 class _StatsBox:
@@ -90,7 +91,7 @@ class ReductionStatsCallback(tf.keras.callbacks.Callback):
         return getattr(opt, "reduction_stats", None) or {}
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._n, self._kept, self._samples, self._skipped = 0, 0.0, 0.0, 0.0
+        self._n, self._kept, self._skipped = 0, 0.0, 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         stats = {k: float(v.numpy()) for k, v in self._stats().items()}
@@ -99,11 +100,9 @@ class ReductionStatsCallback(tf.keras.callbacks.Callback):
         if stats:
             self._n += 1
             self._kept += stats["workers_kept"]
-            self._samples += stats["samples_kept"]
             self._skipped += stats["skipped"]
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and getattr(self, "_n", 0):
             logs[self.prefix + "workers_kept_mean"] = self._kept / self._n
-            logs[self.prefix + "samples_kept_mean"] = self._samples / self._n
             logs[self.prefix + "skipped_steps"] = self._skipped

@@ -158,9 +158,10 @@ def worker_law(
     tau: float | None = None,
     kappa: float = 4.0,
     centre: Centre = "median",
-    tau_floor: float = 1e-3,
+    tau_floor: float = 0.25,
     grad_screen: bool = True,
-    grad_kappa: float = 10.0,
+    grad_kappa: float = 6.0,
+    grad_floor: float = 1.0,
 ) -> tf.Tensor:
     """Worker-level LAW_k from the allgathered scalars (SPEC 3, across workers).
 
@@ -168,6 +169,10 @@ def worker_law(
     norms of the workers that passed, one-sided relative rule with ``grad_kappa`` (catches e.g. a
     gradient scaled by -10 under an honest loss). A worker with a non-finite loss, norm, or
     ``finite == 0`` always gets 0.
+
+    The floors matter at small K, where the MAD of 3 or 4 values is fragile (it can be the
+    distance between two nearly equal values): a loss within ``tau_floor * |centre|`` of the
+    centre, and a gradient norm below ``(1 + grad_floor) * median``, are always kept.
 
     Args:
       losses, grad_norms, finite: ``[K]`` tensors (finite as 0/1 floats).
@@ -183,7 +188,7 @@ def worker_law(
     )
     if grad_screen:
         g, _ = law_mask(
-            norms, kappa=grad_kappa, centre="median", tau_floor=tau_floor, one_sided=True,
+            norms, kappa=grad_kappa, centre="median", tau_floor=grad_floor, one_sided=True,
             valid=law > 0,
         )
         law = law * g

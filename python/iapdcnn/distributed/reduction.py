@@ -149,13 +149,14 @@ class LSGReduction(Reduction):
       normalise: "kept" (default) or "batch".
       grad_screen: second, one-sided screen on gradient norms (default on).
       grad_kappa: its multiplier.
-      tau_floor: relative floor of the thresholds.
+      tau_floor: relative floor of the loss threshold (``tau_floor * |centre|``).
+      grad_floor: norms below ``(1 + grad_floor) * median norm`` always pass the norm screen.
     """
 
     name = "lsg"
 
     def __init__(self, tau=None, kappa=4.0, centre="median", normalise="kept", grad_screen=True,
-                 grad_kappa=10.0, tau_floor=1e-3, process_set=None) -> None:
+                 grad_kappa=6.0, tau_floor=0.25, grad_floor=1.0, process_set=None) -> None:
         super().__init__(process_set)
         from .law import _check
 
@@ -166,12 +167,13 @@ class LSGReduction(Reduction):
             raise ValueError(f"grad_kappa must be > 0, got {grad_kappa}")
         self.tau, self.kappa, self.centre, self.normalise = tau, kappa, centre, normalise
         self.grad_screen, self.grad_kappa, self.tau_floor = grad_screen, grad_kappa, tau_floor
+        self.grad_floor = grad_floor
 
     def weights(self, table: tf.Tensor) -> tf.Tensor:
         return worker_law(
             table[:, 0], table[:, 1], table[:, 2], tau=self.tau, kappa=self.kappa,
             centre=self.centre, tau_floor=self.tau_floor, grad_screen=self.grad_screen,
-            grad_kappa=self.grad_kappa,
+            grad_kappa=self.grad_kappa, grad_floor=self.grad_floor,
         )
 
     def _reduce(self, grads, loss, samples):
