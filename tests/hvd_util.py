@@ -25,5 +25,6 @@ def run_hvd(np_: int, args: list[str], timeout: int = 240, cwd: str | None = Non
     env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), env.get("PYTHONPATH", "")])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cmd = [horovodrun(), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable]
-    return subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=cwd or ROOT)
+    return subprocess.run(
+        cmd + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or ROOT
+    )

@@ -13,8 +13,17 @@ import pytest
 from hvd_util import ROOT, run_hvd
 
 TRAIN = os.path.join(ROOT, "train.py")
-TINY = ["--dataset", "synthetic", "--width", "4", "--batch-size", "16", "--threads", "1",
-        "--no-progress"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--width",
+    "4",
+    "--batch-size",
+    "16",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.mark.parametrize(
@@ -60,8 +69,13 @@ def test_missing_component_is_a_clear_error(flag, mod, name, tmp_path):
     if not _missing(mod, name):
         pytest.skip(f"{mod}.{name} is available")
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
-    p = subprocess.run([sys.executable, TRAIN, *TINY, *flag, "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120, env=env)
+    p = subprocess.run(
+        [sys.executable, TRAIN, *TINY, *flag, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode != 0
     assert "not available" in p.stderr and flag[0] in p.stderr, p.stderr[-2000:]
 
@@ -69,8 +83,21 @@ def test_missing_component_is_a_clear_error(flag, mod, name, tmp_path):
 @pytest.mark.horovod
 def test_end_to_end_np2_with_nan_rank(tmp_path):
     out = tmp_path / "run"
-    p = run_hvd(2, [TRAIN, *TINY, "--epochs", "2", "--steps-per-epoch", "6",
-                    "--inject-fault", "1:nan:2", "--out", str(out)])
+    p = run_hvd(
+        2,
+        [
+            TRAIN,
+            *TINY,
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "6",
+            "--inject-fault",
+            "1:nan:2",
+            "--out",
+            str(out),
+        ],
+    )
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert "test_accuracy=" in p.stdout
     hist = json.loads((out / "metrics.json").read_text())
@@ -91,8 +118,16 @@ def _weights(path):
 
 @pytest.mark.horovod
 def test_kill_and_resume_is_exact(tmp_path):
-    common = [*TINY, "--epochs", "3", "--steps-per-epoch", "5", "--deterministic",
-              "--inject-fault", "1:labels:3"]
+    common = [
+        *TINY,
+        "--epochs",
+        "3",
+        "--steps-per-epoch",
+        "5",
+        "--deterministic",
+        "--inject-fault",
+        "1:labels:3",
+    ]
     a, b = tmp_path / "a", tmp_path / "b"
     p = run_hvd(2, [TRAIN, *common, "--out", str(a)])
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]

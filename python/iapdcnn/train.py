@@ -19,7 +19,13 @@ import numpy as np
 FAULT_KINDS = ("nan", "scale", "loss_spike", "labels", "straggler")
 REDUCTIONS = ("mean", "lsg", "dis_cnn", "median", "trimmed_mean")  # = distributed.REDUCTIONS
 DATASETS = (
-    "fashion_mnist", "mnist", "digits", "cifar10", "cifar100", "image_folder", "tfrecord",
+    "fashion_mnist",
+    "mnist",
+    "digits",
+    "cifar10",
+    "cifar100",
+    "image_folder",
+    "tfrecord",
     "synthetic",
 )
 CKPT = "checkpoint.npz"
@@ -56,7 +62,9 @@ def parse_fault(text: str) -> Fault:
             f"--inject-fault: KIND must be one of {', '.join(FAULT_KINDS)}, got {parts[1]!r}"
         )
     if rank < 0 or step < 0:
-        raise argparse.ArgumentTypeError(f"--inject-fault: RANK and FROM_STEP must be >= 0: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--inject-fault: RANK and FROM_STEP must be >= 0: {text!r}"
+        )
     return Fault(rank, parts[1], step)
 
 
@@ -69,15 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("data and model")
     d.add_argument("--dataset", default="fashion_mnist", choices=DATASETS)
     d.add_argument("--data-path", default=None, help="files for cifar*/image_folder/tfrecord")
-    d.add_argument("--model", default="auto", choices=("auto", "small_resnet", "resnet50"),
-                   help="auto: small_resnet below 64x64 inputs, ResNet-50 otherwise")
+    d.add_argument(
+        "--model",
+        default="auto",
+        choices=("auto", "small_resnet", "resnet50"),
+        help="auto: small_resnet below 64x64 inputs, ResNet-50 otherwise",
+    )
     d.add_argument("--width", type=int, default=16, help="small_resnet width")
     d.add_argument("--blocks", type=int, default=1, help="small_resnet blocks per stage")
+    d.add_argument(
+        "--bn-momentum",
+        type=float,
+        default=None,
+        help="override BatchNorm momentum (e.g. 0.9 for runs of a few hundred steps)",
+    )
     d.add_argument("--conv", default="keras", choices=("keras", "im2col"))
-    d.add_argument("--features", action="store_true",
-                   help="MHO-PFES: EdgeFeatures + FCIFilter in front of the model")
-    d.add_argument("--prune", type=float, default=0.0, metavar="RATIO",
-                   help="MDCV pruning target ratio in [0, 1); 0 = off")
+    d.add_argument(
+        "--features",
+        action="store_true",
+        help="MHO-PFES: EdgeFeatures + FCIFilter in front of the model",
+    )
+    d.add_argument(
+        "--prune",
+        type=float,
+        default=0.0,
+        metavar="RATIO",
+        help="MDCV pruning target ratio in [0, 1); 0 = off",
+    )
     r = p.add_argument_group("reduction (SPEC 3)")
     r.add_argument("--reduction", default="lsg", choices=REDUCTIONS)
     r.add_argument("--tau", type=float, default=None, help="absolute LAW threshold (lsg)")
@@ -97,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     t.add_argument("--lr", type=float, default=0.05, help="learning rate of one rank")
     t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--warmup-epochs", type=float, default=1.0,
-                   help="linear warm-up from lr to lr*world_size")
+    t.add_argument(
+        "--warmup-epochs", type=float, default=1.0, help="linear warm-up from lr to lr*world_size"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--deterministic", action="store_true", help="TF op determinism")
     t.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: TF default)")
@@ -109,8 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--log-every", type=int, default=20, help="TensorBoard step interval")
     f = p.add_argument_group("fault injection")
-    f.add_argument("--inject-fault", type=parse_fault, action="append", default=[],
-                   metavar="RANK:KIND[:FROM_STEP]", help=f"KIND in {', '.join(FAULT_KINDS)}")
+    f.add_argument(
+        "--inject-fault",
+        type=parse_fault,
+        action="append",
+        default=[],
+        metavar="RANK:KIND[:FROM_STEP]",
+        help=f"KIND in {', '.join(FAULT_KINDS)}",
+    )
     f.add_argument("--straggler-seconds", type=float, default=0.5)
     f.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -131,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--lr must be > 0, got {a.lr}")
     if a.warmup_epochs < 0:
         p.error(f"--warmup-epochs must be >= 0, got {a.warmup_epochs}")
+    if a.bn_momentum is not None and not 0 <= a.bn_momentum < 1:
+        p.error(f"--bn-momentum must be in [0, 1), got {a.bn_momentum}")
     if not 0 <= a.prune < 1:
         p.error(f"--prune is a ratio in [0, 1), got {a.prune}")
     for name in ("kappa", "grad_kappa", "sample_kappa"):
@@ -234,21 +269,29 @@ def build_model(args, input_shape, num_classes, train_xy):
         kind = "small_resnet" if max(input_shape[:2]) < 64 else "resnet50"
     try:
         if kind == "small_resnet":
-            net = models.small_resnet(input_shape, num_classes, width=args.width,
-                                      blocks_per_stage=args.blocks, conv=args.conv)
+            net = models.small_resnet(
+                input_shape,
+                num_classes,
+                width=args.width,
+                blocks_per_stage=args.blocks,
+                conv=args.conv,
+            )
         else:
             net = models.resnet50(input_shape, num_classes, conv=args.conv)
     except (ImportError, AttributeError) as e:
         if args.conv == "im2col":
-            raise _missing("iapdcnn.layers.Im2colConv2D (the Im2col convolution)", "--conv im2col",
-                           e) from None
+            raise _missing(
+                "iapdcnn.layers.Im2colConv2D (the Im2col convolution)", "--conv im2col", e
+            ) from None
         raise
     if not args.features:
         return net
     try:
         from iapdcnn.layers import EdgeFeatures, FCIFilter
     except ImportError as e:
-        raise _missing("iapdcnn.layers.EdgeFeatures/FCIFilter (MHO-PFES)", "--features", e) from None
+        raise _missing(
+            "iapdcnn.layers.EdgeFeatures/FCIFilter (MHO-PFES)", "--features", e
+        ) from None
     edges, fci = EdgeFeatures(), FCIFilter()
     x, y = train_xy
     ds = tf.data.Dataset.from_tensor_slices((x[:4096], y[:4096])).batch(256)
@@ -261,7 +304,9 @@ def make_pruner(args):
     try:
         from iapdcnn.pruning import MDCVPruning, strip
     except ImportError as e:
-        raise _missing("iapdcnn.pruning.MDCVPruning and strip (MDCV pruning)", "--prune", e) from None
+        raise _missing(
+            "iapdcnn.pruning.MDCVPruning and strip (MDCV pruning)", "--prune", e
+        ) from None
     return MDCVPruning(ratio=args.prune), strip
 
 
@@ -304,8 +349,9 @@ def main(argv: list[str] | None = None) -> dict:
     rank, size = hvd.rank(), hvd.size()
     for f in args.inject_fault:
         if f.rank >= size:
-            raise SystemExit(f"train.py: --inject-fault rank {f.rank} does not exist "
-                             f"(world size {size})")
+            raise SystemExit(
+                f"train.py: --inject-fault rank {f.rank} does not exist " f"(world size {size})"
+            )
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
@@ -322,11 +368,17 @@ def main(argv: list[str] | None = None) -> dict:
     xtr, ytr, xte, yte = load_arrays(args)
     num_classes = int(max(ytr.max(), yte.max())) + 1
     model = build_model(args, xtr.shape[1:], num_classes, (xtr, ytr))
+    if args.bn_momentum is not None:
+        for layer in _all_layers(model):
+            if isinstance(layer, tf.keras.layers.BatchNormalization):
+                layer.momentum = args.bn_momentum
     flops_before = count_flops(model)
     steps = len(xtr) // (size * args.batch_size)
     if steps < 1:
-        raise SystemExit(f"train.py: --batch-size {args.batch_size} x {size} ranks exceeds the "
-                         f"{len(xtr)} training examples")
+        raise SystemExit(
+            f"train.py: --batch-size {args.batch_size} x {size} ranks exceeds the "
+            f"{len(xtr)} training examples"
+        )
     steps = min(steps, args.steps_per_epoch or steps)
 
     class WarmupScaled(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -341,21 +393,30 @@ def main(argv: list[str] | None = None) -> dict:
             return {}
 
     lr = WarmupScaled()
-    opt = (tf.keras.optimizers.SGD(lr, momentum=args.momentum) if args.optimizer == "sgd"
-           else tf.keras.optimizers.Adam(lr))
+    opt = (
+        tf.keras.optimizers.SGD(lr, momentum=args.momentum)
+        if args.optimizer == "sgd"
+        else tf.keras.optimizers.Adam(lr)
+    )
     opt.build(model.trainable_variables)
     options: dict[str, Any] = {}
     if args.reduction == "lsg":
-        options = dict(tau=args.tau, kappa=args.kappa, centre=args.centre,
-                       normalise=args.normalise, grad_screen=args.grad_screen,
-                       grad_kappa=args.grad_kappa)
+        options = dict(
+            tau=args.tau,
+            kappa=args.kappa,
+            centre=args.centre,
+            normalise=args.normalise,
+            grad_screen=args.grad_screen,
+            grad_kappa=args.grad_kappa,
+        )
     elif args.reduction == "dis_cnn":
         options = dict(b=args.dis_cnn_b)
     elif args.reduction == "trimmed_mean":
         options = dict(trim=args.trim)
     reduction = make_reduction(args.reduction, **options)
     per_sample = tf.keras.losses.SparseCategoricalCrossentropy(
-        reduction=tf.keras.losses.Reduction.NONE)
+        reduction=tf.keras.losses.Reduction.NONE
+    )
 
     # ---- state: fresh (broadcast from rank 0) or resumed from the checkpoint
     start_epoch, history = 0, []
@@ -368,8 +429,10 @@ def main(argv: list[str] | None = None) -> dict:
                 v.assign(z[f"o_{i}"])
         start_epoch, history = meta["epoch"] + 1, meta["history"]
         if meta["size"] != size:
-            say(f"note: checkpoint was written with {meta['size']} ranks, now {size}: the "
-                "batches differ, so the continuation is not exact")
+            say(
+                f"note: checkpoint was written with {meta['size']} ranks, now {size}: the "
+                "batches differ, so the continuation is not exact"
+            )
         say(f"resumed from {ckpt_path} after epoch {meta['epoch'] + 1}")
     elif args.resume:
         say(f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
@@ -405,14 +468,17 @@ def main(argv: list[str] | None = None) -> dict:
         skipped = stats["skipped"] > 0
 
         def apply():
-            opt.apply_gradients(zip(grads, variables))
+            opt.apply_gradients(zip(grads, variables, strict=False))
             return tf.constant(True)
 
         tf.cond(skipped, lambda: tf.constant(False), apply)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)),
-                                        tf.float32))
-        out = {k: stats[k] for k in ("workers_kept", "samples_kept", "skipped", "loss",
-                                     "loss_min", "loss_max")}
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)), tf.float32)
+        )
+        out = {
+            k: stats[k]
+            for k in ("workers_kept", "samples_kept", "skipped", "loss", "loss_min", "loss_max")
+        }
         out["local_loss"] = tf.reduce_mean(losses)
         out["correct"] = correct
         return out
@@ -421,8 +487,9 @@ def main(argv: list[str] | None = None) -> dict:
     def eval_step(x, y):
         probs = model(x, training=False)
         loss = tf.reduce_sum(per_sample(y, probs))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)),
-                                        tf.float32))
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)), tf.float32)
+        )
         return loss, correct
 
     def evaluate() -> tuple[float, float]:
@@ -432,8 +499,11 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(0, len(xs), 256):
             l_, c_ = eval_step(xs[i : i + 256], ys[i : i + 256])
             loss_sum, correct = loss_sum + float(l_), correct + float(c_)
-        tot = hvd.allreduce(tf.constant([loss_sum, correct, float(len(xs))], tf.float64),
-                            op=hvd.Sum, name="eval_sums").numpy()
+        tot = hvd.allreduce(
+            tf.constant([loss_sum, correct, float(len(xs))], tf.float64),
+            op=hvd.Sum,
+            name="eval_sums",
+        ).numpy()
         return tot[0] / max(tot[2], 1), tot[1] / max(tot[2], 1)
 
     def sync_non_trainable() -> None:
@@ -453,9 +523,11 @@ def main(argv: list[str] | None = None) -> dict:
             start += n
 
     writer = tf.summary.create_file_writer(os.path.join(args.out, "tb")) if chief else None
-    say(f"iapdcnn train: {args.dataset} {xtr.shape[1:]} x{len(xtr)}, model {model.name} "
+    say(
+        f"iapdcnn train: {args.dataset} {xtr.shape[1:]} x{len(xtr)}, model {model.name} "
         f"({model.count_params()} params, {flops_before / 1e6:.1f} MFLOPs), ranks={size}, "
-        f"reduction={args.reduction}, {steps} steps/epoch x {args.batch_size}/rank")
+        f"reduction={args.reduction}, {steps} steps/epoch x {args.batch_size}/rank"
+    )
     train_time = 0.0
     images = 0
     for epoch in range(start_epoch, args.epochs):
@@ -472,7 +544,9 @@ def main(argv: list[str] | None = None) -> dict:
             if args.crash_at_step is not None and gstep == args.crash_at_step:
                 print(f"rank {rank}: simulated crash at step {gstep}", flush=True)
                 os._exit(3)
-            idx = perm[(i * size + rank) * args.batch_size : (i * size + rank + 1) * args.batch_size]
+            idx = perm[
+                (i * size + rank) * args.batch_size : (i * size + rank + 1) * args.batch_size
+            ]
             x, y = xtr[idx], ytr[idx]
             gmul = 1.0
             for f in args.inject_fault:
@@ -496,8 +570,10 @@ def main(argv: list[str] | None = None) -> dict:
             acc_skipped += st["skipped"]
             acc_correct += st["correct"]
             if st["skipped"]:
-                say(f"step {gstep}: skipped, every worker rejected (finite losses "
-                    f"{st['loss_min']:.4g}..{st['loss_max']:.4g})")
+                say(
+                    f"step {gstep}: skipped, every worker rejected (finite losses "
+                    f"{st['loss_min']:.4g}..{st['loss_max']:.4g})"
+                )
             else:
                 acc_loss += st["loss"]
             if bar is not None:
@@ -514,8 +590,13 @@ def main(argv: list[str] | None = None) -> dict:
         sync_non_trainable()
         if pruner is not None:
             pruner.on_epoch_end(epoch)
-        train_acc = float(hvd.allreduce(tf.constant(acc_correct / (steps * args.batch_size)),
-                                        op=hvd.Average, name="train_acc"))
+        train_acc = float(
+            hvd.allreduce(
+                tf.constant(acc_correct / (steps * args.batch_size)),
+                op=hvd.Average,
+                name="train_acc",
+            )
+        )
         val_loss, val_acc = evaluate()
         kept_steps = acc_n - acc_skipped
         rec = {
@@ -532,10 +613,12 @@ def main(argv: list[str] | None = None) -> dict:
             "images_per_s": steps * args.batch_size * size / epoch_time,
         }
         history.append(rec)
-        say(f"epoch {epoch + 1}/{args.epochs}: loss {rec['loss']:.4f} acc {train_acc:.4f} "
+        say(
+            f"epoch {epoch + 1}/{args.epochs}: loss {rec['loss']:.4f} acc {train_acc:.4f} "
             f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} workers_kept "
             f"{rec['workers_kept_mean']:.2f}/{size} skipped {rec['skipped_steps']} "
-            f"{rec['images_per_s']:.0f} img/s")
+            f"{rec['images_per_s']:.0f} img/s"
+        )
         if chief:
             with writer.as_default(step=epoch + 1):
                 for k, v in rec.items():
@@ -573,10 +656,13 @@ def main(argv: list[str] | None = None) -> dict:
     if chief:
         _atomic_json(os.path.join(args.out, "report.json"), report)
         ips = report["train_images_per_s"]
-        print(f"ranks={size} reduction={args.reduction} test_accuracy={val_acc:.4f} "
-              f"train_images/s={ips if ips is None else round(ips)} "
-              f"flops_saved={report['flops_saved']:.1%} report={args.out}/report.json "
-              f"plot={args.out}/curves.png", flush=True)
+        print(
+            f"ranks={size} reduction={args.reduction} test_accuracy={val_acc:.4f} "
+            f"train_images/s={ips if ips is None else round(ips)} "
+            f"flops_saved={report['flops_saved']:.1%} report={args.out}/report.json "
+            f"plot={args.out}/curves.png",
+            flush=True,
+        )
     return report
 
 

@@ -46,7 +46,7 @@ def flat(grads):
 def reduce(name, grads, loss, fn=False, **opt):
     red = make_reduction(name, **opt)
     if fn:
-        out, stats = tf.function(lambda g, l: red(g, l))(grads, tf.constant(loss))
+        out, stats = tf.function(lambda g, lo: red(g, lo))(grads, tf.constant(loss))
     else:
         out, stats = red(grads, tf.constant(loss))
     return out, {k: v.numpy() for k, v in stats.items()}
@@ -98,7 +98,7 @@ opt = tf.keras.optimizers.SGD(0.1, momentum=0.9)
 red = make_reduction("lsg")
 out, st = red(g, tf.constant(float("nan")))
 check(st["skipped"].numpy() == 1 and np.all(flat(out) == 0), "all-rejected not skipped")
-apply_unless_skipped(opt, zip(out, v), st)
+apply_unless_skipped(opt, zip(out, v, strict=False), st)
 check(all(np.all(x.numpy() == 1) for x in v) and int(opt.iterations) == 0, "skipped step applied")
 if R == 0:
     print("skipped step logged: workers_kept=0 skipped=1", flush=True)
@@ -134,12 +134,12 @@ def step(x, y):
         loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, model(x), True))
     tape = DistributedGradientTape(tape, "lsg")
     grads = tape.gradient(loss, model.trainable_variables)
-    apply_unless_skipped(opt, zip(grads, model.trainable_variables), tape.stats)
+    apply_unless_skipped(opt, zip(grads, model.trainable_variables, strict=False), tape.stats)
     return tape.stats
 
 
 rng = np.random.default_rng(R)
-for i in range(3):
+for _ in range(3):
     x = rng.normal(size=(8, 4)).astype(np.float32)
     if R == 1 and K > 1:
         x[0, 0] = np.nan
@@ -160,9 +160,15 @@ if R == 1 and K > 1:
     x[3, 1] = np.nan
 import horovod.tensorflow.keras as hvdk  # noqa: E402
 
-hist = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
-                 callbacks=[hvdk.callbacks.BroadcastGlobalVariablesCallback(0),
-                            ReductionStatsCallback()])
+hist = model.fit(
+    x,
+    y,
+    batch_size=8,
+    epochs=2,
+    verbose=0,
+    shuffle=False,
+    callbacks=[hvdk.callbacks.BroadcastGlobalVariablesCallback(0), ReductionStatsCallback()],
+)
 logs = hist.history
 check("lsg_workers_kept_mean" in logs, f"no stats in logs: {list(logs)}")
 # one NaN sample on rank 1 spoils 1 of its 4 batches per epoch

@@ -22,7 +22,7 @@ class _StatsBox:
 class _LSGOptimizerMixin:
     def compute_gradients(self, loss, var_list, tape=None):
         grads_and_vars = super().compute_gradients(loss, var_list, tape)
-        grads, variables = zip(*grads_and_vars)
+        grads, variables = zip(*grads_and_vars, strict=False)
         reduced, stats = self._iapdcnn_reduction(
             list(grads), loss, samples=None, variables=list(variables)
         )
@@ -30,7 +30,7 @@ class _LSGOptimizerMixin:
         for k in STAT_KEYS:
             getattr(box, k).assign(tf.cast(stats[k], tf.float32))
         self._iapdcnn_skip = stats["skipped"] > 0
-        return list(zip(reduced, variables))
+        return list(zip(reduced, variables, strict=False))
 
     def apply_gradients(self, grads_and_vars, *args, **kwargs):
         skip = getattr(self, "_iapdcnn_skip", None)

@@ -46,7 +46,9 @@ def masked_mean(x: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     """Mean of ``x[valid]``; 0 if none. Returns a scalar tensor."""
     x = tf.convert_to_tensor(x)
     v = tf.cast(valid, x.dtype)
-    return tf.math.divide_no_nan(tf.reduce_sum(tf.where(valid, x, tf.zeros_like(x))), tf.reduce_sum(v))
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(tf.where(valid, x, tf.zeros_like(x))), tf.reduce_sum(v)
+    )
 
 
 def law_mask(
@@ -183,12 +185,14 @@ def worker_law(
     losses = tf.cast(losses, tf.float32)
     norms = tf.cast(grad_norms, tf.float32)
     ok = tf.logical_and(tf.cast(finite, tf.float32) > 0.5, tf.math.is_finite(norms))
-    law, _ = law_mask(
-        losses, tau=tau, kappa=kappa, centre=centre, tau_floor=tau_floor, valid=ok
-    )
+    law, _ = law_mask(losses, tau=tau, kappa=kappa, centre=centre, tau_floor=tau_floor, valid=ok)
     if grad_screen:
         g, _ = law_mask(
-            norms, kappa=grad_kappa, centre="median", tau_floor=grad_floor, one_sided=True,
+            norms,
+            kappa=grad_kappa,
+            centre="median",
+            tau_floor=grad_floor,
+            one_sided=True,
             valid=law > 0,
         )
         law = law * g

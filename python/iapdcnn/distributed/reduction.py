@@ -90,7 +90,9 @@ class Reduction:
         """One grouped allreduce(Sum) of ``weight * g``; a zero weight sends exact zeros, so a
         NaN gradient never reaches the sum."""
         hvd = _hvd()
-        masked = [tf.where(weight > 0, g * tf.cast(weight, g.dtype), tf.zeros_like(g)) for g in grads]
+        masked = [
+            tf.where(weight > 0, g * tf.cast(weight, g.dtype), tf.zeros_like(g)) for g in grads
+        ]
         return hvd.grouped_allreduce(masked, op=hvd.Sum, name="iapdcnn_lsg", **self._ps())
 
     @staticmethod
@@ -122,8 +124,10 @@ class MeanReduction(Reduction):
         hvd = _hvd()
         k = float(self.size())
         out = hvd.grouped_allreduce(
-            list(grads) + [tf.stack([loss, samples])], op=hvd.Average, name="iapdcnn_mean",
-            **self._ps()
+            list(grads) + [tf.stack([loss, samples])],
+            op=hvd.Average,
+            name="iapdcnn_mean",
+            **self._ps(),
         )
         avg = out[-1]
         stats = {
@@ -155,8 +159,18 @@ class LSGReduction(Reduction):
 
     name = "lsg"
 
-    def __init__(self, tau=None, kappa=4.0, centre="median", normalise="kept", grad_screen=True,
-                 grad_kappa=6.0, tau_floor=0.25, grad_floor=1.0, process_set=None) -> None:
+    def __init__(
+        self,
+        tau=None,
+        kappa=4.0,
+        centre="median",
+        normalise="kept",
+        grad_screen=True,
+        grad_kappa=6.0,
+        tau_floor=0.25,
+        grad_floor=1.0,
+        process_set=None,
+    ) -> None:
         super().__init__(process_set)
         from .law import _check
 
@@ -171,9 +185,16 @@ class LSGReduction(Reduction):
 
     def weights(self, table: tf.Tensor) -> tf.Tensor:
         return worker_law(
-            table[:, 0], table[:, 1], table[:, 2], tau=self.tau, kappa=self.kappa,
-            centre=self.centre, tau_floor=self.tau_floor, grad_screen=self.grad_screen,
-            grad_kappa=self.grad_kappa, grad_floor=self.grad_floor,
+            table[:, 0],
+            table[:, 1],
+            table[:, 2],
+            tau=self.tau,
+            kappa=self.kappa,
+            centre=self.centre,
+            tau_floor=self.tau_floor,
+            grad_screen=self.grad_screen,
+            grad_kappa=self.grad_kappa,
+            grad_floor=self.grad_floor,
         )
 
     def _reduce(self, grads, loss, samples):
@@ -219,8 +240,9 @@ class _GatherReduction(Reduction):
         dtype = grads[0].dtype
         flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
         scalars = tf.cast(tf.stack([loss, norm, tf.cast(ok, tf.float32), samples]), dtype)
-        table_all = hvd.allgather(tf.concat([scalars, flat], 0)[None, :], name=f"iapdcnn_{self.name}",
-                                  **self._ps())
+        table_all = hvd.allgather(
+            tf.concat([scalars, flat], 0)[None, :], name=f"iapdcnn_{self.name}", **self._ps()
+        )
         table = tf.cast(table_all[:, :4], tf.float32)
         valid = table[:, 2] > 0.5
         rows = table_all[:, 4:]

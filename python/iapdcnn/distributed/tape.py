@@ -35,8 +35,16 @@ class DistributedGradientTape:
         self.reduction = make_reduction(reduction, **options)
         self.stats: Stats = {}
 
-    def gradient(self, target, sources, output_gradients=None, *, loss=None, samples=None,
-                 unconnected_gradients=tf.UnconnectedGradients.ZERO):
+    def gradient(
+        self,
+        target,
+        sources,
+        output_gradients=None,
+        *,
+        loss=None,
+        samples=None,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    ):
         """Local gradients, then the reduction across workers.
 
         Args:

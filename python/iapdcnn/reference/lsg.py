@@ -34,8 +34,18 @@ def lsg_loss(losses, weights, normalise="batch"):
     return 0.0 if denom == 0 else total / denom
 
 
-def worker_law(losses, norms, finite, tau=None, kappa=4.0, centre="median", tau_floor=0.25,
-               grad_screen=True, grad_kappa=6.0, grad_floor=1.0):
+def worker_law(
+    losses,
+    norms,
+    finite,
+    tau=None,
+    kappa=4.0,
+    centre="median",
+    tau_floor=0.25,
+    grad_screen=True,
+    grad_kappa=6.0,
+    grad_floor=1.0,
+):
     """Worker-level LAW_k: loss screen, then the one-sided gradient-norm screen."""
     ok = (np.asarray(finite) > 0.5) & np.isfinite(np.asarray(norms, np.float64))
     w = law(losses, tau, kappa, centre, tau_floor, valid=ok)
