@@ -146,6 +146,11 @@ class LSGReduction(Reduction):
     """LSG (SPEC 3): LAW_k from the allgathered scalars (``law.worker_law``), then
     ``sum_k LAW_k g_k / sum_k LAW_k`` (normalise="kept") or ``/ K`` (normalise="batch").
 
+    Departures from the paper (SPEC 3's engineering rules): the defaults are the relative
+    threshold, the median centre and "kept" normalisation (paper: absolute tau, mean, 1/B); a
+    non-finite worker always gets LAW = 0; an all-rejected step returns zeros with
+    ``stats["skipped"] == 1`` instead of NaN; the gradient-norm screen is an addition.
+
     Args:
       tau: absolute loss threshold, or None for ``kappa * 1.4826 * MAD`` (default).
       kappa: relative-threshold multiplier.
