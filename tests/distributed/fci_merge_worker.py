@@ -4,9 +4,9 @@ synthetic data (the "map"); adapt merges the class statistics with a Horovod all
 
 import sys
 
-import horovod.tensorflow as hvd
 import numpy as np
 
+import horovod.tensorflow as hvd
 from iapdcnn.layers import FCIFilter
 from iapdcnn.preprocess import synthetic
 

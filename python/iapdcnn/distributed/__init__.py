@@ -1,0 +1,39 @@
+"""IM-BGDS (SPEC 3): LAW/LSG outlier-rejecting gradient reduction over Horovod, plus the
+alternatives behind the same interface. Ways in: ``DistributedGradientTape`` (custom loops) and
+``DistributedOptimizer`` + ``ReductionStatsCallback`` (``model.fit``). Importing this package
+imports TensorFlow; Horovod is imported on the first collective."""
+
+from .keras import DistributedOptimizer, ReductionStatsCallback
+from .law import law_mask, lsg_loss, masked_median, sample_law, worker_law
+from .reduction import (
+    REDUCTIONS,
+    DisCNNReduction,
+    LSGReduction,
+    MeanReduction,
+    MedianReduction,
+    Reduction,
+    TrimmedMeanReduction,
+    apply_unless_skipped,
+    make_reduction,
+)
+from .tape import DistributedGradientTape
+
+__all__ = [
+    "REDUCTIONS",
+    "DisCNNReduction",
+    "DistributedGradientTape",
+    "DistributedOptimizer",
+    "LSGReduction",
+    "MeanReduction",
+    "MedianReduction",
+    "Reduction",
+    "ReductionStatsCallback",
+    "TrimmedMeanReduction",
+    "apply_unless_skipped",
+    "law_mask",
+    "lsg_loss",
+    "make_reduction",
+    "masked_median",
+    "sample_law",
+    "worker_law",
+]

@@ -1,0 +1,337 @@
+"""Gradient reductions over horovod.tensorflow collectives (SPEC 3): LSG (one allgather of
+per-worker scalars, then one grouped allreduce(Sum) of LAW_k * g_k), Horovod's plain Average,
+Dis-CNN's two-group weighting, and the coordinate median / trimmed mean (allgather of the
+gradients, K times the traffic). Every reduction returns the reduced gradients and the step's
+statistics; ``make_reduction(name, **options)`` picks one by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from .law import masked_median, worker_law
+
+REDUCTIONS = ("mean", "lsg", "dis_cnn", "median", "trimmed_mean")
+
+Stats = dict[str, tf.Tensor]
+
+
+def _hvd() -> Any:
+    import horovod.tensorflow as hvd
+
+    return hvd
+
+
+def _dense(grads: list, variables: list | None) -> list[tf.Tensor]:
+    out = []
+    for i, g in enumerate(grads):
+        if g is None:
+            if variables is None:
+                raise ValueError(f"gradient {i} is None and no variables were given to shape it")
+            g = tf.zeros_like(variables[i])
+        elif isinstance(g, tf.IndexedSlices):
+            g = tf.convert_to_tensor(g)
+        out.append(g)
+    return out
+
+
+def _finite_norm(grads: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Global L2 norm (float32) and whether every gradient entry is finite."""
+    norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
+    return norm, tf.math.is_finite(norm)
+
+
+class Reduction:
+    """Base class. ``__call__(grads, loss, samples=None, variables=None)`` returns
+    ``(reduced_grads, stats)``; stats values are scalar tensors:
+
+    - ``workers`` (K), ``workers_kept`` (sum of LAW_k > 0), ``samples_kept`` (samples of the kept
+      workers), ``skipped`` (1.0 when every worker was rejected: the gradients are then all
+      zeros and the optimizer step must be skipped, see ``apply_unless_skipped``),
+    - ``loss`` (mean of the kept workers' losses), ``loss_min`` / ``loss_max`` (finite losses).
+    """
+
+    name = "base"
+
+    def __init__(self, process_set: Any = None) -> None:
+        self.process_set = process_set
+
+    def _ps(self) -> dict:
+        return {} if self.process_set is None else {"process_set": self.process_set}
+
+    def size(self) -> int:
+        hvd = _hvd()
+        return hvd.size() if self.process_set is None else self.process_set.size()
+
+    def rank(self) -> int:
+        hvd = _hvd()
+        return hvd.rank() if self.process_set is None else self.process_set.rank()
+
+    def __call__(self, grads, loss, samples=None, variables=None) -> tuple[list, Stats]:
+        grads = _dense(list(grads), variables)
+        loss = tf.cast(tf.reshape(loss, []), tf.float32)
+        if samples is None:
+            samples = tf.constant(0.0)
+        samples = tf.cast(tf.reshape(samples, []), tf.float32)
+        return self._reduce(grads, loss, samples)
+
+    def _reduce(self, grads, loss, samples):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _gather_scalars(self, grads, loss, samples) -> tf.Tensor:
+        """One allgather of ``[loss, grad_norm, finite, samples]`` per worker -> ``[K, 4]``."""
+        norm, ok = _finite_norm(grads)
+        ok = tf.logical_and(ok, tf.math.is_finite(loss))
+        row = tf.stack([loss, norm, tf.cast(ok, tf.float32), samples])[None, :]
+        return _hvd().allgather(row, name="iapdcnn_worker_scalars", **self._ps())
+
+    def _masked_sum(self, grads, weight: tf.Tensor) -> list[tf.Tensor]:
+        """One grouped allreduce(Sum) of ``weight * g``; a zero weight sends exact zeros, so a
+        NaN gradient never reaches the sum."""
+        hvd = _hvd()
+        masked = [
+            tf.where(weight > 0, g * tf.cast(weight, g.dtype), tf.zeros_like(g)) for g in grads
+        ]
+        return hvd.grouped_allreduce(masked, op=hvd.Sum, name="iapdcnn_lsg", **self._ps())
+
+    @staticmethod
+    def _stats(table: tf.Tensor, law: tf.Tensor) -> Stats:
+        loss, ok, samples = table[:, 0], table[:, 2] > 0.5, table[:, 3]
+        fin = tf.logical_and(ok, tf.math.is_finite(loss))
+        kept = law > 0
+        big = tf.constant(float("inf"))
+        return {
+            "workers": tf.cast(tf.shape(table)[0], tf.float32),
+            "workers_kept": tf.reduce_sum(tf.cast(kept, tf.float32)),
+            "samples_kept": tf.reduce_sum(tf.where(kept, samples, 0.0)),
+            "skipped": tf.cast(tf.logical_not(tf.reduce_any(kept)), tf.float32),
+            "loss": tf.math.divide_no_nan(
+                tf.reduce_sum(tf.where(kept, loss, 0.0)), tf.reduce_sum(tf.cast(kept, tf.float32))
+            ),
+            "loss_min": tf.reduce_min(tf.where(fin, loss, big)),
+            "loss_max": tf.reduce_max(tf.where(fin, loss, -big)),
+        }
+
+
+class MeanReduction(Reduction):
+    """Horovod's Average: one grouped allreduce; the loss rides along in the same group. No
+    screening at all: one NaN worker makes every rank's gradient NaN."""
+
+    name = "mean"
+
+    def _reduce(self, grads, loss, samples):
+        hvd = _hvd()
+        k = float(self.size())
+        out = hvd.grouped_allreduce(
+            list(grads) + [tf.stack([loss, samples])],
+            op=hvd.Average,
+            name="iapdcnn_mean",
+            **self._ps(),
+        )
+        avg = out[-1]
+        stats = {
+            "workers": tf.constant(k),
+            "workers_kept": tf.constant(k),
+            "samples_kept": avg[1] * k,
+            "skipped": tf.constant(0.0),
+            "loss": avg[0],
+            "loss_min": avg[0],
+            "loss_max": avg[0],
+        }
+        return out[:-1], stats
+
+
+class LSGReduction(Reduction):
+    """LSG (SPEC 3): LAW_k from the allgathered scalars (``law.worker_law``), then
+    ``sum_k LAW_k g_k / sum_k LAW_k`` (normalise="kept") or ``/ K`` (normalise="batch").
+
+    Departures from the paper (SPEC 3's engineering rules): the defaults are the relative
+    threshold, the median centre and "kept" normalisation (paper: absolute tau, mean, 1/B); a
+    non-finite worker always gets LAW = 0; an all-rejected step returns zeros with
+    ``stats["skipped"] == 1`` instead of NaN; the gradient-norm screen is an addition.
+
+    Args:
+      tau: absolute loss threshold, or None for ``kappa * 1.4826 * MAD`` (default).
+      kappa: relative-threshold multiplier.
+      centre: "median" (default) or "mean" (paper).
+      normalise: "kept" (default) or "batch".
+      grad_screen: second, one-sided screen on gradient norms (default on).
+      grad_kappa: its multiplier.
+      tau_floor: relative floor of the loss threshold (``tau_floor * |centre|``).
+      grad_floor: norms below ``(1 + grad_floor) * median norm`` always pass the norm screen.
+    """
+
+    name = "lsg"
+
+    def __init__(
+        self,
+        tau=None,
+        kappa=4.0,
+        centre="median",
+        normalise="kept",
+        grad_screen=True,
+        grad_kappa=6.0,
+        tau_floor=0.25,
+        grad_floor=1.0,
+        process_set=None,
+    ) -> None:
+        super().__init__(process_set)
+        from .law import _check
+
+        _check(centre, normalise, kappa)
+        if tau is not None and tau < 0:
+            raise ValueError(f"tau must be >= 0 or None, got {tau}")
+        if not grad_kappa > 0:
+            raise ValueError(f"grad_kappa must be > 0, got {grad_kappa}")
+        self.tau, self.kappa, self.centre, self.normalise = tau, kappa, centre, normalise
+        self.grad_screen, self.grad_kappa, self.tau_floor = grad_screen, grad_kappa, tau_floor
+        self.grad_floor = grad_floor
+
+    def weights(self, table: tf.Tensor) -> tf.Tensor:
+        return worker_law(
+            table[:, 0],
+            table[:, 1],
+            table[:, 2],
+            tau=self.tau,
+            kappa=self.kappa,
+            centre=self.centre,
+            tau_floor=self.tau_floor,
+            grad_screen=self.grad_screen,
+            grad_kappa=self.grad_kappa,
+            grad_floor=self.grad_floor,
+        )
+
+    def _reduce(self, grads, loss, samples):
+        table = self._gather_scalars(grads, loss, samples)
+        law = self.weights(table)
+        summed = self._masked_sum(grads, tf.gather(law, self.rank()))
+        if self.normalise == "kept":
+            denom = tf.reduce_sum(law)
+        else:
+            denom = tf.cast(tf.shape(law)[0], tf.float32)
+        out = [tf.math.divide_no_nan(s, tf.cast(denom, s.dtype)) for s in summed]
+        stats = self._stats(table, law)
+        stats["weights"] = law
+        return out, stats
+
+
+class DisCNNReduction(LSGReduction):
+    """Dis-CNN's two groups: weight 0.55 for a worker whose loss is <= b, 0.45 above it (paper's
+    experimental values), then ``sum_k w_k g_k / sum_k w_k``. ``b`` is absolute, or None for the
+    median of the workers' losses. Non-finite workers get 0 (SPEC 3's rule for every reduction)."""
+
+    name = "dis_cnn"
+
+    def __init__(self, b=None, low=0.55, high=0.45, process_set=None) -> None:
+        super().__init__(normalise="kept", process_set=process_set)
+        self.b, self.low, self.high = b, low, high
+
+    def weights(self, table):
+        loss = table[:, 0]
+        ok = tf.logical_and(table[:, 2] > 0.5, tf.math.is_finite(loss))
+        b = masked_median(loss, ok) if self.b is None else tf.constant(float(self.b))
+        w = tf.where(loss <= b, self.low, self.high)
+        return tf.where(ok, w, 0.0)
+
+
+class _GatherReduction(Reduction):
+    """Allgather of every worker's flattened gradient (plus its scalars) in one call."""
+
+    def _reduce(self, grads, loss, samples):
+        hvd = _hvd()
+        norm, ok = _finite_norm(grads)
+        ok = tf.logical_and(ok, tf.math.is_finite(loss))
+        dtype = grads[0].dtype
+        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+        scalars = tf.cast(tf.stack([loss, norm, tf.cast(ok, tf.float32), samples]), dtype)
+        table_all = hvd.allgather(
+            tf.concat([scalars, flat], 0)[None, :], name=f"iapdcnn_{self.name}", **self._ps()
+        )
+        table = tf.cast(table_all[:, :4], tf.float32)
+        valid = table[:, 2] > 0.5
+        rows = table_all[:, 4:]
+        # Non-finite workers sort to the end (+inf) and are outside [0, n).
+        rows = tf.where(valid[:, None], rows, tf.constant(float("inf"), dtype))
+        rows = tf.sort(rows, axis=0)
+        n = tf.reduce_sum(tf.cast(valid, tf.int32))
+        red = self._combine(rows, n)
+        red = tf.where(n > 0, red, tf.zeros_like(red))
+        out, start = [], 0
+        for g in grads:
+            size = g.shape.num_elements()  # gradients of variables: static shapes
+            out.append(tf.reshape(red[start : start + size], tf.shape(g)))
+            start += size
+        return out, self._stats(table, tf.cast(valid, tf.float32))
+
+    def _mean_rows(self, rows, lo, hi):
+        idx = tf.range(tf.shape(rows)[0])[:, None]
+        take = tf.logical_and(idx >= lo, idx < hi)
+        total = tf.reduce_sum(tf.where(take, rows, tf.zeros_like(rows)), axis=0)
+        return total / tf.cast(tf.maximum(hi - lo, 1), rows.dtype)
+
+
+class MedianReduction(_GatherReduction):
+    """Coordinate-wise median over the finite workers."""
+
+    name = "median"
+
+    def _combine(self, rows, n):
+        return self._mean_rows(rows, tf.maximum((n - 1) // 2, 0), n // 2 + 1)
+
+
+class TrimmedMeanReduction(_GatherReduction):
+    """Coordinate-wise mean after dropping the ``floor(trim * n)`` smallest and largest values
+    of the n finite workers (at least one value is always kept)."""
+
+    name = "trimmed_mean"
+
+    def __init__(self, trim=0.25, process_set=None) -> None:
+        super().__init__(process_set)
+        if not 0 <= trim < 0.5:
+            raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+        self.trim = trim
+
+    def _combine(self, rows, n):
+        t = tf.cast(tf.floor(self.trim * tf.cast(n, tf.float32)), tf.int32)
+        t = tf.minimum(t, (n - 1) // 2)
+        return self._mean_rows(rows, t, n - t)
+
+
+def make_reduction(name: str = "lsg", **options: Any) -> Reduction:
+    """A reduction by name: one of ``REDUCTIONS``. Options go to its constructor.
+
+    Raises:
+      ValueError: unknown name or option.
+    """
+    classes = {
+        "mean": MeanReduction,
+        "lsg": LSGReduction,
+        "dis_cnn": DisCNNReduction,
+        "median": MedianReduction,
+        "trimmed_mean": TrimmedMeanReduction,
+    }
+    if isinstance(name, Reduction):
+        return name
+    if name not in classes:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {name!r}")
+    try:
+        return classes[name](**options)
+    except TypeError as e:
+        raise ValueError(f"bad option for reduction {name!r}: {e}") from None
+
+
+def apply_unless_skipped(optimizer, grads_and_vars, stats: Stats) -> None:
+    """``optimizer.apply_gradients`` unless ``stats["skipped"]``: a step where every worker was
+    rejected changes nothing (no momentum update, no iteration count)."""
+    grads_and_vars = list(grads_and_vars)
+    variables = [v for _, v in grads_and_vars]
+    if hasattr(optimizer, "build"):
+        with tf.init_scope():
+            optimizer.build(variables)
+
+    def apply():
+        optimizer.apply_gradients(grads_and_vars)
+        return tf.constant(True)
+
+    return tf.cond(stats["skipped"] > 0, lambda: tf.constant(False), apply)

@@ -1,0 +1,94 @@
+"""NumPy oracle for SPEC 3 (IM-BGDS): per-sample LAW, the LSG combination, the worker-level LAW
+and the alternative reductions (mean, Dis-CNN two-group weighting, coordinate median, trimmed
+mean) over a stack of K workers' flattened gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAD_TO_SIGMA = 1.4826
+
+
+def law(values, tau=None, kappa=4.0, centre="median", tau_floor=1e-3, one_sided=False, valid=None):
+    """LAW_i = 1 if |v_i - c| < tau else 0, non-finite -> 0 (see iapdcnn.distributed.law_mask)."""
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v) if valid is None else np.isfinite(v) & np.asarray(valid, bool)
+    if not ok.any():
+        return np.zeros(v.shape, np.float32)
+    c = np.median(v[ok]) if centre == "median" else np.mean(v[ok])
+    dev = (v - c) if one_sided else np.abs(v - c)
+    if tau is None:
+        mad = np.median(np.abs(v[ok] - c))
+        tau = max(kappa * MAD_TO_SIGMA * mad, tau_floor * abs(c), 1e-12)
+    out = np.zeros(v.shape, np.float32)
+    out[ok] = (dev[ok] < tau).astype(np.float32)
+    return out
+
+
+def lsg_loss(losses, weights, normalise="batch"):
+    """sum_i LAW_i LAD_i / (B or sum LAW_i); 0 when nothing is kept."""
+    losses = np.asarray(losses, np.float64)
+    w = np.asarray(weights, np.float64)
+    total = np.sum(w[w > 0] * losses[w > 0])
+    denom = w.sum() if normalise == "kept" else losses.size
+    return 0.0 if denom == 0 else total / denom
+
+
+def worker_law(
+    losses,
+    norms,
+    finite,
+    tau=None,
+    kappa=4.0,
+    centre="median",
+    tau_floor=0.25,
+    grad_screen=True,
+    grad_kappa=6.0,
+    grad_floor=1.0,
+):
+    """Worker-level LAW_k: loss screen, then the one-sided gradient-norm screen."""
+    ok = (np.asarray(finite) > 0.5) & np.isfinite(np.asarray(norms, np.float64))
+    w = law(losses, tau, kappa, centre, tau_floor, valid=ok)
+    if grad_screen:
+        w = w * law(norms, None, grad_kappa, "median", grad_floor, one_sided=True, valid=w > 0)
+    return w
+
+
+def combine(grads, weights, normalise="kept"):
+    """sum_k w_k g_k / (sum_k w_k or K); rows with w_k = 0 never contribute (even NaN rows).
+
+    Args:
+      grads: ``[K, P]``; weights: ``[K]``.
+
+    Returns:
+      ``([P] combined, skipped)``; zeros and skipped=True when every weight is 0.
+    """
+    g = np.asarray(grads, np.float64)
+    w = np.asarray(weights, np.float64)
+    if not (w > 0).any():
+        return np.zeros(g.shape[1:]), True
+    total = np.sum(w[w > 0, None] * g[w > 0], axis=0)
+    return total / (w.sum() if normalise == "kept" else len(w)), False
+
+
+def dis_cnn_weights(losses, finite, b=None):
+    """0.55 for loss <= b, 0.45 above (Dis-CNN); b defaults to the median; non-finite -> 0."""
+    v = np.asarray(losses, np.float64)
+    ok = np.isfinite(v) & (np.asarray(finite) > 0.5)
+    if b is None:
+        b = np.median(v[ok]) if ok.any() else 0.0
+    return np.where(ok, np.where(v <= b, 0.55, 0.45), 0.0)
+
+
+def coordinate_median(grads, finite):
+    g = np.asarray(grads, np.float64)[np.asarray(finite) > 0.5]
+    return np.median(g, axis=0) if len(g) else np.zeros(np.shape(grads)[1:])
+
+
+def trimmed_mean(grads, finite, trim=0.25):
+    g = np.sort(np.asarray(grads, np.float64)[np.asarray(finite) > 0.5], axis=0)
+    n = len(g)
+    if n == 0:
+        return np.zeros(np.shape(grads)[1:])
+    t = min(int(np.floor(trim * n)), (n - 1) // 2)
+    return g[t : n - t].mean(axis=0)

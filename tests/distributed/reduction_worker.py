@@ -1,0 +1,180 @@
+"""Runs under `horovodrun -np K`: checks the reductions of iapdcnn.distributed across real Horovod
+workers against NumPy (tests/test_distributed.py launches it). Prints "RANK r OK" at the end."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import horovod.tensorflow as hvd  # noqa: E402
+from iapdcnn import reference  # noqa: E402
+from iapdcnn.distributed import (  # noqa: E402
+    DistributedGradientTape,
+    DistributedOptimizer,
+    ReductionStatsCallback,
+    apply_unless_skipped,
+    make_reduction,
+)
+
+ref = reference.lsg
+hvd.init()
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+K, R = hvd.size(), hvd.rank()
+SHAPES = [(3, 4), (5,), (2, 2, 2)]
+
+
+def local_grads(seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    gs = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    n = np.sqrt(sum((g**2).sum() for g in gs))
+    return [tf.constant(g / n * scale) for g in gs]
+
+
+def gather_flat(grads):
+    flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+    return hvd.allgather(flat[None]).numpy()
+
+
+def flat(grads):
+    return np.concatenate([np.reshape(g.numpy(), -1) for g in grads])
+
+
+def reduce(name, grads, loss, fn=False, **opt):
+    red = make_reduction(name, **opt)
+    if fn:
+        out, stats = tf.function(lambda g, lo: red(g, lo))(grads, tf.constant(loss))
+    else:
+        out, stats = red(grads, tf.constant(loss))
+    return out, {k: v.numpy() for k, v in stats.items()}
+
+
+def check(cond, msg):
+    if not cond:
+        print(f"RANK {R} FAIL: {msg}", flush=True)
+        sys.exit(1)
+
+
+# 1. No outlier: LSG == Horovod Average (eager and in tf.function).
+g = local_grads(R, 1.0 + 0.01 * R)
+avg = flat(hvd.grouped_allreduce(g, op=hvd.Average))
+for fn in (False, True):
+    out, st = reduce("lsg", g, 1.0 + 1e-3 * R, fn=fn)
+    check(np.allclose(flat(out), avg, atol=1e-6), f"lsg != average (fn={fn})")
+    check(st["workers_kept"] == K and st["skipped"] == 0, f"clean stats {st}")
+out, _ = reduce("mean", g, 1.0)
+check(np.allclose(flat(out), avg, atol=1e-6), "mean != horovod average")
+
+# 2. One loss outlier (last rank) is excluded: result = mean of the others.
+allg = gather_flat(g)
+if K >= 3:
+    loss = 100.0 if R == K - 1 else 1.0 + 1e-3 * R
+    out, st = reduce("lsg", g, loss)
+    check(np.allclose(flat(out), allg[:-1].mean(0), atol=1e-6), "outlier not excluded")
+    check(st["workers_kept"] == K - 1, f"outlier stats {st}")
+    # gradient x -10 under an honest loss: the norm screen catches it
+    gs = [x * -10.0 for x in g] if R == K - 1 else g
+    out, st = reduce("lsg", gs, 1.0 + 1e-3 * R)
+    check(np.allclose(flat(out), allg[:-1].mean(0), atol=1e-6), "scaled grad not excluded")
+
+# 3. NaN gradients never reach the result (any K).
+gn = [x * np.nan for x in g] if R == 1 else g
+others = np.delete(allg, 1, axis=0).mean(0)
+for name in ("lsg", "dis_cnn", "median", "trimmed_mean"):
+    out, st = reduce(name, gn, 1.0)
+    check(np.all(np.isfinite(flat(out))), f"{name}: NaN reached the result")
+    check(st["workers_kept"] == K - 1, f"{name}: NaN worker kept {st}")
+out, _ = reduce("lsg", gn, 1.0)
+check(np.allclose(flat(out), others, atol=1e-6), "NaN: lsg != mean of others")
+out, _ = reduce("mean", gn, 1.0)
+check(not np.all(np.isfinite(flat(out))), "mean should propagate NaN")
+
+# 4. Every worker rejected: skipped, zeros, optimizer untouched.
+v = [tf.Variable(tf.ones(s)) for s in SHAPES]
+opt = tf.keras.optimizers.SGD(0.1, momentum=0.9)
+red = make_reduction("lsg")
+out, st = red(g, tf.constant(float("nan")))
+check(st["skipped"].numpy() == 1 and np.all(flat(out) == 0), "all-rejected not skipped")
+apply_unless_skipped(opt, zip(out, v, strict=False), st)
+check(all(np.all(x.numpy() == 1) for x in v) and int(opt.iterations) == 0, "skipped step applied")
+if R == 0:
+    print("skipped step logged: workers_kept=0 skipped=1", flush=True)
+
+# 5. K = 2 (SPEC 3): relative tau keeps both, absolute tau rejects both.
+if K == 2:
+    out, st = reduce("lsg", g, 9.0 if R == 1 else 0.5)
+    check(st["workers_kept"] == 2 and np.allclose(flat(out), allg.mean(0), atol=1e-6), "K=2 rel")
+    out, st = reduce("lsg", g, 9.0 if R == 1 else 0.5, tau=0.1)
+    check(st["skipped"] == 1 and np.all(flat(out) == 0), "K=2 abs")
+
+# 6. Alternatives against NumPy.
+losses = hvd.allgather(tf.constant([0.3 + 0.2 * R])).numpy()
+fin = np.ones(K)
+out, _ = reduce("dis_cnn", g, float(losses[R]))
+want, _ = ref.combine(allg, ref.dis_cnn_weights(losses, fin))
+check(np.allclose(flat(out), want, atol=1e-6), "dis_cnn")
+out, _ = reduce("median", g, 1.0)
+check(np.allclose(flat(out), ref.coordinate_median(allg, fin), atol=1e-6), "median")
+out, _ = reduce("trimmed_mean", g, 1.0, fn=True)
+check(np.allclose(flat(out), ref.trimmed_mean(allg, fin), atol=1e-6), "trimmed_mean")
+
+# 7. Tape wrapper in a custom loop: a NaN batch on rank 1 never reaches the weights.
+tf.keras.utils.set_random_seed(0)
+model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+hvd.broadcast_variables(model.variables, 0)
+opt = tf.keras.optimizers.SGD(0.1)
+
+
+@tf.function
+def step(x, y):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, model(x), True))
+    tape = DistributedGradientTape(tape, "lsg")
+    grads = tape.gradient(loss, model.trainable_variables)
+    apply_unless_skipped(opt, zip(grads, model.trainable_variables, strict=False), tape.stats)
+    return tape.stats
+
+
+rng = np.random.default_rng(R)
+for _ in range(3):
+    x = rng.normal(size=(8, 4)).astype(np.float32)
+    if R == 1 and K > 1:
+        x[0, 0] = np.nan
+    st = step(x, rng.integers(0, 3, 8))
+    check(st["workers_kept"].numpy() == max(K - 1, 1), f"tape stats {st}")
+w = flat(model.trainable_variables)
+check(np.all(np.isfinite(w)), "NaN reached the weights")
+check(np.all(hvd.allgather(w[None]).numpy() == w), "weights differ across ranks")
+
+# 8. Keras path: model.fit with DistributedOptimizer; stats reach the logs.
+model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+opt = DistributedOptimizer(tf.keras.optimizers.Adam(0.01), reduction="lsg")
+model.compile(opt, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+rng = np.random.default_rng(7)  # the same data on every rank: only the NaN worker differs
+x = rng.normal(size=(32, 4)).astype(np.float32)
+y = rng.integers(0, 3, 32)
+if R == 1 and K > 1:
+    x[3, 1] = np.nan
+import horovod.tensorflow.keras as hvdk  # noqa: E402
+
+hist = model.fit(
+    x,
+    y,
+    batch_size=8,
+    epochs=2,
+    verbose=0,
+    shuffle=False,
+    callbacks=[hvdk.callbacks.BroadcastGlobalVariablesCallback(0), ReductionStatsCallback()],
+)
+logs = hist.history
+check("lsg_workers_kept_mean" in logs, f"no stats in logs: {list(logs)}")
+# one NaN sample on rank 1 spoils 1 of its 4 batches per epoch
+want = K - 0.25 if K > 1 else 1.0
+check(logs["lsg_workers_kept_mean"][-1] == want, f"keras stats {logs}")
+w = flat(model.trainable_variables)
+check(np.all(np.isfinite(w)), "keras: NaN reached the weights")
+check(np.all(hvd.allgather(w[None]).numpy() == w), "keras: weights differ across ranks")
+print(f"RANK {R} OK", flush=True)
