@@ -97,8 +97,13 @@ Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* 
     for (int64_t j = b; j < e; ++j) {
       const T* row = filters + j * n;
       double s = 0.0;
-      for (int64_t i = 0; i < n; ++i) s += static_cast<double>(row[i]);
-      mu[j] = s / static_cast<double>(n);
+      bool constant = true;
+      for (int64_t i = 0; i < n; ++i) {
+        s += static_cast<double>(row[i]);
+        constant = constant && row[i] == row[0];
+      }
+      // A coordinate all filters share is exactly their mean: no round-off may leak into S.
+      mu[j] = constant ? static_cast<double>(row[0]) : s / static_cast<double>(n);
       for (int64_t i = 0; i < n; ++i) u(i, j) = static_cast<double>(row[i]) - mu[j];
     }
   });
