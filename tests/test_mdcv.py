@@ -11,12 +11,14 @@ from iapdcnn import _C, ops, reference
 RTOL = {np.float32: 2e-4, np.float64: 1e-9}
 
 
-def _tf(w, l=-1.0):
-    return tuple(t.numpy() for t in ops.mdcv_distances(w, l))
+def _tf(w, shrinkage=-1.0):
+    return tuple(t.numpy() for t in ops.mdcv_distances(w, shrinkage))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3, 3, 4, 8), (1, 1, 4, 16), (2, 2, 3, 12), (3, 3, 8, 64), (1, 1, 1, 2)])
+@pytest.mark.parametrize(
+    "shape", [(3, 3, 4, 8), (1, 1, 4, 16), (2, 2, 3, 12), (3, 3, 8, 64), (1, 1, 1, 2)]
+)
 @pytest.mark.parametrize("shrinkage", [-1.0, 0.0, 0.25, 1.0])
 def test_reference_c_and_op_agree(rng, dtype, shape, shrinkage):
     # (1, 1, 4, 16) and (2, 2, 3, 12) have d < n: the dual path; the others the Gram path.
@@ -34,16 +36,18 @@ def test_ledoit_wolf_matches_scikit_learn(rng, shape):
     w = rng.normal(size=shape) * rng.uniform(0.1, 3, size=shape[:3] + (1,))
     x = w.reshape(-1, shape[3]).T
     assert _C.mdcv_distances(w)[2] == pytest.approx(ledoit_wolf_shrinkage(x), rel=1e-10)
-    assert reference.mdcv.ledoit_wolf(x - x.mean(0)) == pytest.approx(ledoit_wolf_shrinkage(x), rel=1e-10)
+    assert reference.mdcv.ledoit_wolf(x - x.mean(0)) == pytest.approx(
+        ledoit_wolf_shrinkage(x), rel=1e-10
+    )
 
 
 def test_hand_worked_case():
     # d = 1, filters 0, 1, 2: mean 1, S = (1 + 0 + 1) / 2 = 1 = tr(S)/d, so S_l = 1 for every l
     # and the distances are |x - 1| = 1, 0, 1.
     w = np.array([0.0, 1.0, 2.0]).reshape(1, 1, 1, 3)
-    for l in (0.0, 0.5, 1.0, -1.0):
-        np.testing.assert_allclose(_C.mdcv_distances(w, l)[0], [1, 0, 1], atol=1e-12)
-        np.testing.assert_allclose(_tf(w, l)[0], [1, 0, 1], atol=1e-12)
+    for lam in (0.0, 0.5, 1.0, -1.0):
+        np.testing.assert_allclose(_C.mdcv_distances(w, lam)[0], [1, 0, 1], atol=1e-12)
+        np.testing.assert_allclose(_tf(w, lam)[0], [1, 0, 1], atol=1e-12)
     assert _C.mdcv_distances(w)[1].ravel().tolist() == [1.0]
 
 
@@ -71,15 +75,21 @@ def test_invariances(rng, shape):
     d0 = _C.mdcv_distances(w)[0]
     # Common scale and common shift of all filters: Mahalanobis distances do not change.
     np.testing.assert_allclose(_C.mdcv_distances(3.7 * w)[0], d0, rtol=1e-9)
-    np.testing.assert_allclose(_C.mdcv_distances(w + rng.normal(size=shape[:3] + (1,)))[0], d0, rtol=1e-8)
+    np.testing.assert_allclose(
+        _C.mdcv_distances(w + rng.normal(size=shape[:3] + (1,)))[0], d0, rtol=1e-8
+    )
     # Reordering the filters reorders the distances; reordering input channels changes nothing.
     perm = rng.permutation(shape[3])
     np.testing.assert_allclose(_C.mdcv_distances(w[..., perm])[0], d0[perm], rtol=1e-9)
-    np.testing.assert_allclose(_C.mdcv_distances(w[:, :, rng.permutation(shape[2])])[0], d0, rtol=1e-9)
+    np.testing.assert_allclose(
+        _C.mdcv_distances(w[:, :, rng.permutation(shape[2])])[0], d0, rtol=1e-9
+    )
     # Rotating the filter space (fixed l: Ledoit-Wolf's estimate is not rotation invariant).
     q, _ = np.linalg.qr(rng.normal(size=(w[..., 0].size,) * 2))
     wr = (q @ w.reshape(-1, shape[3])).reshape(shape)
-    np.testing.assert_allclose(_C.mdcv_distances(wr, 0.3)[0], _C.mdcv_distances(w, 0.3)[0], rtol=1e-8)
+    np.testing.assert_allclose(
+        _C.mdcv_distances(wr, 0.3)[0], _C.mdcv_distances(w, 0.3)[0], rtol=1e-8
+    )
     # An outlying filter is the farthest.
     w2 = w.copy()
     w2[..., 0] += 10 * np.abs(w).max()

@@ -43,26 +43,26 @@ class MdcvDistancesOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& filters = ctx->input(0);
     const Tensor& shrinkage = ctx->input(1);
-    OP_REQUIRES(ctx, shrinkage.dims() == 0,
-                ::tensorflow::errors::InvalidArgument("mdcv_distances: shrinkage must be a scalar"));
+    OP_REQUIRES(
+        ctx, shrinkage.dims() == 0,
+        ::tensorflow::errors::InvalidArgument("mdcv_distances: shrinkage must be a scalar"));
     MdcvParams p;
-    IAPDCNN_OP_REQUIRES_OK(ctx, ValidateMdcv(Dims(filters.shape()),
-                                             static_cast<double>(shrinkage.scalar<T>()()), &p));
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, ValidateMdcv(Dims(filters.shape()), static_cast<double>(shrinkage.scalar<T>()()), &p));
     Tensor *dist = nullptr, *center = nullptr, *used = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({p.cout}), &dist));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({p.kh, p.kw, p.cin}), &center));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &used));
     IAPDCNN_OP_REQUIRES_OK(
-        ctx, MdcvDistancesCpu<T>(p, filters.flat<T>().data(), dist->flat<T>().data(),
-                                 center->flat<T>().data(), used->flat<T>().data(),
-                                 TfParallelFor(ctx)));
+        ctx,
+        MdcvDistancesCpu<T>(p, filters.flat<T>().data(), dist->flat<T>().data(),
+                            center->flat<T>().data(), used->flat<T>().data(), TfParallelFor(ctx)));
   }
 };
 
-#define REGISTER_CPU(T)                                                              \
-  REGISTER_KERNEL_BUILDER(                                                           \
-      Name("Iapdcnn>MdcvDistances").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
-      MdcvDistancesOp<T>)
+#define REGISTER_CPU(T)                                                                            \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>MdcvDistances").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          MdcvDistancesOp<T>)
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU

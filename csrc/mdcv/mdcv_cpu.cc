@@ -44,8 +44,7 @@ ColMat SymGram(const RowMat& a, const ParallelFor& pf) {
   pf(nblocks, 2 * block * len * m, [&](int64_t b, int64_t e) {
     for (int64_t ib = b; ib < e; ++ib) {
       const int64_t r0 = ib * block, rows = std::min(block, m - r0), cols = r0 + rows;
-      k.block(r0, 0, rows, cols).noalias() =
-          a.middleRows(r0, rows) * a.topRows(cols).transpose();
+      k.block(r0, 0, rows, cols).noalias() = a.middleRows(r0, rows) * a.topRows(cols).transpose();
     }
   });
   for (int64_t j = 1; j < m; ++j) {
@@ -137,7 +136,8 @@ Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* 
     if (gram) {
       for (int64_t q = 0; q < n; ++q) {
         if (lam[q] <= tol) continue;
-        for (int64_t i = 0; i < n; ++i) d2[i] += eig.eigenvectors()(i, q) * eig.eigenvectors()(i, q);
+        for (int64_t i = 0; i < n; ++i)
+          d2[i] += eig.eigenvectors()(i, q) * eig.eigenvectors()(i, q);
       }
       for (auto& v : d2) v /= cf.a;
     } else {

@@ -28,7 +28,9 @@ def mdcv_distances(
     """
     filters = tf.convert_to_tensor(filters, name="filters")
     if filters.dtype not in (tf.float32, tf.float64):
-        raise TypeError(f"mdcv_distances: filters must be float32 or float64, got {filters.dtype.name}")
+        raise TypeError(
+            f"mdcv_distances: filters must be float32 or float64, got {filters.dtype.name}"
+        )
     shrinkage = tf.convert_to_tensor(shrinkage, dtype=filters.dtype, name="shrinkage")
     return tuple(load_ops().iapdcnn_mdcv_distances(filters=filters, shrinkage=shrinkage, name=name))
 

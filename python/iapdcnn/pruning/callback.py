@@ -10,7 +10,8 @@ grow back (soft filter pruning); the final mask is re-applied when training ends
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -57,7 +58,9 @@ class MDCVPruning(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         if not 0.0 <= target_flops_reduction < 1.0:
-            raise ValueError(f"target_flops_reduction must be in [0, 1), got {target_flops_reduction}")
+            raise ValueError(
+                f"target_flops_reduction must be in [0, 1), got {target_flops_reduction}"
+            )
         if frequency < 1:
             raise ValueError(f"frequency must be >= 1, got {frequency}")
         if end_step is not None and end_step <= begin_step:

@@ -4,14 +4,15 @@ group, and rebuild a smaller model with the weights copied (SPEC 2a)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from . import criteria as crit
-from .flops import FlopsCount, count_flops, layer_macs
-from .graph import ChannelGraph, ChannelGroup
+from .flops import count_flops
+from .graph import ChannelGraph
 
 
 @dataclass
@@ -66,11 +67,19 @@ class _FlopsModel:
 
 
 def _check_options(alpha, ratio, target, round_to, min_channels, flops_mode) -> None:
-    given = [n for n, v in (("alpha", alpha), ("ratio", ratio), ("target_flops_reduction", target)) if v is not None]
+    given = [
+        n
+        for n, v in (("alpha", alpha), ("ratio", ratio), ("target_flops_reduction", target))
+        if v is not None
+    ]
     if len(given) != 1:
-        raise ValueError(f"give exactly one of alpha, ratio, target_flops_reduction; got {given or 'none'}")
+        raise ValueError(
+            f"give exactly one of alpha, ratio, target_flops_reduction; got {given or 'none'}"
+        )
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha must be a finite number >= 0 (filters with d_i < alpha are pruned), got {alpha}")
+        raise ValueError(
+            f"alpha must be a finite number >= 0 (filters with d_i < alpha are pruned), got {alpha}"
+        )
     if ratio is not None and not (0.0 <= ratio < 1.0):
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
     if target is not None and not (0.0 <= target < 1.0):
@@ -132,23 +141,31 @@ def plan(
         raw.append(np.mean(cols, axis=0))
         # Group score = mean over its convs of the score relative to that conv's mean, so convs
         # of different scale weigh alike (for alpha, MDCV's rule, the raw d_i are averaged).
-        norm.append(np.mean([c / (scores[n].mean() or 1.0) for c, n in zip(cols, g.layers)], axis=0))
+        norm.append(
+            np.mean(
+                [c / (scores[n].mean() or 1.0) for c, n in zip(cols, g.layers, strict=False)],
+                axis=0,
+            )
+        )
     n_ids = len(graph.uf.parent)
     fm = _FlopsModel(graph)
 
     def select(counts: list[int]) -> np.ndarray:
         mask = np.zeros(n_ids, bool)
-        for g, s, k in zip(groups, norm if alpha is None else raw, counts):
+        for g, s, k in zip(groups, norm if alpha is None else raw, counts, strict=False):
             order = np.argsort(s, kind="stable")
             mask[g.roots[order[:k]]] = True
         return mask
 
     def counts_for_ratio(r: float) -> list[int]:
-        return [g.size - _keep_count(g.size, int(math.floor(r * g.size + 1e-9)), round_to, min_channels) for g in groups]
+        return [
+            g.size - _keep_count(g.size, int(math.floor(r * g.size + 1e-9)), round_to, min_channels)
+            for g in groups
+        ]
 
     if alpha is not None:
         counts = []
-        for g, s in zip(groups, raw):
+        for g, s in zip(groups, raw, strict=False):
             below = int((s < alpha).sum())
             if below == g.size:
                 raise ValueError(
@@ -170,7 +187,10 @@ def plan(
 
             def candidates(t: float) -> list[int]:
                 thr = np.quantile(all_norm, t) if len(all_norm) else 0.0
-                return [g.size - _keep_count(g.size, int((s < thr).sum()), round_to, min_channels) for g, s in zip(groups, norm)]
+                return [
+                    g.size - _keep_count(g.size, int((s < thr).sum()), round_to, min_channels)
+                    for g, s in zip(groups, norm, strict=False)
+                ]
 
             hi = 1.0
         if fm(select(candidates(hi))) > goal + 1e-6 * fm.total:
@@ -189,7 +209,9 @@ def plan(
         mask = select(candidates(hi))
     removed = {int(i) for i in np.flatnonzero(mask)}
     pruned = {n: np.flatnonzero(~graph.kept(n, removed, "out")) for n in graph.convs}
-    return PruningPlan(graph, removed, {n: p for n, p in pruned.items() if len(p)}, fm.total, int(round(fm(mask))))
+    return PruningPlan(
+        graph, removed, {n: p for n, p in pruned.items() if len(p)}, fm.total, int(round(fm(mask)))
+    )
 
 
 def prune(
@@ -266,12 +288,16 @@ def prune_channels(model: Any, pruned: dict[str, Iterable[int]]) -> Any:
     removed = set()
     for name, idx in pruned.items():
         if name not in graph.convs:
-            raise ValueError(f"pruned names {name!r}, which is not a prunable conv layer of the model")
+            raise ValueError(
+                f"pruned names {name!r}, which is not a prunable conv layer of the model"
+            )
         roots = graph.roots(graph.layer_out[name])
         for i in idx:
             r = int(roots[int(i)])
             if graph.uf.frozen[r]:
-                raise ValueError(f"channel {i} of {name!r} is tied to a model input/output or an unsupported layer")
+                raise ValueError(
+                    f"channel {i} of {name!r} is tied to a model input/output or an unsupported layer"
+                )
             removed.add(r)
     _check_not_all(graph, removed)
     return graph.rebuild(removed)
@@ -281,6 +307,3 @@ def _check_not_all(graph: ChannelGraph, removed: set[int]) -> None:
     for name in graph.convs:
         if not graph.kept(name, removed, "out").any():
             raise ValueError(f"the request would prune every filter of {name!r}")
-
-
-

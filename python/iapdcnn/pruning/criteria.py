@@ -10,7 +10,8 @@ the control a benchmark needs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -20,7 +21,9 @@ def mdcv(kernel: np.ndarray, shrinkage: float = -1.0) -> np.ndarray:
     """MDCV distances d_i (SPEC 2a) through ``iapdcnn._C``; Ledoit-Wolf by default."""
     from .. import _C
 
-    return np.asarray(_C.mdcv_distances(np.ascontiguousarray(kernel), float(shrinkage))[0], np.float64)
+    return np.asarray(
+        _C.mdcv_distances(np.ascontiguousarray(kernel), float(shrinkage))[0], np.float64
+    )
 
 
 def l1(kernel: np.ndarray) -> np.ndarray:
@@ -67,7 +70,7 @@ def _batches(data: Any, num_samples: int, batch_size: int = 64):
         return
     seen = 0
     for item in data:
-        x = np.asarray(item[0] if isinstance(item, (tuple, list)) else item)
+        x = np.asarray(item[0] if isinstance(item, tuple | list) else item)
         yield x[: num_samples - seen]
         seen += len(x)
         if seen >= num_samples:
@@ -79,15 +82,17 @@ def feature_scores(
 ) -> dict[str, np.ndarray]:
     """``fmp`` or ``fm_redundancy`` scores of the named conv layers' outputs on ``data``."""
     if data is None:
-        raise ValueError(f"criterion {criterion!r} needs data= (a sample of inputs) to see feature maps")
+        raise ValueError(
+            f"criterion {criterion!r} needs data= (a sample of inputs) to see feature maps"
+        )
     probe = tf.keras.Model(model.inputs, [model.get_layer(n).output for n in layers])
     c = {n: model.get_layer(n).filters for n in layers}
     acc = {n: np.zeros(c[n]) if criterion == "fmp" else np.zeros((c[n], c[n])) for n in layers}
     count = 0
     for x in _batches(data, num_samples):
         outs = probe(x, training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for n, f in zip(layers, outs):
+        outs = outs if isinstance(outs, list | tuple) else [outs]
+        for n, f in zip(layers, outs, strict=False):
             f = f.numpy().astype(np.float64).reshape(len(x), -1, c[n])  # [N, HW, C]
             if criterion == "fmp":  # PDCNNO FMP: per-sample L_a norm of each map, averaged
                 acc[n] += ((np.abs(f) ** a).mean(axis=1) ** (1.0 / a)).sum(axis=0)

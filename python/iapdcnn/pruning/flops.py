@@ -24,14 +24,17 @@ def layer_macs(layer: Any, in_shape: Any, out_shape: Any) -> int:
     if isinstance(layer, L.SeparableConv2D) or type(layer).__name__ == "SeparableConv2D":
         kh, kw = layer.kernel_size
         cin = int(in_shape[-1])
-        return _prod(out_shape[1:-1]) * (kh * kw * cin * layer.depth_multiplier + cin * layer.depth_multiplier * int(out_shape[-1]))
+        return _prod(out_shape[1:-1]) * (
+            kh * kw * cin * layer.depth_multiplier
+            + cin * layer.depth_multiplier * int(out_shape[-1])
+        )
     if isinstance(layer, L.DepthwiseConv2D):
         kh, kw = layer.kernel_size
         return _prod(out_shape[1:-1]) * kh * kw * int(out_shape[-1])
     if isinstance(layer, L.Conv2DTranspose):
         kh, kw = layer.kernel_size
         return _prod(in_shape[1:-1]) * kh * kw * int(in_shape[-1]) * int(out_shape[-1])
-    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
+    if isinstance(layer, L.Conv1D | L.Conv2D | L.Conv3D):
         k = _prod(layer.kernel_size)
         cin = int(in_shape[-1] if layer.data_format == "channels_last" else in_shape[1])
         spatial = out_shape[1:-1] if layer.data_format == "channels_last" else out_shape[2:]
@@ -52,7 +55,7 @@ class FlopsCount:
     def total(self) -> int:
         return int(sum(self.per_layer.values()))
 
-    def table(self, after: "FlopsCount | None" = None) -> str:
+    def table(self, after: FlopsCount | None = None) -> str:
         """Per-layer MACs (and, given ``after``, the pruned MACs and the ratio) as text."""
         names = [n for n, v in self.per_layer.items() if v or (after and after.per_layer.get(n))]
         rows = [f"{'layer':<28}{'MACs':>14}" + (f"{'after':>14}{'ratio':>8}" if after else "")]
@@ -91,4 +94,3 @@ def count_flops(model: Any) -> FlopsCount:
         per_layer[layer.name] = macs
         params[layer.name] = int(layer.count_params()) if layer.built else 0
     return FlopsCount(per_layer, params)
-

@@ -10,8 +10,9 @@ inputs and outputs, Dense units, unknown or shared layers, ignored layers) are f
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -22,14 +23,39 @@ L = keras.layers
 _PASS_THROUGH = tuple(
     getattr(L, n)
     for n in (
-        "ReLU", "ELU", "LeakyReLU", "ThresholdedReLU", "Dropout", "SpatialDropout1D",
-        "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-        "ActivityRegularization", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "ZeroPadding1D",
-        "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
-        "UpSampling1D", "UpSampling2D", "UpSampling3D", "GlobalAveragePooling1D",
-        "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
-        "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+        "ReLU",
+        "ELU",
+        "LeakyReLU",
+        "ThresholdedReLU",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
     )  # fmt: skip
     if hasattr(L, n)
 )
@@ -44,7 +70,7 @@ def is_prunable_conv(layer: Any) -> bool:
     """Conv2D and its subclasses (iapdcnn's Im2colConv2D), ungrouped, channels_last."""
     return (
         isinstance(layer, L.Conv2D)
-        and not isinstance(layer, (L.Conv2DTranspose, L.DepthwiseConv2D))
+        and not isinstance(layer, L.Conv2DTranspose | L.DepthwiseConv2D)
         and getattr(layer, "groups", 1) == 1
         and _channels_last(layer)
     )
@@ -108,7 +134,7 @@ class ChannelGraph:
     handled: set[str] = field(default_factory=set)
 
     @classmethod
-    def build(cls, model: Any, ignored_layers: Iterable[Any] = ()) -> "ChannelGraph":
+    def build(cls, model: Any, ignored_layers: Iterable[Any] = ()) -> ChannelGraph:
         if not getattr(model, "_is_graph_network", False) or not hasattr(model, "_nodes_by_depth"):
             raise ValueError(
                 "model must be a built functional or Sequential Keras model (give Sequential an "
@@ -117,9 +143,13 @@ class ChannelGraph:
         ignored = {getattr(x, "name", x) for x in ignored_layers}
         unknown = ignored - {layer.name for layer in model.layers}
         if unknown:
-            raise ValueError(f"ignored_layers names layers the model does not have: {sorted(unknown)}")
+            raise ValueError(
+                f"ignored_layers names layers the model does not have: {sorted(unknown)}"
+            )
         g = cls(model)
-        nodes = [n for d in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[d]]
+        nodes = [
+            n for d in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[d]
+        ]
         calls: dict[str, int] = defaultdict(int)
         for n in nodes:
             calls[n.layer.name] += 1
@@ -145,14 +175,18 @@ class ChannelGraph:
                     tensors[key(t)] = g.uf.new(_channels(t), frozen=True)
                 continue
             g.handled.add(layer.name)
-            g.layer_in[layer.name] = ins[0] if len(ins) == 1 else np.concatenate(ins) if ins else np.zeros(0, np.int64)
+            g.layer_in[layer.name] = (
+                ins[0] if len(ins) == 1 else np.concatenate(ins) if ins else np.zeros(0, np.int64)
+            )
             g.layer_out[layer.name] = out_ids
             tensors[key(outs[0])] = out_ids
         for t in model.outputs:
             g.uf.freeze(tensors[key(t)])
         return g
 
-    def _follow(self, layer: Any, ins: list[np.ndarray], node: Any, ignored: bool) -> np.ndarray | None:
+    def _follow(
+        self, layer: Any, ins: list[np.ndarray], node: Any, ignored: bool
+    ) -> np.ndarray | None:
         """Output channel ids of a single-call layer, or None if the layer is not understood."""
         x = ins[0] if len(ins) == 1 else None
         if x is None and not isinstance(layer, (*_MERGE_TIED, L.Concatenate)):
@@ -168,7 +202,7 @@ class ChannelGraph:
             return None
         if isinstance(layer, L.BatchNormalization):
             rank = len(node.keras_inputs[0].shape)
-            axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+            axis = layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis]
             return x if [a % rank for a in axis] == [rank - 1] else None
         if isinstance(layer, L.Dense):
             return self.uf.new(int(layer.units), frozen=True)
@@ -185,7 +219,7 @@ class ChannelGraph:
             if len({len(i) for i in ins}) != 1:
                 return None
             for other in ins[1:]:
-                for a, b in zip(ins[0], other):
+                for a, b in zip(ins[0], other, strict=False):
                     self.uf.union(int(a), int(b))
             return ins[0]
         if isinstance(layer, L.Concatenate):
@@ -288,7 +322,7 @@ class ChannelGraph:
             elif isinstance(layer, L.BatchNormalization):
                 kin = self.kept(layer.name, removed, "in")
                 names = [v.name.split("/")[-1].split(":")[0] for v in layer.weights]
-                for v, n in zip(w, names):
+                for v, n in zip(w, names, strict=False):
                     if n in ("gamma", "beta"):
                         v[~kin] = 0
             else:
@@ -309,7 +343,11 @@ class ChannelGraph:
         for layer in self.model.layers:
             if isinstance(layer, L.BatchNormalization) and layer.name in self.handled:
                 names = [v.name.split("/")[-1].split(":")[0] for v in layer.weights]
-                affine = [v for v, n in zip(layer.get_weights(), names) if n in ("gamma", "beta")]
+                affine = [
+                    v
+                    for v, n in zip(layer.get_weights(), names, strict=False)
+                    if n in ("gamma", "beta")
+                ]
                 for i, root in enumerate(self.roots(self.layer_in[layer.name])):
                     if dead.get(int(root)) and any(v[i] != 0 for v in affine):
                         dead[int(root)] = False
