@@ -21,15 +21,16 @@ def main(argv: list[str] | None = None) -> float:
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         p.error("--epochs and --batch-size must be >= 1 and --lr > 0")
 
-    import horovod.tensorflow.keras as hvd
     import tensorflow as tf
 
+    import horovod.tensorflow.keras as hvd
     from iapdcnn import data, models
 
     hvd.init()
     tf.keras.utils.set_random_seed(args.seed + hvd.rank())
-    train = data.load("fashion_mnist", "train", batch_size=args.batch_size, seed=args.seed,
-                      drop_remainder=True)
+    train = data.load(
+        "fashion_mnist", "train", batch_size=args.batch_size, seed=args.seed, drop_remainder=True
+    )
     test = data.load("fashion_mnist", "test", batch_size=256)
     model = models.small_resnet((28, 28, 1), 10, width=16)
     opt = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(args.lr * hvd.size()))
@@ -45,8 +46,10 @@ def main(argv: list[str] | None = None) -> float:
     acc = float(hvd.allreduce(tf.constant(acc), op=hvd.Average))
     if hvd.rank() == 0:
         n = 60000 // hvd.size() * hvd.size() * args.epochs
-        print(f"ranks={hvd.size()} epochs={args.epochs} train_images/s={n / elapsed:.0f} "
-              f"test_accuracy={acc:.4f}")
+        print(
+            f"ranks={hvd.size()} epochs={args.epochs} train_images/s={n / elapsed:.0f} "
+            f"test_accuracy={acc:.4f}"
+        )
     return acc
 
 

@@ -13,7 +13,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. system packages -------------------------------------------------------------------------
-APT_PKGS=(g++ make cmake ninja-build git dataset-fashion-mnist)
+APT_PKGS=(g++ make cmake ninja-build git rsync dataset-fashion-mnist)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -52,10 +52,14 @@ fi
 
 # --- 4. Horovod, built from source with Gloo -----------------------------------------------------
 horovod_ok() {
-  "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -q "\[X\] TensorFlow" &&
-    "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -q "\[X\] Gloo"
+  local out
+  out="$("$VENV/bin/horovodrun" --check-build 2>/dev/null)" || return 1
+  grep -q "\[X\] TensorFlow" <<<"$out" && grep -q "\[X\] Gloo" <<<"$out"
 }
-if ! horovod_ok; then
+hvd_lib="$("$VPY" -c 'import glob, sysconfig; print(*glob.glob(sysconfig.get_paths()["purelib"] + "/horovod/tensorflow/mpi_lib*.so"))')"
+if [ -n "$hvd_lib" ] && [ "$(cat "$STAMP_DIR/horovod" 2>/dev/null)" = "$req_hash" ]; then
+  : # built and checked before against this stack
+elif ! horovod_ok; then
   for tool in g++ cmake make; do
     command -v "$tool" >/dev/null || die "Horovod build needs '$tool' (apt-get install $tool)"
   done
@@ -65,7 +69,7 @@ if ! horovod_ok; then
   if ! HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
     HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
     MAKEFLAGS="-j$(nproc)" \
-    "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-cache-dir \
+    "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-cache-dir --force-reinstall --no-deps \
     -c "$CONSTRAINTS" "horovod[tensorflow]==0.28.1" >"$hlog" 2>&1; then
     # Say what is missing first, then the tail of the log.
     grep -m5 -iE "could not find|not found|no such file|missing|error:" "$hlog" >&2 || true
@@ -74,14 +78,26 @@ if ! horovod_ok; then
   fi
   horovod_ok || die "Horovod installed but 'horovodrun --check-build' lacks TensorFlow or Gloo (log: $hlog)"
 fi
+echo "$req_hash" >"$STAMP_DIR/horovod"
 
 # --- 5. iapdcnn itself ----------------------------------------------------------------------------
-# Rebuilt only when a source file changed; the CMake build dir persists, so rebuilds are incremental.
-src_hash="$(cd "$ROOT" && git ls-files -co --exclude-standard pyproject.toml CMakeLists.txt csrc tfops \
-  python 2>/dev/null | LC_ALL=C sort | xargs -d '\n' sha256sum 2>/dev/null | sha256sum | cut -c1-16)"
-if [ "$(cat "$STAMP_DIR/iapdcnn" 2>/dev/null)" != "$src_hash" ] || ! "$VPY" -c "import iapdcnn._C" 2>/dev/null; then
+# Built from a staged copy of the tracked sources (so in-place development builds in python/ never
+# leak into the install); the stage and the CMake build dir persist, so rebuilds are incremental,
+# and nothing is rebuilt when no source changed.
+STAGE="$ROOT/build/stage"
+mkdir -p "$STAGE"
+(cd "$ROOT" && git ls-files -co --exclude-standard -- pyproject.toml README.md CMakeLists.txt csrc \
+  tfops python) >"$STAMP_DIR/files"
+rsync -a --checksum --files-from="$STAMP_DIR/files" "$ROOT/" "$STAGE/"
+# Drop staged files whose source is gone (CMake globs csrc/ and tfops/).
+(cd "$STAGE" && find . -type f -printf '%P\n' | LC_ALL=C sort |
+  LC_ALL=C comm -23 - <(LC_ALL=C sort "$STAMP_DIR/files") | xargs -r -d '\n' rm -f)
+src_hash="$(cd "$STAGE" && xargs -d '\n' sha256sum <"$STAMP_DIR/files" | sha256sum | cut -c1-16)"
+if [ "$(cat "$STAMP_DIR/iapdcnn" 2>/dev/null)" != "$src_hash" ] ||
+  ! (cd / && "$VPY" -c "import iapdcnn._C, os, iapdcnn; assert os.path.exists(os.path.join(iapdcnn.__path__[0], '_tfops.so'))") 2>/dev/null; then
   log "building and installing iapdcnn"
-  "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps "$ROOT"
+  "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
+    -C build-dir="$ROOT/build/wheel" "$STAGE"
   echo "$src_hash" >"$STAMP_DIR/iapdcnn"
 fi
 log "ready: $VENV"

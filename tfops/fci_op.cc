@@ -48,8 +48,7 @@ class FciOp : public OpKernel {
 };
 
 #define REGISTER_CPU(T) \
-  REGISTER_KERNEL_BUILDER(  \
-      Name("Iapdcnn>Fci").Device(DEVICE_CPU).TypeConstraint<T>("T"), FciOp<T>)
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>Fci").Device(DEVICE_CPU).TypeConstraint<T>("T"), FciOp<T>)
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU

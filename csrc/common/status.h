@@ -24,10 +24,10 @@ class Status {
 };
 
 // Early-return helper for chains of checks.
-#define IAPDCNN_RETURN_IF_ERROR(expr)   \
-  do {                                  \
-    ::iapdcnn::Status _st = (expr);     \
-    if (!_st.ok()) return _st;          \
+#define IAPDCNN_RETURN_IF_ERROR(expr) \
+  do {                                \
+    ::iapdcnn::Status _st = (expr);   \
+    if (!_st.ok()) return _st;        \
   } while (0)
 
 }  // namespace iapdcnn

@@ -14,7 +14,8 @@ py::array_t<T> Fci(CArray<T> x, CArray<T> y) {
   py::array_t<T> out({p.n_x, p.n_y});
   {
     py::gil_scoped_release nogil;
-    ThrowIfError(FciPairwiseCpu<T>(p, x.data(), y.data(), out.mutable_data(), DefaultParallelFor()));
+    ThrowIfError(
+        FciPairwiseCpu<T>(p, x.data(), y.data(), out.mutable_data(), DefaultParallelFor()));
   }
   return out;
 }

@@ -13,7 +13,7 @@ _REBUILD = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_ops() -> Any:
     """Loads ``_tfops.so`` once and returns the module of generated op wrappers."""
     import tensorflow as tf

@@ -70,8 +70,9 @@ def _to_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
 
-def _finish(ds: Any, n: int, batch_size: int | None, shuffle: bool, seed: int,
-            drop_remainder: bool) -> Any:
+def _finish(
+    ds: Any, n: int, batch_size: int | None, shuffle: bool, seed: int, drop_remainder: bool
+) -> Any:
     import tensorflow as tf
 
     if shuffle:
@@ -132,8 +133,19 @@ def load(
     shuffle = (split == "train") if shuffle is None else bool(shuffle)
 
     if name == "image_folder":
-        return _image_folder(split, path, batch_size, shuffle, seed, rank, size, as_numpy,
-                             drop_remainder, image_size, channels)
+        return _image_folder(
+            split,
+            path,
+            batch_size,
+            shuffle,
+            seed,
+            rank,
+            size,
+            as_numpy,
+            drop_remainder,
+            image_size,
+            channels,
+        )
     if name == "tfrecord":
         return _tfrecord(path, batch_size, shuffle, seed, rank, size, as_numpy, drop_remainder)
 
@@ -156,13 +168,27 @@ def load(
     xs, ys = x[idx], y[idx]
     ds = tf.data.Dataset.from_tensor_slices((xs, ys))
     scale = 255.0 if xs.dtype == np.uint8 else 1.0
-    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) / scale, b),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda a, b: (tf.cast(a, tf.float32) / scale, b),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return _finish(ds, len(xs), batch_size, shuffle, seed, drop_remainder)
 
 
-def _image_folder(split, path, batch_size, shuffle, seed, rank, size, as_numpy, drop_remainder,
-                  image_size, channels):
+def _image_folder(
+    split,
+    path,
+    batch_size,
+    shuffle,
+    seed,
+    rank,
+    size,
+    as_numpy,
+    drop_remainder,
+    image_size,
+    channels,
+):
     files, labels, _ = sources.image_folder_index(split, path)
     if channels is None:
         channels = sources.image_channels(files[0])
@@ -175,7 +201,11 @@ def _image_folder(split, path, batch_size, shuffle, seed, rank, size, as_numpy, 
     files = [files[i] for i in idx]
     labels = labels[idx]
     if as_numpy:
-        order = np.random.default_rng(seed).permutation(len(files)) if shuffle else np.arange(len(files))
+        order = (
+            np.random.default_rng(seed).permutation(len(files))
+            if shuffle
+            else np.arange(len(files))
+        )
         x = np.stack([sources.read_image(files[i], image_size, channels) for i in order])
         return _to_float(x), labels[order]
     import tensorflow as tf
@@ -189,7 +219,8 @@ def _image_folder(split, path, batch_size, shuffle, seed, rank, size, as_numpy, 
     ds = ds.map(
         lambda f, lab: (
             tf.ensure_shape(
-                tf.cast(tf.numpy_function(decode, [f], tf.uint8, stateful=False), tf.float32) / 255.0,
+                tf.cast(tf.numpy_function(decode, [f], tf.uint8, stateful=False), tf.float32)
+                / 255.0,
                 (*image_size, channels),
             ),
             lab,
@@ -205,7 +236,8 @@ def _tfrecord_files(path: str | None) -> list[str]:
         raise DatasetNotFoundError("tfrecord needs path= to a TFRecord file, folder or glob")
     if os.path.isdir(path):
         files = sorted(
-            os.path.join(path, f) for f in os.listdir(path)
+            os.path.join(path, f)
+            for f in os.listdir(path)
             if ".tfrecord" in f and ".tmp" not in f  # skip a writer's unfinished temporary file
         )
     else:

@@ -4,7 +4,6 @@ name the file when it is truncated or corrupt."""
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 
 import numpy as np

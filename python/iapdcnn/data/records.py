@@ -67,7 +67,9 @@ def check_framing(path: str) -> int:
         while pos < size:
             head = f.read(12)
             if len(head) < 12:
-                raise DataError(f"{path}: truncated TFRecord file (partial record header at byte {pos})")
+                raise DataError(
+                    f"{path}: truncated TFRecord file (partial record header at byte {pos})"
+                )
             (length,) = struct.unpack("<Q", head[:8])
             end = pos + 12 + length + 4
             if end > size:
@@ -114,4 +116,3 @@ def peek_shape(path: str) -> tuple[int, int, int]:
         ex = tf.train.Example.FromString(raw.numpy())
         return tuple(ex.features.feature["shape"].int64_list.value)  # type: ignore[return-value]
     raise DataError(f"{path}: the TFRecord file holds no records")
-

@@ -110,7 +110,9 @@ def cifar(
             f"cifar-100-binary)"
         )
     if num_classes == 10:
-        names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+        names = (
+            [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+        )
         nlab = 1
     else:
         names = [f"{split}.bin"]
@@ -136,7 +138,9 @@ def cifar(
         lab = raw[:, 0 if (nlab == 1 or label_mode == "coarse") else 1].astype(np.int64)
         limit = num_classes if label_mode == "fine" else 20
         if lab.max() >= limit:
-            raise DataError(f"{fpath}: label {int(lab.max())} out of range 0..{limit - 1} (corrupt?)")
+            raise DataError(
+                f"{fpath}: label {int(lab.max())} out of range 0..{limit - 1} (corrupt?)"
+            )
         xs.append(raw[:, nlab:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         ys.append(lab)
     return np.concatenate(xs), np.concatenate(ys)
@@ -163,8 +167,10 @@ def image_folder_index(split: str, path: str | None) -> tuple[list[str], np.ndar
         if not os.path.isdir(root):
             raise DatasetNotFoundError(f"image_folder: {root} not found (split {split!r})")
     elif split != "train":
-        raise DataError(f"image_folder: {path} has no train/ and test/ subfolders, so only "
-                        f"split='train' exists, got {split!r}")
+        raise DataError(
+            f"image_folder: {path} has no train/ and test/ subfolders, so only "
+            f"split='train' exists, got {split!r}"
+        )
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise DataError(f"image_folder: {root} has no class subfolders")
