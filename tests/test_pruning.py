@@ -126,6 +126,12 @@ def test_residual_channels_pruned_jointly(rng):
     assert kept.get_layer("s0b0_a_conv").filters == 6
 
 
+def test_feature_maps_read_after_bn_and_activation():
+    g = pruning.ChannelGraph.build(small_resnet(width=4))
+    assert g.feature_layer("s0b0_a_conv") == "s0b0_a_relu"
+    assert g.feature_layer("s0b0_b_conv") == "s0b0_b_bn"  # then the residual Add
+
+
 def test_controls_ignored_round_to_min_channels():
     m = small_resnet(width=8)
     new = pruning.prune(

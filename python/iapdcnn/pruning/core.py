@@ -105,7 +105,12 @@ def score_layers(
         fn = crit.WEIGHT_CRITERIA[criterion]
         return {n: fn(model.get_layer(n).get_weights()[0], **kwargs) for n in layers}
     if criterion in crit.DATA_CRITERIA:
-        return crit.feature_scores(model, layers, data, criterion, **kwargs) if layers else {}
+        if not layers:
+            return {}
+        if "feature_layers" not in kwargs:
+            graph = ChannelGraph.build(model)
+            kwargs["feature_layers"] = {n: graph.feature_layer(n) for n in layers}
+        return crit.feature_scores(model, layers, data, criterion, **kwargs)
     raise ValueError(f"criterion must be one of {list(crit.CRITERIA)}, got {criterion!r}")
 
 
@@ -134,7 +139,10 @@ def plan(
     graph = ChannelGraph.build(model, ignored_layers)
     groups = graph.groups(prune_residual)
     layers = sorted({n for g in groups for n in g.layers})
-    scores = score_layers(model, layers, criterion, data, **(criterion_kwargs or {}))
+    kwargs = dict(criterion_kwargs or {})
+    if criterion in crit.DATA_CRITERIA:
+        kwargs.setdefault("feature_layers", {n: graph.feature_layer(n) for n in layers})
+    scores = score_layers(model, layers, criterion, data, **kwargs)
     raw, norm = [], []
     for g in groups:
         cols = [scores[n][g.index[:, j]] for j, n in enumerate(g.layers)]

@@ -78,14 +78,26 @@ def _batches(data: Any, num_samples: int, batch_size: int = 64):
 
 
 def feature_scores(
-    model: Any, layers: list[str], data: Any, criterion: str, a: float = 1.0, num_samples: int = 256
+    model: Any,
+    layers: list[str],
+    data: Any,
+    criterion: str,
+    a: float = 1.0,
+    num_samples: int = 256,
+    feature_layers: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """``fmp`` or ``fm_redundancy`` scores of the named conv layers' outputs on ``data``."""
+    """``fmp`` or ``fm_redundancy`` scores of the named conv layers on ``data``.
+
+    The feature map of a conv is read at ``feature_layers[name]`` (default: the conv's own
+    output); ``plan`` passes the end of the conv -> BN -> activation chain, the map the next layer
+    sees (PDCNNO's VGG convs include their ReLU).
+    """
     if data is None:
         raise ValueError(
             f"criterion {criterion!r} needs data= (a sample of inputs) to see feature maps"
         )
-    probe = tf.keras.Model(model.inputs, [model.get_layer(n).output for n in layers])
+    at = feature_layers or {}
+    probe = tf.keras.Model(model.inputs, [model.get_layer(at.get(n, n)).output for n in layers])
     c = {n: model.get_layer(n).filters for n in layers}
     acc = {n: np.zeros(c[n]) if criterion == "fmp" else np.zeros((c[n], c[n])) for n in layers}
     count = 0

@@ -132,6 +132,7 @@ class ChannelGraph:
     layer_out: dict[str, np.ndarray] = field(default_factory=dict)
     convs: list[str] = field(default_factory=list)
     handled: set[str] = field(default_factory=set)
+    consumers: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
     def build(cls, model: Any, ignored_layers: Iterable[Any] = ()) -> ChannelGraph:
@@ -163,6 +164,8 @@ class ChannelGraph:
             layer = node.layer
             outs = tf.nest.flatten(node.outputs)
             ins = [tensors[key(t)] for t in node.keras_inputs]
+            for t in node.keras_inputs:
+                g.consumers[key(t)[0]].append(layer.name)
             out_ids = None
             if node.is_input:
                 out_ids = g.uf.new(_channels(outs[0]), frozen=True)
@@ -226,6 +229,17 @@ class ChannelGraph:
             rank = len(node.keras_inputs[0].shape)
             return np.concatenate(ins) if layer.axis % rank == rank - 1 else None
         return None
+
+    def feature_layer(self, name: str) -> str:
+        """The layer whose output is ``name``'s feature map as the next conv sees it: follows a
+        single-consumer chain of BatchNormalization and activations (conv -> BN -> ReLU)."""
+        chain = (L.BatchNormalization, L.Activation, L.ReLU, L.ELU, L.LeakyReLU)
+        while len(self.consumers.get(name, [])) == 1:
+            nxt = self.consumers[name][0]
+            if nxt not in self.handled or not isinstance(self.model.get_layer(nxt), chain):
+                break
+            name = nxt
+        return name
 
     # --- classes and groups ---------------------------------------------------------------------
     def roots(self, ids: np.ndarray) -> np.ndarray:
