@@ -139,6 +139,18 @@ def main() -> None:
     flops0 = pruning.count_flops(base)
 
     acc, reductions, pruned_models = {}, {}, {}
+    # One pruned architecture for every criterion, so they compare at equal FLOPs: MDCV's plan
+    # for the target sets how many filters each layer keeps; each criterion then picks which.
+    _, arch = pruning.prune(
+        base,
+        "mdcv",
+        target_flops_reduction=args.target,
+        flops_mode=args.flops_mode,
+        round_to=args.round_to,
+        return_plan=True,
+    )
+    filters = {n: base.get_layer(n).filters for n in arch.graph.convs}
+    ratios = {n: len(arch.pruned.get(n, ())) / filters[n] for n in filters}
     for name in ("unpruned",) + CRITERIA:
         src = small_resnet((28, 28, 1), 10, width=args.width)
         src.set_weights(base_weights)
@@ -148,8 +160,7 @@ def main() -> None:
             m = pruning.prune(
                 src,
                 name,
-                target_flops_reduction=args.target,
-                flops_mode=args.flops_mode,
+                ratio=ratios,
                 round_to=args.round_to,
                 data=x[:256],
                 criterion_kwargs={"seed": args.seed} if name == "random" else None,

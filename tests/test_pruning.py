@@ -126,6 +126,18 @@ def test_residual_channels_pruned_jointly(rng):
     assert kept.get_layer("s0b0_a_conv").filters == 6
 
 
+def test_per_layer_ratios():
+    m = small_resnet(width=8)
+    new = pruning.prune(m, "l1", ratio={"s1b0_a_conv": 0.5, "s2b0_b_conv": 0.25})
+    assert new.get_layer("s1b0_a_conv").filters == 8
+    assert new.get_layer("s2b0_b_conv").filters == new.get_layer("s2b0_proj_conv").filters == 24
+    assert new.get_layer("s0b0_a_conv").filters == 8
+    with pytest.raises(ValueError, match="ratio"):
+        pruning.prune(m, ratio={"pool": 0.5})
+    with pytest.raises(ValueError, match="ratio"):
+        pruning.prune(m, ratio={"s1b0_a_conv": 1.5})
+
+
 def test_feature_maps_read_after_bn_and_activation():
     g = pruning.ChannelGraph.build(small_resnet(width=4))
     assert g.feature_layer("s0b0_a_conv") == "s0b0_a_relu"

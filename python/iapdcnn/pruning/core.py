@@ -80,8 +80,9 @@ def _check_options(alpha, ratio, target, round_to, min_channels, flops_mode) -> 
         raise ValueError(
             f"alpha must be a finite number >= 0 (filters with d_i < alpha are pruned), got {alpha}"
         )
-    if ratio is not None and not (0.0 <= ratio < 1.0):
-        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    for name, r in ratio.items() if isinstance(ratio, dict) else [("", ratio)]:
+        if r is not None and not (0.0 <= r < 1.0):
+            raise ValueError(f"ratio{f'[{name!r}]' if name else ''} must be in [0, 1), got {r}")
     if target is not None and not (0.0 <= target < 1.0):
         raise ValueError(f"target_flops_reduction must be in [0, 1), got {target}")
     if int(round_to) != round_to or round_to < 1:
@@ -124,7 +125,7 @@ def plan(
     criterion: str = "mdcv",
     *,
     alpha: float | None = None,
-    ratio: float | None = None,
+    ratio: float | dict[str, float] | None = None,
     target_flops_reduction: float | None = None,
     flops_mode: str = "uniform",
     data: Any = None,
@@ -138,6 +139,10 @@ def plan(
     _check_options(alpha, ratio, target_flops_reduction, round_to, min_channels, flops_mode)
     graph = ChannelGraph.build(model, ignored_layers)
     groups = graph.groups(prune_residual)
+    if isinstance(ratio, dict) and set(ratio) - set(graph.convs):
+        raise ValueError(
+            f"ratio names layers that are not prunable conv layers: {sorted(set(ratio) - set(graph.convs))}"
+        )
     layers = sorted({n for g in groups for n in g.layers})
     kwargs = dict(criterion_kwargs or {})
     if criterion in crit.DATA_CRITERIA:
@@ -165,11 +170,14 @@ def plan(
             mask[g.roots[order[:k]]] = True
         return mask
 
-    def counts_for_ratio(r: float) -> list[int]:
-        return [
-            g.size - _keep_count(g.size, int(math.floor(r * g.size + 1e-9)), round_to, min_channels)
-            for g in groups
-        ]
+    def counts_for_ratio(r: float | dict[str, float]) -> list[int]:
+        out = []
+        for g in groups:
+            # Per-layer ratios: a group takes the largest ratio given for any of its convs.
+            rg = max((r.get(n, 0.0) for n in g.layers), default=0.0) if isinstance(r, dict) else r
+            n_prune = int(math.floor(rg * g.size + 1e-9))
+            out.append(g.size - _keep_count(g.size, n_prune, round_to, min_channels))
+        return out
 
     if alpha is not None:
         counts = []
@@ -227,7 +235,7 @@ def prune(
     criterion: str = "mdcv",
     *,
     alpha: float | None = None,
-    ratio: float | None = None,
+    ratio: float | dict[str, float] | None = None,
     target_flops_reduction: float | None = None,
     flops_mode: str = "uniform",
     data: Any = None,
@@ -251,7 +259,8 @@ def prune(
       criterion: "mdcv" (default), "l1", "fpgm", "fmp", "fm_redundancy" or "random".
       alpha: prune filters whose score is below alpha (MDCV's rule: d_i < alpha; for
         fm_redundancy the score is 1 - |cos|, so alpha = 1 - Dis-CNN's threshold).
-      ratio: prune this fraction of every group's filters, in [0, 1).
+      ratio: prune this fraction of every group's filters, in [0, 1); or a dict of per-layer
+        ratios (conv name -> ratio; unnamed convs are kept, a tied group takes its largest).
       target_flops_reduction: prune until the model's multiply-adds drop by this fraction; with
         ``flops_mode="uniform"`` one ratio for every group is searched, with "global" one
         threshold on the group-normalised scores.
