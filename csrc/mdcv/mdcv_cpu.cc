@@ -41,8 +41,10 @@ ColMat SymGram(const RowMat& a, const ParallelFor& pf) {
   ColMat k(m, m);
   const int64_t block = 64;
   const int64_t nblocks = (m + block - 1) / block;
-  pf(nblocks, 2 * block * len * m, [&](int64_t b, int64_t e) {
-    for (int64_t ib = b; ib < e; ++ib) {
+  pf(nblocks, block * len * m, [&](int64_t b, int64_t e) {
+    for (int64_t unit = b; unit < e; ++unit) {
+      // Block row ib costs ~ib: zigzag (0, last, 1, last-1, ...) so contiguous shards balance.
+      const int64_t ib = (unit % 2 == 0) ? unit / 2 : nblocks - 1 - unit / 2;
       const int64_t r0 = ib * block, rows = std::min(block, m - r0), cols = r0 + rows;
       k.block(r0, 0, rows, cols).noalias() = a.middleRows(r0, rows) * a.topRows(cols).transpose();
     }
