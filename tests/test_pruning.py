@@ -95,6 +95,36 @@ def test_mdcv_alpha_rule_known_answer():
     assert pruning.prune(m, alpha=0.0).get_layer("c").filters == 3
 
 
+def _depthwise_concat(rng):
+    """conv -> DepthwiseConv2D(x2) -> BN -> Concatenate with a second conv -> conv -> pool."""
+    i = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="a")(i)
+    a = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(a)
+    a = keras.layers.BatchNormalization(name="dw_bn")(a)
+    b = keras.layers.Conv2D(5, 1, name="b")(i)
+    c = keras.layers.Concatenate(name="cat")([a, b])
+    c = keras.layers.Conv2D(4, 1, name="c")(c)
+    m = keras.Model(i, keras.layers.Dense(2)(keras.layers.GlobalMaxPooling2D()(c)))
+    for layer in m.layers:
+        layer.set_weights(
+            [rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32) for w in layer.get_weights()]
+        )
+    return m
+
+
+def test_depthwise_and_concatenate_known_shapes(rng):
+    m = _depthwise_concat(rng)
+    new, plan = pruning.prune(m, "l1", ratio=0.5, return_plan=True)
+    assert new.get_layer("a").filters == 3 and new.get_layer("b").filters == 3
+    assert new.get_layer("dw").get_weights()[0].shape == (3, 3, 3, 2)
+    assert new.get_layer("dw_bn").get_weights()[0].shape == (6,)
+    assert new.get_layer("c").get_weights()[0].shape == (1, 1, 9, 2)
+    keep_a = [i for i in range(6) if i not in plan.pruned["a"]]
+    np.testing.assert_array_equal(
+        new.get_layer("dw").get_weights()[0], m.get_layer("dw").get_weights()[0][:, :, keep_a]
+    )
+
+
 def _masked_and_pruned(model, pruned):
     graph = pruning.ChannelGraph.build(model)
     removed = {int(graph.roots(graph.layer_out[n])[i]) for n, idx in pruned.items() for i in idx}
@@ -102,9 +132,10 @@ def _masked_and_pruned(model, pruned):
     return graph.rebuild(removed)
 
 
-@pytest.mark.parametrize("builder", ["toy", "small_resnet"])
+@pytest.mark.parametrize("builder", ["toy", "small_resnet", "depthwise_concat"])
 def test_outputs_preserved_when_pruned_channels_are_zero(rng, builder):
-    m = _toy(rng) if builder == "toy" else small_resnet(width=4)
+    builders = {"toy": _toy, "small_resnet": lambda r: small_resnet(width=4)}
+    m = builders.get(builder, _depthwise_concat)(rng)
     x = rng.normal(size=(3,) + tuple(m.input_shape[1:])).astype(np.float32)
     _, plan = pruning.prune(m, "fpgm", ratio=0.4, return_plan=True)
     assert plan.pruned
