@@ -118,9 +118,13 @@ def main() -> None:
     ap.add_argument("--flops-mode", choices=("uniform", "global"), default="uniform")
     ap.add_argument("--target", type=float, default=0.4, help="FLOPs reduction to prune to")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-steps", type=int, help="override: steps of initial training")
+    ap.add_argument("--finetune-steps", type=int, help="override: fine-tuning steps per model")
     args = ap.parse_args()
     q = args.quick
     train_steps_n, finetune_steps, batch = (300, 150, 64) if q else (2000, 600, 128)
+    train_steps_n = args.train_steps or train_steps_n
+    finetune_steps = args.finetune_steps or finetune_steps
     n_test = 2000 if q else 10000
     rng = np.random.default_rng(args.seed)
     tf.keras.utils.set_random_seed(args.seed)

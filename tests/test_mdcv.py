@@ -108,3 +108,28 @@ def test_bad_input_names_the_argument(impl):
         fn(np.ones((3, 3, 4, 4)), 1.5)
     with pytest.raises(err, match="shrinkage"):
         fn(np.ones((3, 3, 4, 4)), float("nan"))
+
+
+def test_large_d_stays_in_gram_space(rng):
+    # d = 36,000: a d x d float64 matrix would take 10 GB. The kernel's answer is checked against
+    # the eigen-form of the same quantity in n x n space: d_i^2 = sum_k Q_ik^2 lam_k / (c + a lam_k).
+    n, shape = 16, (3, 3, 4000, 16)
+    w = rng.normal(size=shape).astype(np.float32)
+    d, _, lam = _C.mdcv_distances(w)
+    x = w.reshape(-1, n).T.astype(np.float64)
+    xc = x - x.mean(0)
+    g = xc @ xc.T
+    evals, q = np.linalg.eigh(g)
+    c, a = lam * np.trace(g) / ((n - 1) * x.shape[1]), (1 - lam) / (n - 1)
+    want = np.sqrt((q**2 * (evals / (c + a * evals))).sum(axis=1))
+    np.testing.assert_allclose(d, want, rtol=1e-4)
+
+
+def test_op_shapes_in_a_graph():
+    fn = tf.function(
+        ops.mdcv_distances, input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)]
+    )
+    d, c, lam = fn.get_concrete_function().structured_outputs
+    assert d.shape.rank == 1 and c.shape.rank == 3 and lam.shape.rank == 0
+    d, c, lam = fn(tf.ones((1, 1, 2, 3)) * tf.constant([1.0, 2.0, 4.0]))
+    assert d.shape == (3,) and c.shape == (1, 1, 2)
