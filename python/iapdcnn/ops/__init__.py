@@ -7,6 +7,7 @@ from .conv import im2col_conv2d
 from .cosine_nlm import cosine_nlm
 from .fci import fci, fci_class_stats, fci_prototype, fci_within_class
 from .marr_hildreth import marr_hildreth
+from .mdcv import mdcv_distances
 
 __all__ = [
     "cosine_nlm",
@@ -16,4 +17,5 @@ __all__ = [
     "fci_within_class",
     "im2col_conv2d",
     "marr_hildreth",
+    "mdcv_distances",
 ]

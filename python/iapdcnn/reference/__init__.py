@@ -5,6 +5,7 @@ from .conv import im2col_conv2d, im2col_conv2d_backprop_filter, im2col_conv2d_ba
 from .cosine_nlm import cosine_nlm
 from .fci import fci, fci_class_stats, fci_prototype, fci_within_class
 from .marr_hildreth import marr_hildreth
+from .mdcv import mdcv_distances
 
 __all__ = [
     "cosine_nlm",
@@ -17,4 +18,5 @@ __all__ = [
     "im2col_conv2d_backprop_input",
     "lsg",
     "marr_hildreth",
+    "mdcv_distances",
 ]

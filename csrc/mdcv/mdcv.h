@@ -1,0 +1,36 @@
+// MDCV filter scores (SPEC 2a): the Mahalanobis distance of every filter of a conv layer from the
+// filters' mean under a shrunk covariance,
+//   d_i = sqrt((x_i - mu)^T S_l^-1 (x_i - mu)),  S_l = (1 - l) S + l (tr(S)/d) I,
+// with l estimated by Ledoit-Wolf when the caller passes a negative shrinkage.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/parallel.h"
+#include "common/status.h"
+
+namespace iapdcnn {
+
+// filters: [kh, kw, cin, cout] row-major (Keras' Conv2D kernel layout); the n = cout filters are
+// points in d = kh*kw*cin dimensions. shrinkage: l in [0, 1], or < 0 for Ledoit-Wolf.
+struct MdcvParams {
+  int64_t kh = 0;
+  int64_t kw = 0;
+  int64_t cin = 0;
+  int64_t cout = 0;
+  double shrinkage = -1.0;
+  int64_t n() const { return cout; }
+  int64_t d() const { return kh * kw * cin; }
+};
+
+// Checks the filter shape (rank 4, cout >= 2, d >= 1) and shrinkage (finite, <= 1) and fills p.
+Status ValidateMdcv(const std::vector<int64_t>& filters_shape, double shrinkage, MdcvParams* p);
+
+// distances: [cout]; center: [kh, kw, cin] (the filters' mean); shrinkage_used: one value.
+// Accumulates in double for both T = float and T = double.
+template <typename T>
+Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* center,
+                        T* shrinkage_used, const ParallelFor& pf);
+
+}  // namespace iapdcnn

@@ -1,0 +1,150 @@
+"""Soft pruning during training, in TF-MOT's style: ``MDCVPruning`` is the callback (TF-MOT's
+``prune_low_magnitude`` + ``UpdatePruningStep`` in one), ``strip`` the ``strip_pruning``.
+
+On a polynomial schedule (TF-MOT's ``PolynomialDecay``, in FLOPs instead of sparsity) the callback
+selects filters with ``plan`` and zeroes them, together with the BN gamma/beta they feed, so the
+masked model already computes what the pruned one will. Between updates the zeroed filters may
+grow back (soft filter pruning); the final mask is re-applied when training ends, and
+``strip(model)`` then removes the masked channels physically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from .core import plan
+from .graph import ChannelGraph
+
+keras = tf.keras
+
+
+class MDCVPruning(keras.callbacks.Callback):
+    """Masks filters towards a FLOPs target during ``fit``.
+
+    Args:
+      target_flops_reduction: final fraction of multiply-adds removed, in [0, 1).
+      begin_step, end_step: optimizer steps over which the target ramps up (end_step=None: the
+        end of the first epoch of fit, when known, else begin_step + 1000).
+      frequency: steps between mask updates.
+      initial_flops_reduction: reduction at begin_step.
+      power: exponent of the polynomial ramp (3, as TF-MOT's PolynomialDecay).
+      hard: re-apply the current mask after every batch (no regrowth).
+      criterion, data, ignored_layers, round_to, min_channels, prune_residual, flops_mode,
+        criterion_kwargs: as for ``iapdcnn.pruning.prune``.
+    """
+
+    def __init__(
+        self,
+        target_flops_reduction: float,
+        begin_step: int = 0,
+        end_step: int | None = None,
+        frequency: int = 100,
+        initial_flops_reduction: float = 0.0,
+        power: float = 3.0,
+        hard: bool = False,
+        criterion: str = "mdcv",
+        data: Any = None,
+        ignored_layers: Iterable[Any] = (),
+        round_to: int = 1,
+        min_channels: int = 1,
+        prune_residual: bool = True,
+        flops_mode: str = "uniform",
+        criterion_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= target_flops_reduction < 1.0:
+            raise ValueError(
+                f"target_flops_reduction must be in [0, 1), got {target_flops_reduction}"
+            )
+        if frequency < 1:
+            raise ValueError(f"frequency must be >= 1, got {frequency}")
+        if end_step is not None and end_step <= begin_step:
+            raise ValueError(f"end_step must be > begin_step, got {end_step} <= {begin_step}")
+        self.target = float(target_flops_reduction)
+        self.initial = float(initial_flops_reduction)
+        self.begin_step, self.end_step = int(begin_step), end_step
+        self.frequency, self.power, self.hard = int(frequency), float(power), bool(hard)
+        self.plan_kwargs = dict(
+            criterion=criterion,
+            data=data,
+            ignored_layers=tuple(ignored_layers),
+            round_to=round_to,
+            min_channels=min_channels,
+            prune_residual=prune_residual,
+            flops_mode=flops_mode,
+            criterion_kwargs=criterion_kwargs,
+        )
+        self.verbose = verbose
+        self.current_plan = None
+        self.history: list[tuple[int, float]] = []  # (step, reduction) at each update
+
+    def reduction_at(self, step: int) -> float:
+        """The scheduled FLOPs reduction at optimizer step ``step``."""
+        end = self._end()
+        if step < self.begin_step:
+            return 0.0
+        frac = min(1.0, (step - self.begin_step) / max(1, end - self.begin_step))
+        return self.target + (self.initial - self.target) * (1.0 - frac) ** self.power
+
+    def _end(self) -> int:
+        if self.end_step is not None:
+            return int(self.end_step)
+        steps = (self.params or {}).get("steps")
+        return self.begin_step + (int(steps) if steps else 1000)
+
+    def _update(self, step: int) -> None:
+        r = self.reduction_at(step)
+        if r <= 0.0:
+            return
+        self.current_plan = plan(self.model, target_flops_reduction=r, **self.plan_kwargs)
+        self.current_plan.graph.apply_masks(self.current_plan.removed)
+        self.model._iapdcnn_pruned = dict(self.current_plan.pruned)
+        self.history.append((step, self.current_plan.flops_reduction))
+        if self.verbose:
+            print(f"MDCVPruning: step {step}, FLOPs -{self.current_plan.flops_reduction:.1%}")
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = int(self.model.optimizer.iterations.numpy())
+        in_window = self.begin_step <= step <= self._end()
+        if in_window and (step - self.begin_step) % self.frequency == 0:
+            self._update(step)
+        elif self.hard and self.current_plan is not None:
+            self.current_plan.graph.apply_masks(self.current_plan.removed)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.current_plan is None or step >= self._end():
+            if self.reduction_at(step) > 0:
+                self._update(step)
+        else:
+            self.current_plan.graph.apply_masks(self.current_plan.removed)
+
+
+def strip(model: Any) -> Any:
+    """Makes soft pruning physical: returns a new, smaller model without the masked channels.
+
+    Uses the mask the ``MDCVPruning`` callback left on the model; without one (e.g. after
+    save/load) removes the channels whose filters, biases and following BN gamma/beta are all
+    exactly zero. The result computes what the masked model computes.
+    """
+    graph = ChannelGraph.build(model)
+    pruned = getattr(model, "_iapdcnn_pruned", None)
+    if pruned:
+        removed = set()
+        for name, idx in pruned.items():
+            roots = graph.roots(graph.layer_out[name])
+            removed.update(int(roots[int(i)]) for i in np.asarray(idx))
+    else:
+        removed = graph.dead_roots()
+    for name in graph.convs:
+        if not graph.kept(name, removed, "out").any():
+            raise ValueError(f"strip: every filter of {name!r} is masked; nothing would be left")
+    return graph.rebuild(removed)
+
+
+strip_pruning = strip

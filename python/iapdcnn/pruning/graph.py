@@ -1,0 +1,373 @@
+"""Channel dependency graph of a Keras model for physical filter pruning (SPEC 2a).
+
+Every channel of every tensor gets an id; layers that keep the channel axis pass ids through,
+Add-like merges unite them (union-find), Concatenate juxtaposes them, Flatten tiles them. A class of
+united ids is one prunable unit: removing it removes that filter from every conv that produces it,
+and that input slice from every layer that consumes it. Channels the graph cannot follow (model
+inputs and outputs, Dense units, unknown or shared layers, ignored layers) are frozen.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+keras = tf.keras
+L = keras.layers
+
+_PASS_THROUGH = tuple(
+    getattr(L, n)
+    for n in (
+        "ReLU",
+        "ELU",
+        "LeakyReLU",
+        "ThresholdedReLU",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+    )  # fmt: skip
+    if hasattr(L, n)
+)
+_MERGE_TIED = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
+
+
+def _channels_last(layer: Any) -> bool:
+    return getattr(layer, "data_format", "channels_last") in ("channels_last", None)
+
+
+def is_prunable_conv(layer: Any) -> bool:
+    """Conv2D and its subclasses (iapdcnn's Im2colConv2D), ungrouped, channels_last."""
+    return (
+        isinstance(layer, L.Conv2D)
+        and not isinstance(layer, L.Conv2DTranspose | L.DepthwiseConv2D)
+        and getattr(layer, "groups", 1) == 1
+        and _channels_last(layer)
+    )
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.frozen: list[bool] = []
+
+    def new(self, count: int, frozen: bool) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        self.frozen.extend([frozen] * count)
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.frozen[ra] = self.frozen[ra] or self.frozen[rb]
+
+    def freeze(self, ids: Iterable[int]) -> None:
+        for i in ids:
+            self.frozen[self.find(int(i))] = True
+
+
+@dataclass
+class ChannelGroup:
+    """Conv layers whose output channels are tied (a residual stage is one group).
+
+    ``index[c]`` is, for class ``c``, the output-channel index in each of ``layers``.
+    """
+
+    layers: tuple[str, ...]
+    roots: np.ndarray  # [classes]
+    index: np.ndarray  # [classes, len(layers)]
+
+    @property
+    def size(self) -> int:
+        return len(self.roots)
+
+
+@dataclass
+class ChannelGraph:
+    """The analysed model: input/output channel ids of every layer it understands."""
+
+    model: Any
+    uf: _UnionFind = field(default_factory=_UnionFind)
+    layer_in: dict[str, np.ndarray] = field(default_factory=dict)
+    layer_out: dict[str, np.ndarray] = field(default_factory=dict)
+    convs: list[str] = field(default_factory=list)
+    handled: set[str] = field(default_factory=set)
+    consumers: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @classmethod
+    def build(cls, model: Any, ignored_layers: Iterable[Any] = ()) -> ChannelGraph:
+        if not getattr(model, "_is_graph_network", False) or not hasattr(model, "_nodes_by_depth"):
+            raise ValueError(
+                "model must be a built functional or Sequential Keras model (give Sequential an "
+                f"input shape); got {type(model).__name__} without a layer graph"
+            )
+        ignored = {getattr(x, "name", x) for x in ignored_layers}
+        unknown = ignored - {layer.name for layer in model.layers}
+        if unknown:
+            raise ValueError(
+                f"ignored_layers names layers the model does not have: {sorted(unknown)}"
+            )
+        g = cls(model)
+        nodes = [
+            n for d in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[d]
+        ]
+        calls: dict[str, int] = defaultdict(int)
+        for n in nodes:
+            calls[n.layer.name] += 1
+        tensors: dict[tuple[str, int, int], np.ndarray] = {}
+
+        def key(t: Any) -> tuple[str, int, int]:
+            h = t._keras_history
+            return (h.layer.name, h.node_index, h.tensor_index)
+
+        for node in nodes:
+            layer = node.layer
+            outs = tf.nest.flatten(node.outputs)
+            ins = [tensors[key(t)] for t in node.keras_inputs]
+            for t in node.keras_inputs:
+                g.consumers[key(t)[0]].append(layer.name)
+            out_ids = None
+            if node.is_input:
+                out_ids = g.uf.new(_channels(outs[0]), frozen=True)
+            elif calls[layer.name] == 1 and len(outs) == 1:
+                out_ids = g._follow(layer, ins, node, layer.name in ignored)
+            if out_ids is None:  # not understood: nothing that touches it may change
+                for ids in ins:
+                    g.uf.freeze(ids)
+                for t in outs:
+                    tensors[key(t)] = g.uf.new(_channels(t), frozen=True)
+                continue
+            g.handled.add(layer.name)
+            g.layer_in[layer.name] = (
+                ins[0] if len(ins) == 1 else np.concatenate(ins) if ins else np.zeros(0, np.int64)
+            )
+            g.layer_out[layer.name] = out_ids
+            tensors[key(outs[0])] = out_ids
+        for t in model.outputs:
+            g.uf.freeze(tensors[key(t)])
+        return g
+
+    def _follow(
+        self, layer: Any, ins: list[np.ndarray], node: Any, ignored: bool
+    ) -> np.ndarray | None:
+        """Output channel ids of a single-call layer, or None if the layer is not understood."""
+        x = ins[0] if len(ins) == 1 else None
+        if x is None and not isinstance(layer, (*_MERGE_TIED, L.Concatenate)):
+            return None
+        if isinstance(layer, L.DepthwiseConv2D):
+            return np.repeat(x, layer.depth_multiplier) if _channels_last(layer) else None
+        if is_prunable_conv(layer):
+            if len(x) != layer.kernel.shape[2]:
+                return None
+            self.convs.append(layer.name)
+            return self.uf.new(int(layer.filters), frozen=ignored)
+        if isinstance(layer, L.Conv2D):  # grouped, transposed or channels_first
+            return None
+        if isinstance(layer, L.BatchNormalization):
+            rank = len(node.keras_inputs[0].shape)
+            axis = layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis]
+            return x if [a % rank for a in axis] == [rank - 1] else None
+        if isinstance(layer, L.Dense):
+            return self.uf.new(int(layer.units), frozen=True)
+        if isinstance(layer, L.Flatten):
+            shape = node.keras_inputs[0].shape
+            if not _channels_last(layer) or any(s is None for s in shape[1:-1]):
+                return None
+            return np.tile(x, int(np.prod(shape[1:-1], dtype=np.int64)))
+        if isinstance(layer, L.Activation):
+            return None if getattr(layer.activation, "__name__", "") == "softmax" else x
+        if isinstance(layer, _PASS_THROUGH):
+            return x if _channels_last(layer) else None
+        if isinstance(layer, _MERGE_TIED):
+            if len({len(i) for i in ins}) != 1:
+                return None
+            for other in ins[1:]:
+                for a, b in zip(ins[0], other, strict=False):
+                    self.uf.union(int(a), int(b))
+            return ins[0]
+        if isinstance(layer, L.Concatenate):
+            rank = len(node.keras_inputs[0].shape)
+            return np.concatenate(ins) if layer.axis % rank == rank - 1 else None
+        return None
+
+    def feature_layer(self, name: str) -> str:
+        """The layer whose output is ``name``'s feature map as the next conv sees it: follows a
+        single-consumer chain of BatchNormalization and activations (conv -> BN -> ReLU)."""
+        chain = (L.BatchNormalization, L.Activation, L.ReLU, L.ELU, L.LeakyReLU)
+        while len(self.consumers.get(name, [])) == 1:
+            nxt = self.consumers[name][0]
+            if nxt not in self.handled or not isinstance(self.model.get_layer(nxt), chain):
+                break
+            name = nxt
+        return name
+
+    # --- classes and groups ---------------------------------------------------------------------
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.uf.find(int(i)) for i in ids), dtype=np.int64, count=len(ids))
+
+    def groups(self, prune_residual: bool = True) -> list[ChannelGroup]:
+        """Prunable classes, grouped by the set of conv layers they tie together."""
+        members: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        for name in self.convs:
+            for idx, root in enumerate(self.roots(self.layer_out[name])):
+                if not self.uf.frozen[root]:
+                    members[int(root)].append((name, idx))
+        by_layers: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for root, mem in members.items():
+            names = tuple(sorted({m[0] for m in mem}))
+            if len(names) != len(mem):  # one conv's channels tied to each other: leave alone
+                continue
+            by_layers[names].append(root)
+        out = []
+        for names, roots in by_layers.items():
+            if len(names) > 1 and not prune_residual:
+                continue
+            pos = {n: i for i, n in enumerate(names)}
+            index = np.zeros((len(roots), len(names)), np.int64)
+            for c, root in enumerate(roots):
+                for name, idx in members[root]:
+                    index[c, pos[name]] = idx
+            order = np.argsort(index[:, 0], kind="stable")
+            out.append(ChannelGroup(names, np.asarray(roots, np.int64)[order], index[order]))
+        return out
+
+    def kept(self, name: str, removed: set[int], side: str) -> np.ndarray:
+        ids = (self.layer_in if side == "in" else self.layer_out)[name]
+        return np.array([self.uf.find(int(i)) not in removed for i in ids], dtype=bool)
+
+    # --- making it physical ---------------------------------------------------------------------
+    def rebuild(self, removed: set[int]) -> Any:
+        """A new model without the channels in ``removed`` (roots), weights copied."""
+        model = self.model
+        config = model.get_config()
+        for entry in config["layers"]:
+            entry.pop("build_config", None)  # would build layers at their old sizes
+            name = entry["config"].get("name")
+            if name in self.convs:
+                entry["config"]["filters"] = int(self.kept(name, removed, "out").sum())
+        custom = {}
+        for layer in model.layers:
+            cls = type(layer)
+            custom[cls.__name__] = cls
+            custom[keras.saving.get_registered_name(cls)] = cls
+        with keras.saving.custom_object_scope(custom):
+            new = type(model).from_config(config)
+        for layer in model.layers:
+            weights = layer.get_weights()
+            if weights and layer.name in self.handled:
+                weights = self._slice(layer, weights, removed)
+            if weights:
+                new.get_layer(layer.name).set_weights(weights)
+        return new
+
+    def _slice(self, layer: Any, w: list[np.ndarray], removed: set[int]) -> list[np.ndarray]:
+        kin = self.kept(layer.name, removed, "in")
+        if isinstance(layer, L.DepthwiseConv2D):
+            out = [w[0][:, :, kin, :]]
+            if len(w) > 1:
+                out.append(w[1].reshape(len(kin), -1)[kin].ravel())
+            return out
+        if is_prunable_conv(layer):
+            kout = self.kept(layer.name, removed, "out")
+            return [w[0][:, :, kin][..., kout]] + [b[kout] for b in w[1:]]
+        if isinstance(layer, L.BatchNormalization):
+            return [v[kin] for v in w]
+        if isinstance(layer, L.Dense):
+            return [w[0][kin]] + w[1:]
+        return w
+
+    def apply_masks(self, removed: set[int]) -> None:
+        """Soft pruning: zeroes, in place, every weight that the removed channels feed, so that the
+        model computes what ``rebuild(removed)`` would (BN gamma/beta too: 0 in, 0 out)."""
+        for layer in self.model.layers:
+            if layer.name not in self.handled or not layer.weights:
+                continue
+            w = layer.get_weights()
+            if is_prunable_conv(layer):
+                kout = self.kept(layer.name, removed, "out")
+                w[0][..., ~kout] = 0
+                for b in w[1:]:
+                    b[~kout] = 0
+            elif isinstance(layer, L.DepthwiseConv2D):
+                kin = self.kept(layer.name, removed, "in")
+                w[0][:, :, ~kin, :] = 0
+                if len(w) > 1:
+                    w[1].reshape(len(kin), -1)[~kin] = 0
+            elif isinstance(layer, L.BatchNormalization):
+                kin = self.kept(layer.name, removed, "in")
+                names = [v.name.split("/")[-1].split(":")[0] for v in layer.weights]
+                for v, n in zip(w, names, strict=False):
+                    if n in ("gamma", "beta"):
+                        v[~kin] = 0
+            else:
+                continue
+            layer.set_weights(w)
+
+    def dead_roots(self) -> set[int]:
+        """Classes whose filters (and biases, and following BN gamma/beta) are all exactly zero."""
+        dead: dict[int, bool] = {}
+        for g in self.groups():
+            for c, root in enumerate(g.roots):
+                ok = True
+                for j, name in enumerate(g.layers):
+                    w = self.model.get_layer(name).get_weights()
+                    idx = g.index[c, j]
+                    ok &= all(not np.any(v[..., idx]) for v in w)
+                dead[int(root)] = ok
+        for layer in self.model.layers:
+            if isinstance(layer, L.BatchNormalization) and layer.name in self.handled:
+                names = [v.name.split("/")[-1].split(":")[0] for v in layer.weights]
+                affine = [
+                    v
+                    for v, n in zip(layer.get_weights(), names, strict=False)
+                    if n in ("gamma", "beta")
+                ]
+                for i, root in enumerate(self.roots(self.layer_in[layer.name])):
+                    if dead.get(int(root)) and any(v[i] != 0 for v in affine):
+                        dead[int(root)] = False
+        return {r for r, ok in dead.items() if ok}
+
+
+def _channels(t: Any) -> int:
+    shape = t.shape
+    return int(shape[-1]) if len(shape) and shape[-1] is not None else 0

@@ -1,0 +1,71 @@
+// TensorFlow adapter for MDCV (csrc/mdcv): Iapdcnn>MdcvDistances(filters, shrinkage) ->
+// (distances [cout], center [kh, kw, cin], shrinkage_used []).
+#include "mdcv/mdcv.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tf_adapter.h"
+
+namespace iapdcnn {
+namespace tfops {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+namespace shape_inference = ::tensorflow::shape_inference;
+
+REGISTER_OP("Iapdcnn>MdcvDistances")
+    .Input("filters: T")
+    .Input("shrinkage: T")
+    .Output("distances: T")
+    .Output("center: T")
+    .Output("shrinkage_used: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle f, s, center;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &f));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 0, &s));
+      TF_RETURN_IF_ERROR(c->Subshape(f, 0, 3, &center));
+      c->set_output(0, c->Vector(c->Dim(f, 3)));
+      c->set_output(1, center);
+      c->set_output(2, c->Scalar());
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("MDCV filter distances from the filters' mean under a shrunk covariance (SPEC 2a).");
+
+template <typename T>
+class MdcvDistancesOp : public OpKernel {
+ public:
+  explicit MdcvDistancesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& filters = ctx->input(0);
+    const Tensor& shrinkage = ctx->input(1);
+    OP_REQUIRES(
+        ctx, shrinkage.dims() == 0,
+        ::tensorflow::errors::InvalidArgument("mdcv_distances: shrinkage must be a scalar"));
+    MdcvParams p;
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, ValidateMdcv(Dims(filters.shape()), static_cast<double>(shrinkage.scalar<T>()()), &p));
+    Tensor *dist = nullptr, *center = nullptr, *used = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({p.cout}), &dist));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({p.kh, p.kw, p.cin}), &center));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &used));
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx,
+        MdcvDistancesCpu<T>(p, filters.flat<T>().data(), dist->flat<T>().data(),
+                            center->flat<T>().data(), used->flat<T>().data(), TfParallelFor(ctx)));
+  }
+};
+
+#define REGISTER_CPU(T)                                                                            \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>MdcvDistances").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          MdcvDistancesOp<T>)
+REGISTER_CPU(float);
+REGISTER_CPU(double);
+#undef REGISTER_CPU
+
+}  // namespace tfops
+}  // namespace iapdcnn
