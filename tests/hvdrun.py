@@ -1,5 +1,6 @@
 """Launches a script under `horovodrun -np N --gloo` on localhost for the distributed tests, with a
-timeout so that a hung collective fails the test instead of hanging CI."""
+timeout so that a hung collective fails the test instead of hanging CI. The ranks import the same
+iapdcnn as the test process (the installed package, or a development tree on PYTHONPATH)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import sys
 
 import pytest
 
+import iapdcnn
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(iapdcnn.__file__)))
 
 
 def horovodrun_path() -> str:
@@ -22,31 +27,35 @@ def horovodrun_path() -> str:
     return exe
 
 
-def run_horovod(
-    script: str, np: int = 2, args: list[str] | None = None, timeout: float = 300
-) -> str:
-    """Runs ``python script args`` on ``np`` local ranks; returns the combined output and fails
-    the calling test (with that output) on a non-zero exit or a timeout."""
-    cmd = [
-        horovodrun_path(),
-        "-np",
-        str(np),
-        "-H",
-        f"localhost:{np}",
-        "--gloo",
-        sys.executable,
-        script,
-        *(args or []),
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+def child_env() -> dict[str, str]:
+    """The environment for child Python processes: this process's iapdcnn first on the path."""
+    path = os.pathsep.join(p for p in (PKG_PARENT, os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+
+
+def run_hvd(
+    np: int, args: list[str], timeout: float = 300, check: bool = True, cwd: str | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``python *args`` on ``np`` local ranks and returns the finished process. A timeout
+    fails the calling test with the output so far; so does a non-zero exit when ``check``."""
+    cmd = [horovodrun_path(), "-np", str(np), "-H", f"localhost:{np}", "--gloo", sys.executable]
+    cmd += args
     try:
         p = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=env, start_new_session=True
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=child_env(),
+            cwd=cwd or ROOT,
+            start_new_session=True,
         )
     except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
         pytest.fail(f"horovodrun timed out after {timeout}s: {' '.join(cmd)}\n{out[-4000:]}")
-    out = p.stdout + p.stderr
-    if p.returncode != 0:
-        pytest.fail(f"horovodrun exited {p.returncode}: {' '.join(cmd)}\n{out[-6000:]}")
-    return out
+    if check and p.returncode != 0:
+        pytest.fail(
+            f"horovodrun exited {p.returncode}: {' '.join(cmd)}\n"
+            f"{(p.stdout + p.stderr)[-6000:]}"
+        )
+    return p

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hvd_util import ROOT, run_hvd
+from hvdrun import ROOT, run_hvd
 
 WORKER = os.path.join(ROOT, "tests", "distributed", "reduction_worker.py")
 

@@ -4,37 +4,20 @@ horovodrun. Needs Horovod's horovodrun; skipped with the reason when it is absen
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from hvdrun import run_hvd
 from iapdcnn.layers import FCIFilter
 from iapdcnn.preprocess import synthetic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HOROVODRUN = shutil.which("horovodrun") or os.path.join(
-    os.path.dirname(sys.executable), "horovodrun"
-)
-
-pytestmark = [
-    pytest.mark.horovod,
-    pytest.mark.skipif(not os.path.exists(HOROVODRUN), reason="horovodrun is not installed"),
-]
+pytestmark = pytest.mark.horovod
 
 
-def _horovodrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(HERE, "..", "python"), env.get("PYTHONPATH", "")]
-    )
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cmd = [HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *args]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
+def _horovodrun(args: list[str], timeout: int = 300) -> None:
+    run_hvd(2, args, timeout=timeout)
 
 
 @pytest.mark.parametrize("mode", ["prototype", "pairwise"])

@@ -5,7 +5,7 @@ import os
 import re
 import subprocess
 
-from hvdrun import HERE, horovodrun_path, run_horovod
+from hvdrun import HERE, horovodrun_path, run_hvd
 
 
 def test_check_build_lists_tensorflow_and_gloo():
@@ -17,7 +17,8 @@ def test_check_build_lists_tensorflow_and_gloo():
 
 
 def test_allreduce_and_allgather_np2():
-    out = run_horovod(os.path.join(HERE, "horovod", "collectives.py"), np=2, timeout=180)
+    p = run_hvd(2, [os.path.join(HERE, "horovod", "collectives.py")], timeout=180)
+    out = p.stdout + p.stderr
     ranks = sorted(
         re.findall(r"COLLECTIVES_OK rank=(\d) size=2 sum=\[3.0, 6.0\] " r"gathered_rows=3", out)
     )

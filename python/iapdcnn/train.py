@@ -225,30 +225,12 @@ def load_arrays(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         xtr, ytr = synthetic(2048, args.seed)
         xte, yte = synthetic(512, args.seed + 1)
         return xtr, ytr, xte, yte
-    try:
-        from iapdcnn import data
-    except ImportError as e:  # pragma: no cover - the data layer is part of the package
-        raise _missing("iapdcnn.data", "--dataset", e) from None
+    from iapdcnn import data
+
     kw = dict(as_numpy=True, shard=False, shuffle=False, path=args.data_path)
     xtr, ytr = data.load(args.dataset, "train", **kw)
     xte, yte = data.load(args.dataset, "test", **kw)
     return xtr, ytr, xte, yte
-
-
-def count_flops(model) -> int:
-    """Multiply-adds of the Conv2D (and subclasses) and Dense layers, batch 1."""
-    import tensorflow as tf
-
-    total = 0
-    for layer in _all_layers(model):
-        if isinstance(layer, tf.keras.layers.Conv2D):
-            out = layer.output_shape
-            kh, kw = layer.kernel_size
-            cin = layer.kernel.shape[2]
-            total += int(np.prod(out[1:3])) * kh * kw * int(cin) * layer.filters
-        elif isinstance(layer, tf.keras.layers.Dense):
-            total += int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
-    return total
 
 
 def _all_layers(model):
@@ -267,31 +249,18 @@ def build_model(args, input_shape, num_classes, train_xy):
     kind = args.model
     if kind == "auto":
         kind = "small_resnet" if max(input_shape[:2]) < 64 else "resnet50"
-    try:
-        if kind == "small_resnet":
-            net = models.small_resnet(
-                input_shape,
-                num_classes,
-                width=args.width,
-                blocks_per_stage=args.blocks,
-                conv=args.conv,
-            )
-        else:
-            net = models.resnet50(input_shape, num_classes, conv=args.conv)
-    except (ImportError, AttributeError) as e:
-        if args.conv == "im2col":
-            raise _missing(
-                "iapdcnn.layers.Im2colConv2D (the Im2col convolution)", "--conv im2col", e
-            ) from None
-        raise
+    if kind == "small_resnet":
+        net = models.small_resnet(
+            input_shape, num_classes, width=args.width, blocks_per_stage=args.blocks, conv=args.conv
+        )
+    else:
+        net = models.resnet50(input_shape, num_classes, conv=args.conv)
     if not args.features:
         return net
-    try:
-        from iapdcnn.layers import EdgeFeatures, FCIFilter
-    except ImportError as e:
-        raise _missing(
-            "iapdcnn.layers.EdgeFeatures/FCIFilter (MHO-PFES)", "--features", e
-        ) from None
+    from iapdcnn.layers import EdgeFeatures, FCIFilter
+
+    # MHO-PFES in front of the network (SPEC 1): denoise + edges, then the FCI block screen
+    # adapted on (this rank's part of) the training set, merged across ranks by an allreduce.
     edges, fci = EdgeFeatures(), FCIFilter()
     x, y = train_xy
     ds = tf.data.Dataset.from_tensor_slices((x[:4096], y[:4096])).batch(256)
@@ -300,14 +269,18 @@ def build_model(args, input_shape, num_classes, train_xy):
     return tf.keras.Model(inp, net(fci(edges(inp))), name=f"{net.name}_mhopfes")
 
 
-def make_pruner(args):
-    try:
-        from iapdcnn.pruning import MDCVPruning, strip
-    except ImportError as e:
-        raise _missing(
-            "iapdcnn.pruning.MDCVPruning and strip (MDCV pruning)", "--prune", e
-        ) from None
-    return MDCVPruning(ratio=args.prune), strip
+def make_pruner(args, steps_per_epoch: int):
+    """MDCV soft pruning on a schedule (SPEC 2a): masks ramp up to the ``--prune`` FLOPs target
+    over the first two thirds of training, then ``strip`` makes them physical."""
+    from iapdcnn.pruning import MDCVPruning
+
+    total = max(2, args.epochs * steps_per_epoch)
+    return MDCVPruning(
+        target_flops_reduction=args.prune,
+        begin_step=0,
+        end_step=max(1, (2 * total) // 3),
+        frequency=max(1, steps_per_epoch // 4),
+    )
 
 
 def save_curves(path: str, history: list[dict]) -> None:
@@ -344,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise _missing("Horovod (horovod.tensorflow)", "train.py", e) from None
 
     from iapdcnn.distributed import lsg_loss, make_reduction, sample_law
+    from iapdcnn.pruning import count_flops
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
@@ -372,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
         for layer in _all_layers(model):
             if isinstance(layer, tf.keras.layers.BatchNormalization):
                 layer.momentum = args.bn_momentum
-    flops_before = count_flops(model)
+    flops_before = count_flops(model).total
     steps = len(xtr) // (size * args.batch_size)
     if steps < 1:
         raise SystemExit(
@@ -439,9 +413,10 @@ def main(argv: list[str] | None = None) -> dict:
     hvd.broadcast_variables(model.variables, root_rank=0)
     hvd.broadcast_variables(opt.variables, root_rank=0)
 
-    pruner = strip = None
+    pruner = None
     if args.prune > 0:
-        pruner, strip = make_pruner(args)
+        pruner = make_pruner(args, steps)
+        model.optimizer = opt  # the callback reads the step from the optimizer, as under fit
         pruner.set_model(model)
         pruner.on_train_begin()
 
@@ -483,14 +458,19 @@ def main(argv: list[str] | None = None) -> dict:
         out["correct"] = correct
         return out
 
-    @tf.function(reduce_retracing=True)
-    def eval_step(x, y):
-        probs = model(x, training=False)
-        loss = tf.reduce_sum(per_sample(y, probs))
-        correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)), tf.float32)
-        )
-        return loss, correct
+    def make_eval_step(net):
+        @tf.function(reduce_retracing=True)
+        def eval_step(x, y):
+            probs = net(x, training=False)
+            loss = tf.reduce_sum(per_sample(y, probs))
+            correct = tf.reduce_sum(
+                tf.cast(tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)), tf.float32)
+            )
+            return loss, correct
+
+        return eval_step
+
+    eval_step = make_eval_step(model)
 
     def evaluate() -> tuple[float, float]:
         n = min(len(xte), args.eval_limit or len(xte))
@@ -636,8 +616,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     flops_after = flops_before
     if pruner is not None:
-        model = strip(model)
-        flops_after = count_flops(model)
+        from iapdcnn.pruning import strip
+
+        pruner.on_train_end()
+        model = strip(model)  # physical: fewer filters, the same function as the masked model
+        flops_after = count_flops(model).total
+        eval_step = make_eval_step(model)
     val_loss, val_acc = evaluate()
     report = {
         "dataset": args.dataset,

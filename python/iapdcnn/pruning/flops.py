@@ -83,6 +83,11 @@ def count_flops(model: Any) -> FlopsCount:
     params: dict[str, int] = {}
     nodes = {n for group in model._nodes_by_depth.values() for n in group}
     for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):  # a nested model: its layers, under its name
+            inner = count_flops(layer)
+            per_layer.update({f"{layer.name}/{k}": v for k, v in inner.per_layer.items()})
+            params.update({f"{layer.name}/{k}": v for k, v in inner.params.items()})
+            continue
         macs = 0
         for node in getattr(layer, "_inbound_nodes", []):
             if node not in nodes:
