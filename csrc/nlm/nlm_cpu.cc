@@ -36,10 +36,13 @@ namespace iapdcnn {
 
 namespace {
 
-constexpr int64_t kDirectTapsMaxRadius = 3;  // horizontal box: direct taps up to 7 wide
-constexpr int64_t kRestartRows = 32;         // running sums are recomputed directly this often
-constexpr int64_t kMinStripRows = 32;        // row strips: below this the overlap costs too much
-constexpr int64_t kUnitsWanted = 16;         // split planes into strips until there are this many
+constexpr int64_t kDirectTapsMaxRadius = 3;      // horizontal box: direct taps up to 7 wide
+constexpr int64_t kRestartRows = 32;             // running sums are recomputed directly this often
+constexpr int64_t kMinStripRows = kRestartRows;  // strips: multiples of this, so below it the
+                                                 // d-overlap rows would cost too much
+constexpr int64_t kUnitsWanted = 16;
+constexpr int kGroup = 4;  // offsets (same dy) whose num/den updates are summed in registers //
+                           // split planes into strips until there are this many
 
 std::string ShapeStr(const std::vector<int64_t>& s) {
   std::string r = "[";
@@ -60,8 +63,18 @@ struct Scratch {
   std::vector<int64_t> cols;  // reflected source column offsets
 };
 
-IAPDCNN_ALWAYS_INLINE float ExpOf(float x) { return nlm_impl::FastExp(x); }
-IAPDCNN_ALWAYS_INLINE double ExpOf(double x) { return std::exp(x); }
+// SPEC 1a's weight exp(-(1 - cos) / h) = exp((cos - 1) * scale), with scale = WeightScale(h):
+// float folds log2(e) into the scale and takes the vectorised 2^t; double calls libm's exp.
+IAPDCNN_ALWAYS_INLINE float WeightOf(float cos, float scale) {
+  return nlm_impl::FastExp2((cos - 1.0f) * scale);
+}
+IAPDCNN_ALWAYS_INLINE double WeightOf(double cos, double scale) {
+  return std::exp((cos - 1.0) * scale);
+}
+template <typename T>
+T WeightScale(double h) {
+  return static_cast<T>(sizeof(T) == sizeof(float) ? 1.4426950408889634 / h : 1.0 / h);
+}
 
 // One row of weights w(a, a + d) for n pixels a: the horizontal box of width 2r+1 over v (the
 // vertical sums, starting r columns left of the first a), then SPEC 1a's
@@ -70,7 +83,7 @@ IAPDCNN_ALWAYS_INLINE double ExpOf(double x) { return std::exp(x); }
 template <typename T, int kR>
 IAPDCNN_ALWAYS_INLINE void WeightRow(const T* __restrict v, const T* __restrict na,
                                      const T* __restrict nb, T* __restrict w, T* __restrict pre,
-                                     int64_t n, int64_t r, T inv_h, T eps) {
+                                     int64_t n, int64_t r, T scale, T eps) {
   if constexpr (kR < 0) {
     pre[0] = T(0);
     for (int64_t j = 0; j < n + 2 * r; ++j) pre[j + 1] = pre[j] + v[j];
@@ -87,9 +100,47 @@ IAPDCNN_ALWAYS_INLINE void WeightRow(const T* __restrict v, const T* __restrict 
     const T q = na[j] * nb[j];
     dot = dot < -q ? -q : (dot > q ? q : dot);  // not std::min: see IAPDCNN_NLM_HD
     const T cos = dot / (q + eps);
-    w[j] = ExpOf((cos - T(1)) * inv_h);
+    w[j] = WeightOf(cos, scale);
   }
 }
+
+// num[j] += sum_q w_q[j] g_q[j], den[j] += sum_q w_q[j] over G offsets in registers.
+template <typename T, int G>
+IAPDCNN_ALWAYS_INLINE void Accumulate(const T* const* w, const T* const* g, T* __restrict nu,
+                                      T* __restrict de, int64_t n) {
+  const T* __restrict w0 = w[0];
+  const T* __restrict g0 = g[0];
+  const T* __restrict w1 = w[G > 1 ? 1 : 0];
+  const T* __restrict g1 = g[G > 1 ? 1 : 0];
+  const T* __restrict w2 = w[G > 2 ? 2 : 0];
+  const T* __restrict g2 = g[G > 2 ? 2 : 0];
+  const T* __restrict w3 = w[G > 3 ? 3 : 0];
+  const T* __restrict g3 = g[G > 3 ? 3 : 0];
+  for (int64_t j = 0; j < n; ++j) {
+    T sn = w0[j] * g0[j], sd = w0[j];
+    if constexpr (G > 1) sn += w1[j] * g1[j], sd += w1[j];
+    if constexpr (G > 2) sn += w2[j] * g2[j], sd += w2[j];
+    if constexpr (G > 3) sn += w3[j] * g3[j], sd += w3[j];
+    nu[j] += sn;
+    de[j] += sd;
+  }
+}
+
+template <typename T>
+IAPDCNN_ALWAYS_INLINE void AccumulateGroup(int G, const T* const* w, const T* const* g, T* nu,
+                                           T* de, int64_t n) {
+  switch (G) {
+    case 1:
+      return Accumulate<T, 1>(w, g, nu, de, n);
+    case 2:
+      return Accumulate<T, 2>(w, g, nu, de, n);
+    case 3:
+      return Accumulate<T, 3>(w, g, nu, de, n);
+    default:
+      return Accumulate<T, 4>(w, g, nu, de, n);
+  }
+}
+static_assert(kGroup == 4, "AccumulateGroup has cases for 1..4 offsets");
 
 // num/den over output rows [r0, r1) of one plane (s->ext and s->norm filled by Prepare).
 // w(a, b) = w(b, a), so only half the offsets are visited (fast NLM's symmetry): for an offset
@@ -102,12 +153,10 @@ IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, in
   (void)H;
   const int64_t R = r + sr, EW = W + 2 * R, NW = W + 2 * sr;
   const T* __restrict ext = s->ext.data();
-  T* __restrict v = s->v.data();
-  T* __restrict wrow = s->w.data();
   const T* __restrict norm = s->norm.data();
   T* __restrict num = s->num.data();
   T* __restrict den = s->den.data();
-  const T inv_h = static_cast<T>(1.0 / p.h);
+  const T scale = WeightScale<T>(p.h);
   const T eps = static_cast<T>(p.eps);
   auto E = [&](int64_t i, int64_t j) { return ext + (i + R) * EW + (j + R); };  // ext(i, j)
   auto N = [&](int64_t i, int64_t j) {  // |P_(i,j)|, rows from r0 - s
@@ -121,52 +170,58 @@ IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, in
     T* __restrict de = den + (i - r0) * W;
     for (int64_t j = 0; j < W; ++j) {
       const T n2 = na[j] * na[j];
-      const T w = ExpOf((n2 / (n2 + eps) - T(1)) * inv_h);
+      const T w = WeightOf(n2 / (n2 + eps), scale);
       nu[j] = w * g[j];
       de[j] = w;
     }
   }
+  const int64_t VS = W + 2 * sr + 2 * r, WS = W + 2 * sr;  // per-offset strides of v and w
   for (int64_t dy = 0; dy <= sr; ++dy) {
-    for (int64_t dx = -sr; dx <= sr; ++dx) {
-      if (dy == 0 && dx <= 0) continue;  // d > 0 in row-major order; -d is its mirror
-      const int64_t c0 = std::min<int64_t>(0, -dx), c1 = std::max<int64_t>(W, W - dx);
-      const int64_t cw = c1 - c0, vw = cw + 2 * r;
+    // d > 0 in row-major order (its mirror -d is covered by symmetry): dx in [dx_lo, s].
+    const int64_t dx_lo = dy == 0 ? 1 : -sr;
+    for (int64_t g0 = dx_lo; g0 <= sr; g0 += kGroup) {
+      const int G = static_cast<int>(std::min<int64_t>(kGroup, sr + 1 - g0));
       const int64_t i0 = r0 - dy;
       for (int64_t i = i0; i < r1; ++i) {
-        if ((i - i0) % kRestartRows == 0) {  // (re)start the vertical sums directly
-          for (int64_t j = 0; j < vw; ++j) v[j] = T(0);
-          for (int64_t k = -r; k <= r; ++k) {
-            const T* __restrict a = E(i + k, c0 - r);
-            const T* __restrict b = E(i + k + dy, c0 - r + dx);
-            for (int64_t j = 0; j < vw; ++j) v[j] += a[j] * b[j];
+        // Restarts sit on a grid of b rows (i + dy) that strip starts also lie on, so a plane
+        // gives bit-identical results whether or not it is cut into strips.
+        const bool restart = i == i0 || (i + dy) % kRestartRows == 0;
+        const T* wa[kGroup] = {};  // w_q(a, a + d_q) at image col j of pixel a
+        const T* ga[kGroup] = {};  // g(a + d_q)
+        const T* wb[kGroup] = {};  // the same weights at image col j' of pixel a + d_q
+        const T* gb[kGroup] = {};  // g(a) for that pixel
+        for (int q = 0; q < G; ++q) {
+          const int64_t dx = g0 + q;
+          // a runs over the columns [c0, c1) where a or a + d lies in the image.
+          const int64_t c0 = std::min<int64_t>(0, -dx), c1 = std::max<int64_t>(W, W - dx);
+          const int64_t cw = c1 - c0, vw = cw + 2 * r;
+          T* __restrict v = s->v.data() + q * VS;
+          T* w = s->w.data() + q * WS + sr;  // w[j] for a at image col j, j in [-s, W + s)
+          if (restart) {                     // (re)start the vertical sums directly
+            for (int64_t j = 0; j < vw; ++j) v[j] = T(0);
+            for (int64_t k = -r; k <= r; ++k) {
+              const T* __restrict a = E(i + k, c0 - r);
+              const T* __restrict b = E(i + k + dy, c0 - r + dx);
+              for (int64_t j = 0; j < vw; ++j) v[j] += a[j] * b[j];
+            }
+          } else {  // slide the vertical window down one row: O(1) per pixel in r
+            const T* __restrict a_in = E(i + r, c0 - r);
+            const T* __restrict b_in = E(i + r + dy, c0 - r + dx);
+            const T* __restrict a_out = E(i - r - 1, c0 - r);
+            const T* __restrict b_out = E(i - r - 1 + dy, c0 - r + dx);
+            for (int64_t j = 0; j < vw; ++j) v[j] += a_in[j] * b_in[j] - a_out[j] * b_out[j];
           }
-        } else {  // slide the vertical window down one row: O(1) per pixel in r
-          const T* __restrict a_in = E(i + r, c0 - r);
-          const T* __restrict b_in = E(i + r + dy, c0 - r + dx);
-          const T* __restrict a_out = E(i - r - 1, c0 - r);
-          const T* __restrict b_out = E(i - r - 1 + dy, c0 - r + dx);
-          for (int64_t j = 0; j < vw; ++j) v[j] += a_in[j] * b_in[j] - a_out[j] * b_out[j];
+          WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, s->pre.data(), cw, r, scale,
+                           eps);
+          wa[q] = w;
+          ga[q] = E(i + dy, dx);
+          wb[q] = w - dx;
+          gb[q] = E(i, -dx);
         }
-        WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), wrow, s->pre.data(), cw, r, inv_h, eps);
-        if (i >= r0) {                        // pixel a = (i, j), candidate a + d
-          const T* __restrict w = wrow - c0;  // w[j] for image col j
-          const T* __restrict gb = E(i + dy, dx);
-          T* __restrict nu = num + (i - r0) * W;
-          T* __restrict de = den + (i - r0) * W;
-          for (int64_t j = 0; j < W; ++j) {
-            nu[j] += w[j] * gb[j];
-            de[j] += w[j];
-          }
-        }
-        if (i + dy < r1) {  // pixel a + d, candidate a: image cols j' = j + dx
-          const T* __restrict w = wrow - c0 - dx;  // w[j'] for image col j'
-          const T* __restrict ga = E(i, -dx);
-          T* __restrict nu = num + (i + dy - r0) * W;
-          T* __restrict de = den + (i + dy - r0) * W;
-          for (int64_t j = 0; j < W; ++j) {
-            nu[j] += w[j] * ga[j];
-            de[j] += w[j];
-          }
+        // One read-modify-write of num/den per row for the whole group of offsets.
+        if (i >= r0) AccumulateGroup<T>(G, wa, ga, num + (i - r0) * W, den + (i - r0) * W, W);
+        if (i + dy < r1) {
+          AccumulateGroup<T>(G, wb, gb, num + (i + dy - r0) * W, den + (i + dy - r0) * W, W);
         }
       }
     }
@@ -212,8 +267,8 @@ void Prepare(const CosineNlmParams& p, const T* x, int64_t n, int64_t c, int64_t
   s->ext.resize(EH * EW);
   s->sq.resize(EW);
   s->norm.resize(NH * NW);
-  s->v.resize(W + 2 * sr + 2 * r);
-  s->w.resize(W + 2 * sr);
+  s->v.resize(kGroup * (W + 2 * sr + 2 * r));
+  s->w.resize(kGroup * (W + 2 * sr));
   s->pre.resize(W + 2 * sr + 2 * r + 1);
   s->num.resize((r1 - r0) * W);
   s->den.resize((r1 - r0) * W);
@@ -290,7 +345,8 @@ Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const Parallel
   // d-overlap rows and its norms, a small fraction at that height).
   const int64_t want = (kUnitsWanted + planes - 1) / planes;
   const int64_t strips = std::max<int64_t>(1, std::min(want, H / kMinStripRows));
-  const int64_t strip_rows = (H + strips - 1) / strips;
+  const int64_t strip_rows = ((H + strips - 1) / strips + kMinStripRows - 1) / kMinStripRows *
+                             kMinStripRows;  // a multiple of kRestartRows (see StripImpl)
   const int64_t k = (2 * p.search_radius + 1) * (2 * p.search_radius + 1);
   pf(planes * strips, strip_rows * W * k * 8, [&](int64_t b, int64_t e) {
     Scratch<T> s;
