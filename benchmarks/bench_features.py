@@ -147,6 +147,16 @@ def main() -> None:
         "ours_cpu_ms_224": round(cpu_results[224]["ours"] * 1e3, 3),
         "quick": quick,
         "threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
+        # Fairness: the vs_* ratios are wall time, each side with the threads it uses by
+        # default: ours the TF intra-op pool ("threads"), OpenCV its own parallel_for_ pool
+        # ("threads_opencv"), scikit-image one thread. *_cpu_per_wall_224 is the parallelism each
+        # side actually got (CPU s / wall s); the cpu_vs_* ratios compare CPU seconds per image.
+        "threads_opencv": cv2.getNumThreads(),
+        "threads_skimage": 1,
+        **{
+            f"{name}_cpu_per_wall_224": round(cpu_results[224][name] / results[224][name], 2)
+            for name in ("ours", "opencv", "skimage")
+        },
     }
     print(json.dumps(out))
 

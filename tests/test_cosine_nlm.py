@@ -102,3 +102,26 @@ def test_bad_input_names_the_argument(shape, kwargs, match):
 def test_op_dtype_error():
     with pytest.raises(TypeError, match="x must be float32 or float64"):
         ops.cosine_nlm(np.ones((1, 4, 4, 1), np.int32))
+
+
+def test_float32_running_sums_on_a_tall_8bit_image_with_black_regions(rng):
+    # Tall enough that the float32 running sums restart (every 32 rows) and a single plane is cut
+    # into row strips; 8-bit levels with an all-black block, where the Cauchy-Schwarz clamp must
+    # keep cos exactly 0 (float leftovers divided by eps would wreck the weights).
+    x = np.round(rng.uniform(size=(1, 80, 23, 1)) * 255) / 255
+    x[0, 20:45, 5:17, 0] = 0.0
+    want = reference.cosine_nlm(x, 2, 3, 0.1)
+    got = _C.cosine_nlm(x.astype(np.float32), 2, 3, 0.1)
+    np.testing.assert_allclose(got, want, atol=TOL[np.float32])
+    np.testing.assert_allclose(_C.cosine_nlm(x, 2, 3, 0.1), want, atol=TOL[np.float64])
+    # Deep inside the black block every patch is all-zero: all weights equal exp(-1/h), so the
+    # output is the (zero) mean exactly.
+    assert np.all(got[0, 27:38, 10:12, 0] == 0.0)
+
+
+def test_row_strips_do_not_change_the_result(rng):
+    # One plane is cut into row strips (threads get work); in a batch of many planes it is not.
+    # The running-sum restarts are aligned with the strips, so the results are bit-identical.
+    x = rng.uniform(size=(20, 96, 17, 1)).astype(np.float32)
+    whole = _C.cosine_nlm(x, 2, 3, 0.2)
+    np.testing.assert_array_equal(_C.cosine_nlm(x[3:4], 2, 3, 0.2), whole[3:4])

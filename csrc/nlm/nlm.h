@@ -29,7 +29,9 @@ struct CosineNlmParams {
 Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radius,
                          int64_t search_radius, double h, double eps, CosineNlmParams* p);
 
-// T is float or double. float images use a vectorised exp (relative error ~1e-7).
+// T is float or double. float images: float sums (|<P_a, P_b>| clamped to |P_a| |P_b|, all-zero
+// patches exact) and a vectorised 2^t (relative error ~2e-7); double: double sums and libm exp.
+// Results do not depend on the batch composition or the number of threads.
 template <typename T>
 Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const ParallelFor& pf);
 

@@ -1,10 +1,15 @@
-// CPU cosine NLM (SPEC 1a): one task per (image, channel) plane on the ParallelFor. Per plane and
-// per search offset d, the patch dot products <P_a, P_{a+d}> of all pixels are a box filter of the
-// product image g(.) g(. + d): vertical running sums (O(1) per pixel, vectorised across columns),
-// then the horizontal box (2r+1 vectorised taps for small r, a prefix-sum difference otherwise).
-// Running sums are kept in double so that all-zero patches stay (almost exactly) zero. Weights are
-// symmetric, so half the offsets are visited; hot loops are compiled for AVX-512, AVX2 and
-// baseline x86-64 (target_clones picks one at load time).
+// CPU cosine NLM (SPEC 1a). Work units are (image, channel, row strip): a whole plane per unit for
+// batches, row strips when there are fewer planes than threads want. Per unit and per search
+// offset d, one row-streaming pass computes the patch dot products <P_a, P_{a+d}> as a box filter
+// of the product image g(.) g(. + d): vertical running sums of the products (O(1) per pixel,
+// vectorised across columns, in L1), then the horizontal box, cos, the weight and both
+// accumulations fused per row, so nothing of size H x W is written per offset.
+// Weights are symmetric, so half the offsets are visited. Sums are in the image's dtype: float
+// for float images, with |<P_a, P_b>| clamped to |P_a| |P_b| (Cauchy-Schwarz) so rounding can
+// neither push |cos| past 1 nor leave a non-zero dot product on an all-zero patch (its norm is
+// computed directly, hence exactly 0, and the clamp forces the dot product to exactly 0 as well);
+// running sums restart every kRestartRows rows, which bounds their drift. Hot loops are compiled
+// for AVX-512, AVX2 and baseline x86-64 (target_clones picks one at load time).
 #if defined(__GNUC__) && !defined(__clang__)
 // Float compares may then be if-converted, so the clamps in FastExp do not stop the weight loop
 // from vectorising (the kernel raises no FP exceptions anyone observes).
@@ -31,7 +36,13 @@ namespace iapdcnn {
 
 namespace {
 
-constexpr int64_t kDirectTapsMaxRadius = 3;  // horizontal box: direct taps up to 7 wide
+constexpr int64_t kDirectTapsMaxRadius = 3;      // horizontal box: direct taps up to 7 wide
+constexpr int64_t kRestartRows = 32;             // running sums are recomputed directly this often
+constexpr int64_t kMinStripRows = kRestartRows;  // strips: multiples of this, so below it the
+                                                 // d-overlap rows would cost too much
+constexpr int64_t kUnitsWanted = 16;
+constexpr int kGroup = 4;  // offsets (same dy) whose num/den updates are summed in registers //
+                           // split planes into strips until there are this many
 
 std::string ShapeStr(const std::vector<int64_t>& s) {
   std::string r = "[";
@@ -39,182 +50,251 @@ std::string ShapeStr(const std::vector<int64_t>& s) {
   return r + "]";
 }
 
-// Everything one plane needs, sized once per task and reused across the planes it handles.
-// Running sums are double; what the weight loop reads is A (float for float images), so that
-// loop runs at full SIMD width.
-template <typename A>
+// Everything one unit needs, sized once per task and reused across the units it handles.
+template <typename T>
 struct Scratch {
-  std::vector<double> ext;    // reflect-padded plane, pad r + s
-  std::vector<A> ext_a;       // the same in A (candidate values g(b))
-  std::vector<double> sq;     // vertical box sums of squares (norm pass)
-  std::vector<A> norm;        // |P_a| over rows/cols [-s, H+s)
-  std::vector<double> v;      // vertical box sums of the product image, cols [-r, W+r)
-  std::vector<double> d;      // patch dot products of one row
-  std::vector<double> pre;    // prefix sums (large r)
-  std::vector<A> w;           // weights of one row
+  std::vector<T> ext;         // reflect-padded plane, pad r + s
+  std::vector<T> sq;          // vertical box sums of squares of one row (norm pass)
+  std::vector<T> norm;        // |P_a| over rows [r0 - s, r1 + s), cols [-s, W + s)
+  std::vector<T> v;           // vertical sums of the product image, cols [c0 - r, c1 + r)
+  std::vector<T> pre;         // prefix sums of v (r > kDirectTapsMaxRadius)
+  std::vector<T> w;           // weights of one row
+  std::vector<T> num, den;    // sum_b w g(b) and sum_b w over the strip
   std::vector<int64_t> cols;  // reflected source column offsets
 };
 
-IAPDCNN_ALWAYS_INLINE float ExpOf(float x) { return nlm_impl::FastExp(x); }
-IAPDCNN_ALWAYS_INLINE double ExpOf(double x) { return std::exp(x); }
-
-// Horizontal box of width 2r+1 over v (cols [-r, W+r)) into d (cols [0, W)).
-IAPDCNN_ALWAYS_INLINE void HorizontalBox(const double* __restrict v, double* __restrict d,
-                                         double* __restrict pre, int64_t w, int64_t r) {
-  if (r <= kDirectTapsMaxRadius) {
-    for (int64_t j = 0; j < w; ++j) d[j] = v[j];
-    for (int64_t l = 1; l <= 2 * r; ++l) {
-      const double* vl = v + l;
-      for (int64_t j = 0; j < w; ++j) d[j] += vl[j];
-    }
-    return;
-  }
-  pre[0] = 0.0;
-  for (int64_t j = 0; j < w + 2 * r; ++j) pre[j + 1] = pre[j] + v[j];
-  for (int64_t j = 0; j < w; ++j) d[j] = pre[j + 2 * r + 1] - pre[j];
+// SPEC 1a's weight exp(-(1 - cos) / h) = exp((cos - 1) * scale), with scale = WeightScale(h):
+// float folds log2(e) into the scale and takes the vectorised 2^t; double calls libm's exp.
+IAPDCNN_ALWAYS_INLINE float WeightOf(float cos, float scale) {
+  return nlm_impl::FastExp2((cos - 1.0f) * scale);
+}
+IAPDCNN_ALWAYS_INLINE double WeightOf(double cos, double scale) {
+  return std::exp((cos - 1.0) * scale);
+}
+template <typename T>
+T WeightScale(double h) {
+  return static_cast<T>(sizeof(T) == sizeof(float) ? 1.4426950408889634 / h : 1.0 / h);
 }
 
-// The whole per-plane computation. A is the accumulation type of the weights (float for float
-// images: vectorised exp; double for double images: libm exp).
+// One row of weights w(a, a + d) for n pixels a: the horizontal box of width 2r+1 over v (the
+// vertical sums, starting r columns left of the first a), then SPEC 1a's
+// cos = <P_a, P_b> / (|P_a| |P_b| + eps) and w = exp(-(1 - cos) / h). kR >= 0: r = kR, direct
+// taps; kR < 0: any r, prefix-sum difference.
+template <typename T, int kR>
+IAPDCNN_ALWAYS_INLINE void WeightRow(const T* __restrict v, const T* __restrict na,
+                                     const T* __restrict nb, T* __restrict w, T* __restrict pre,
+                                     int64_t n, int64_t r, T scale, T eps) {
+  if constexpr (kR < 0) {
+    pre[0] = T(0);
+    for (int64_t j = 0; j < n + 2 * r; ++j) pre[j + 1] = pre[j] + v[j];
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    T dot;
+    if constexpr (kR >= 0) {
+      dot = v[j];
+      for (int l = 1; l <= 2 * kR; ++l) dot += v[j + l];
+    } else {
+      dot = pre[j + 2 * r + 1] - pre[j];
+    }
+    // Cauchy-Schwarz: exact arithmetic has |dot| <= |P_a| |P_b|; rounding must not break it.
+    const T q = na[j] * nb[j];
+    dot = dot < -q ? -q : (dot > q ? q : dot);  // not std::min: see IAPDCNN_NLM_HD
+    const T cos = dot / (q + eps);
+    w[j] = WeightOf(cos, scale);
+  }
+}
+
+// num[j] += sum_q w_q[j] g_q[j], den[j] += sum_q w_q[j] over G offsets in registers.
+template <typename T, int G>
+IAPDCNN_ALWAYS_INLINE void Accumulate(const T* const* w, const T* const* g, T* __restrict nu,
+                                      T* __restrict de, int64_t n) {
+  const T* __restrict w0 = w[0];
+  const T* __restrict g0 = g[0];
+  const T* __restrict w1 = w[G > 1 ? 1 : 0];
+  const T* __restrict g1 = g[G > 1 ? 1 : 0];
+  const T* __restrict w2 = w[G > 2 ? 2 : 0];
+  const T* __restrict g2 = g[G > 2 ? 2 : 0];
+  const T* __restrict w3 = w[G > 3 ? 3 : 0];
+  const T* __restrict g3 = g[G > 3 ? 3 : 0];
+  for (int64_t j = 0; j < n; ++j) {
+    T sn = w0[j] * g0[j], sd = w0[j];
+    if constexpr (G > 1) sn += w1[j] * g1[j], sd += w1[j];
+    if constexpr (G > 2) sn += w2[j] * g2[j], sd += w2[j];
+    if constexpr (G > 3) sn += w3[j] * g3[j], sd += w3[j];
+    nu[j] += sn;
+    de[j] += sd;
+  }
+}
+
+template <typename T>
+IAPDCNN_ALWAYS_INLINE void AccumulateGroup(int G, const T* const* w, const T* const* g, T* nu,
+                                           T* de, int64_t n) {
+  switch (G) {
+    case 1:
+      return Accumulate<T, 1>(w, g, nu, de, n);
+    case 2:
+      return Accumulate<T, 2>(w, g, nu, de, n);
+    case 3:
+      return Accumulate<T, 3>(w, g, nu, de, n);
+    default:
+      return Accumulate<T, 4>(w, g, nu, de, n);
+  }
+}
+static_assert(kGroup == 4, "AccumulateGroup has cases for 1..4 offsets");
+
+// num/den over output rows [r0, r1) of one plane (s->ext and s->norm filled by Prepare).
 // w(a, b) = w(b, a), so only half the offsets are visited (fast NLM's symmetry): for an offset
 // d > 0 the weight w(a, a + d) feeds pixel a (candidate a + d) and pixel a + d (candidate a).
-// Rows/cols are extended so that every image pixel gets both halves: a runs over the union of
-// the image and the image shifted by -d.
-template <typename A>
-IAPDCNN_ALWAYS_INLINE void PlaneImpl(const CosineNlmParams& p, Scratch<A>* s, A* __restrict num,
-                                     A* __restrict den) {
+// a runs over rows [r0 - dy, r1) and the columns where a or a + d lies in the image.
+template <typename T, int kR>
+IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, int64_t r0,
+                                     int64_t r1) {
   const int64_t H = p.height, W = p.width, r = p.patch_radius, sr = p.search_radius;
+  (void)H;
   const int64_t R = r + sr, EW = W + 2 * R, NW = W + 2 * sr;
-  const double* __restrict ext = s->ext.data();
-  double* __restrict v = s->v.data();
-  double* __restrict d = s->d.data();
-  A* __restrict wrow = s->w.data();
-  const A* __restrict norm = s->norm.data();
-  const A* __restrict ext_a = s->ext_a.data();
-  const A inv_h = static_cast<A>(1.0 / p.h);
-  const A eps = static_cast<A>(p.eps);
+  const T* __restrict ext = s->ext.data();
+  const T* __restrict norm = s->norm.data();
+  T* __restrict num = s->num.data();
+  T* __restrict den = s->den.data();
+  const T scale = WeightScale<T>(p.h);
+  const T eps = static_cast<T>(p.eps);
   auto E = [&](int64_t i, int64_t j) { return ext + (i + R) * EW + (j + R); };  // ext(i, j)
-  auto G = [&](int64_t i, int64_t j) { return ext_a + (i + R) * EW + (j + R); };
-  auto N = [&](int64_t i, int64_t j) { return norm + (i + sr) * NW + (j + sr); };  // |P_(i,j)|
+  auto N = [&](int64_t i, int64_t j) {  // |P_(i,j)|, rows from r0 - s
+    return norm + (i - r0 + sr) * NW + (j + sr);
+  };
   // d = 0: the self weight, cos(a, a) = |P_a|^2 / (|P_a|^2 + eps).
-  for (int64_t i = 0; i < H; ++i) {
-    const A* __restrict na = N(i, 0);
-    const A* __restrict g = G(i, 0);
-    A* __restrict nu = num + i * W;
-    A* __restrict de = den + i * W;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* __restrict na = N(i, 0);
+    const T* __restrict g = E(i, 0);
+    T* __restrict nu = num + (i - r0) * W;
+    T* __restrict de = den + (i - r0) * W;
     for (int64_t j = 0; j < W; ++j) {
-      const A n2 = na[j] * na[j];
-      const A w = ExpOf((n2 / (n2 + eps) - A(1)) * inv_h);
+      const T n2 = na[j] * na[j];
+      const T w = WeightOf(n2 / (n2 + eps), scale);
       nu[j] = w * g[j];
       de[j] = w;
     }
   }
+  const int64_t VS = W + 2 * sr + 2 * r, WS = W + 2 * sr;  // per-offset strides of v and w
   for (int64_t dy = 0; dy <= sr; ++dy) {
-    for (int64_t dx = -sr; dx <= sr; ++dx) {
-      if (dy == 0 && dx <= 0) continue;  // d > 0 in row-major order; -d is its mirror
-      // a runs over rows [-dy, H) and cols [c0, c1): a or a + d lies in the image.
-      const int64_t c0 = std::min<int64_t>(0, -dx), c1 = std::max<int64_t>(W, W - dx);
-      const int64_t cw = c1 - c0, vw = cw + 2 * r;
-      const int64_t i0 = -dy;
-      for (int64_t j = 0; j < vw; ++j) v[j] = 0.0;
-      for (int64_t k = -r; k <= r; ++k) {
-        const double* a = E(i0 + k, c0 - r);
-        const double* b = E(i0 + k + dy, c0 - r + dx);
-        for (int64_t j = 0; j < vw; ++j) v[j] += a[j] * b[j];
-      }
-      for (int64_t i = i0; i < H; ++i) {
-        if (i > i0) {  // slide the vertical window down one row: O(1) per pixel in r
-          const double* a_in = E(i + r, c0 - r);
-          const double* b_in = E(i + r + dy, c0 - r + dx);
-          const double* a_out = E(i - r - 1, c0 - r);
-          const double* b_out = E(i - r - 1 + dy, c0 - r + dx);
-          for (int64_t j = 0; j < vw; ++j) v[j] += a_in[j] * b_in[j] - a_out[j] * b_out[j];
-        }
-        HorizontalBox(v, d, s->pre.data(), cw, r);
-        {
-          const A* __restrict na = N(i, c0);
-          const A* __restrict nb = N(i + dy, c0 + dx);
-          for (int64_t j = 0; j < cw; ++j) {
-            // SPEC 1a: cos = <P_a, P_b> / (|P_a| |P_b| + eps), w = exp(-(1 - cos) / h).
-            const A cos = static_cast<A>(d[j]) / (na[j] * nb[j] + eps);
-            wrow[j] = ExpOf((cos - A(1)) * inv_h);
+    // d > 0 in row-major order (its mirror -d is covered by symmetry): dx in [dx_lo, s].
+    const int64_t dx_lo = dy == 0 ? 1 : -sr;
+    for (int64_t g0 = dx_lo; g0 <= sr; g0 += kGroup) {
+      const int G = static_cast<int>(std::min<int64_t>(kGroup, sr + 1 - g0));
+      const int64_t i0 = r0 - dy;
+      for (int64_t i = i0; i < r1; ++i) {
+        // Restarts sit on a grid of b rows (i + dy) that strip starts also lie on, so a plane
+        // gives bit-identical results whether or not it is cut into strips.
+        const bool restart = i == i0 || (i + dy) % kRestartRows == 0;
+        const T* wa[kGroup] = {};  // w_q(a, a + d_q) at image col j of pixel a
+        const T* ga[kGroup] = {};  // g(a + d_q)
+        const T* wb[kGroup] = {};  // the same weights at image col j' of pixel a + d_q
+        const T* gb[kGroup] = {};  // g(a) for that pixel
+        for (int q = 0; q < G; ++q) {
+          const int64_t dx = g0 + q;
+          // a runs over the columns [c0, c1) where a or a + d lies in the image.
+          const int64_t c0 = std::min<int64_t>(0, -dx), c1 = std::max<int64_t>(W, W - dx);
+          const int64_t cw = c1 - c0, vw = cw + 2 * r;
+          T* __restrict v = s->v.data() + q * VS;
+          T* w = s->w.data() + q * WS + sr;  // w[j] for a at image col j, j in [-s, W + s)
+          if (restart) {                     // (re)start the vertical sums directly
+            for (int64_t j = 0; j < vw; ++j) v[j] = T(0);
+            for (int64_t k = -r; k <= r; ++k) {
+              const T* __restrict a = E(i + k, c0 - r);
+              const T* __restrict b = E(i + k + dy, c0 - r + dx);
+              for (int64_t j = 0; j < vw; ++j) v[j] += a[j] * b[j];
+            }
+          } else {  // slide the vertical window down one row: O(1) per pixel in r
+            const T* __restrict a_in = E(i + r, c0 - r);
+            const T* __restrict b_in = E(i + r + dy, c0 - r + dx);
+            const T* __restrict a_out = E(i - r - 1, c0 - r);
+            const T* __restrict b_out = E(i - r - 1 + dy, c0 - r + dx);
+            for (int64_t j = 0; j < vw; ++j) v[j] += a_in[j] * b_in[j] - a_out[j] * b_out[j];
           }
+          WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, s->pre.data(), cw, r, scale,
+                           eps);
+          wa[q] = w;
+          ga[q] = E(i + dy, dx);
+          wb[q] = w - dx;
+          gb[q] = E(i, -dx);
         }
-        if (i >= 0) {                         // pixel a = (i, j), candidate a + d
-          const A* __restrict w = wrow - c0;  // w[j] for image col j
-          const A* __restrict gb = G(i + dy, dx);
-          A* __restrict nu = num + i * W;
-          A* __restrict de = den + i * W;
-          for (int64_t j = 0; j < W; ++j) {
-            nu[j] += w[j] * gb[j];
-            de[j] += w[j];
-          }
-        }
-        if (i + dy < H) {  // pixel a + d, candidate a: image cols j' = j + dx
-          const A* __restrict w = wrow - c0 - dx;  // w[j'] for image col j'
-          const A* __restrict ga = G(i, -dx);
-          A* __restrict nu = num + (i + dy) * W;
-          A* __restrict de = den + (i + dy) * W;
-          for (int64_t j = 0; j < W; ++j) {
-            nu[j] += w[j] * ga[j];
-            de[j] += w[j];
-          }
+        // One read-modify-write of num/den per row for the whole group of offsets.
+        if (i >= r0) AccumulateGroup<T>(G, wa, ga, num + (i - r0) * W, den + (i - r0) * W, W);
+        if (i + dy < r1) {
+          AccumulateGroup<T>(G, wb, gb, num + (i + dy - r0) * W, den + (i + dy - r0) * W, W);
         }
       }
     }
   }
 }
 
-IAPDCNN_CLONES void PlaneFloat(const CosineNlmParams& p, Scratch<float>* s, float* num,
-                               float* den) {
-  PlaneImpl<float>(p, s, num, den);
+template <typename T>
+IAPDCNN_ALWAYS_INLINE void StripDispatch(const CosineNlmParams& p, Scratch<T>* s, int64_t r0,
+                                         int64_t r1) {
+  switch (p.patch_radius) {
+    case 0:
+      return StripImpl<T, 0>(p, s, r0, r1);
+    case 1:
+      return StripImpl<T, 1>(p, s, r0, r1);
+    case 2:
+      return StripImpl<T, 2>(p, s, r0, r1);
+    case 3:
+      return StripImpl<T, 3>(p, s, r0, r1);
+    default:
+      return StripImpl<T, -1>(p, s, r0, r1);
+  }
 }
-IAPDCNN_CLONES void PlaneDouble(const CosineNlmParams& p, Scratch<double>* s, double* num,
-                                double* den) {
-  PlaneImpl<double>(p, s, num, den);
+static_assert(kDirectTapsMaxRadius == 3, "StripDispatch has cases for r = 0..3");
+
+IAPDCNN_CLONES void StripFloat(const CosineNlmParams& p, Scratch<float>* s, int64_t r0,
+                               int64_t r1) {
+  StripDispatch<float>(p, s, r0, r1);
+}
+IAPDCNN_CLONES void StripDouble(const CosineNlmParams& p, Scratch<double>* s, int64_t r0,
+                                int64_t r1) {
+  StripDispatch<double>(p, s, r0, r1);
 }
 
-// Fills s->ext (reflect pad r + s) from plane (n, c) of x and s->norm (patch norms).
-template <typename T, typename A>
-void Prepare(const CosineNlmParams& p, const T* x, int64_t n, int64_t c, Scratch<A>* s) {
+// Fills s->ext (reflect pad r + s) from plane (n, c) of x and s->norm (patch norms for the rows
+// strip [r0, r1) needs), and sizes the row buffers. The norms are direct sums of squares (no
+// running sums), so an all-zero patch has norm exactly 0.
+template <typename T>
+void Prepare(const CosineNlmParams& p, const T* x, int64_t n, int64_t c, int64_t r0, int64_t r1,
+             Scratch<T>* s) {
   const int64_t H = p.height, W = p.width, C = p.channels, r = p.patch_radius;
   const int64_t sr = p.search_radius, R = r + sr, EH = H + 2 * R, EW = W + 2 * R;
-  const int64_t NH = H + 2 * sr, NW = W + 2 * sr;
+  const int64_t NH = r1 - r0 + 2 * sr, NW = W + 2 * sr;
   s->ext.resize(EH * EW);
-  s->ext_a.resize(EH * EW);
-  s->sq.resize((NH)*EW);
+  s->sq.resize(EW);
   s->norm.resize(NH * NW);
-  s->v.resize(W + 2 * sr + 2 * r);
-  s->d.resize(W + 2 * sr);
-  s->w.resize(W + 2 * sr);
+  s->v.resize(kGroup * (W + 2 * sr + 2 * r));
+  s->w.resize(kGroup * (W + 2 * sr));
   s->pre.resize(W + 2 * sr + 2 * r + 1);
+  s->num.resize((r1 - r0) * W);
+  s->den.resize((r1 - r0) * W);
   const T* plane = x + n * H * W * C + c;
   s->cols.resize(EW);
   for (int64_t j = 0; j < EW; ++j) s->cols[j] = ReflectIndex(j - R, W) * C;
-  for (int64_t i = 0; i < EH; ++i) {
+  // Only the padded rows this strip reads: image rows [r0 - R, r1 + R).
+  const int64_t e0 = r0, e1 = std::min<int64_t>(EH, r1 + 2 * R);
+  for (int64_t i = e0; i < e1; ++i) {
     const T* src = plane + ReflectIndex(i - R, H) * W * C;
-    for (int64_t j = 0; j < EW; ++j) {
-      const T g = src[s->cols[j]];
-      s->ext[i * EW + j] = static_cast<double>(g);
-      s->ext_a[i * EW + j] = static_cast<A>(g);
-    }
+    T* dst = s->ext.data() + i * EW;
+    for (int64_t j = 0; j < EW; ++j) dst[j] = src[s->cols[j]];
   }
-  // Norms of the patches centred on rows/cols [-s, H+s): separable box of squares (once per
-  // plane, so the direct 2r+1 taps are cheap next to the (2s+1)^2 offsets).
+  // Norms of the patches centred on rows [r0 - s, r1 + s), cols [-s, W + s): vertical then
+  // horizontal box of squares, direct taps (once per unit, cheap next to the offsets).
   for (int64_t i = 0; i < NH; ++i) {
-    double* row = s->sq.data() + i * EW;
-    std::fill(row, row + EW, 0.0);
+    T* row = s->sq.data();
+    std::fill(row, row + EW, T(0));
     for (int64_t k = 0; k <= 2 * r; ++k) {
-      const double* e = s->ext.data() + (i + k) * EW;
+      const T* e = s->ext.data() + (r0 - sr + i + k - r + R) * EW;
       for (int64_t j = 0; j < EW; ++j) row[j] += e[j] * e[j];
     }
-  }
-  for (int64_t i = 0; i < NH; ++i) {
-    const double* row = s->sq.data() + i * EW;
     for (int64_t j = 0; j < NW; ++j) {
-      double acc = 0.0;
+      T acc = T(0);
       for (int64_t l = 0; l <= 2 * r; ++l) acc += row[j + l];
-      s->norm[i * NW + j] = static_cast<A>(std::sqrt(acc));
+      s->norm[i * NW + j] = std::sqrt(acc);
     }
   }
 }
@@ -260,22 +340,29 @@ Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const Parallel
   const int64_t H = p.height, W = p.width, C = p.channels;
   const int64_t planes = p.batch * C;
   if (planes == 0 || H == 0 || W == 0) return Status::OK();
-  using A = T;
+  // Units: (plane, row strip). A batch gives one strip per plane; a few large planes are cut
+  // into strips of >= kMinStripRows rows so every thread gets work (each strip recomputes the
+  // d-overlap rows and its norms, a small fraction at that height).
+  const int64_t want = (kUnitsWanted + planes - 1) / planes;
+  const int64_t strips = std::max<int64_t>(1, std::min(want, H / kMinStripRows));
+  const int64_t strip_rows = ((H + strips - 1) / strips + kMinStripRows - 1) / kMinStripRows *
+                             kMinStripRows;  // a multiple of kRestartRows (see StripImpl)
   const int64_t k = (2 * p.search_radius + 1) * (2 * p.search_radius + 1);
-  pf(planes, H * W * k * 30, [&](int64_t b, int64_t e) {
-    Scratch<A> s;
-    std::vector<A> num(H * W), den(H * W);
-    for (int64_t q = b; q < e; ++q) {
-      const int64_t n = q / C, c = q % C;
-      Prepare(p, x, n, c, &s);
-      if constexpr (sizeof(A) == sizeof(float)) {
-        PlaneFloat(p, &s, num.data(), den.data());
+  pf(planes * strips, strip_rows * W * k * 8, [&](int64_t b, int64_t e) {
+    Scratch<T> s;
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t q = u / strips, n = q / C, c = q % C;
+      const int64_t r0 = (u % strips) * strip_rows, r1 = std::min(H, r0 + strip_rows);
+      if (r0 >= r1) continue;
+      Prepare(p, x, n, c, r0, r1, &s);
+      if constexpr (sizeof(T) == sizeof(float)) {
+        StripFloat(p, &s, r0, r1);
       } else {
-        PlaneDouble(p, &s, num.data(), den.data());
+        StripDouble(p, &s, r0, r1);
       }
       // den >= w(a, a) = exp(-(1 - cos(a, a)) / h) > 0, so the division is always defined.
-      T* o = out + n * H * W * C + c;
-      for (int64_t i = 0; i < H * W; ++i) o[i * C] = static_cast<T>(num[i] / den[i]);
+      T* o = out + n * H * W * C + r0 * W * C + c;
+      for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i * C] = s.num[i] / s.den[i];
     }
   });
   return Status::OK();
