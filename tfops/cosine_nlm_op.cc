@@ -71,9 +71,9 @@ REGISTER_CPU(double);
 #undef REGISTER_CPU
 
 #if GOOGLE_CUDA
-#define REGISTER_GPU(T)                                                                        \
-  REGISTER_KERNEL_BUILDER(                                                                     \
-      Name("Iapdcnn>CosineNlm").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),      \
+#define REGISTER_GPU(T)                                                                  \
+  REGISTER_KERNEL_BUILDER(                                                               \
+      Name("Iapdcnn>CosineNlm").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
       CosineNlmOp<T, true>)
 REGISTER_GPU(float);
 REGISTER_GPU(double);

@@ -45,9 +45,9 @@ class FciOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n_x, p.n_y}, &out));
     if constexpr (kGpu) {
       TfGpuScratch scratch(ctx);
-      IAPDCNN_OP_REQUIRES_OK(ctx, FciPairwiseCuda<T>(p, x.flat<T>().data(), y.flat<T>().data(),
-                                                     out->flat<T>().data(), TfGpuStream(ctx),
-                                                     &scratch));
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, FciPairwiseCuda<T>(p, x.flat<T>().data(), y.flat<T>().data(), out->flat<T>().data(),
+                                  TfGpuStream(ctx), &scratch));
     } else {
       IAPDCNN_OP_REQUIRES_OK(ctx, FciPairwiseCpu<T>(p, x.flat<T>().data(), y.flat<T>().data(),
                                                     out->flat<T>().data(), TfParallelFor(ctx)));
@@ -158,8 +158,8 @@ class FciPrototypeOp : public OpKernel {
       TfGpuScratch scratch(ctx);
       IAPDCNN_OP_REQUIRES_OK(
           ctx, FciPrototypeCuda<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
-                                   protos.flat<T>().data(), out->flat<T>().data(),
-                                   TfGpuStream(ctx), &scratch));
+                                   protos.flat<T>().data(), out->flat<T>().data(), TfGpuStream(ctx),
+                                   &scratch));
     } else {
       IAPDCNN_OP_REQUIRES_OK(
           ctx,
@@ -213,18 +213,18 @@ REGISTER_BLOCKS(double);
 
 #if GOOGLE_CUDA
 // labels and the class statistics live on the device like the other tensors.
-#define REGISTER_GPU(T)                                                                          \
-  REGISTER_KERNEL_BUILDER(                                                                       \
-      Name("Iapdcnn>Fci").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),              \
-      FciOp<T, true>);                                                                           \
-  REGISTER_KERNEL_BUILDER(                                                                       \
-      Name("Iapdcnn>FciClassStats").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),    \
-      FciClassStatsOp<T, true>);                                                                 \
-  REGISTER_KERNEL_BUILDER(                                                                       \
-      Name("Iapdcnn>FciPrototype").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),     \
-      FciPrototypeOp<T, true>);                                                                  \
-  REGISTER_KERNEL_BUILDER(                                                                       \
-      Name("Iapdcnn>FciWithinClass").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),   \
+#define REGISTER_GPU(T)                                                                       \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("Iapdcnn>Fci").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),            \
+      FciOp<T, true>);                                                                        \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("Iapdcnn>FciClassStats").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),  \
+      FciClassStatsOp<T, true>);                                                              \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("Iapdcnn>FciPrototype").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),   \
+      FciPrototypeOp<T, true>);                                                               \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("Iapdcnn>FciWithinClass").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
       FciWithinClassOp<T, true>)
 REGISTER_GPU(float);
 REGISTER_GPU(double);

@@ -5,7 +5,6 @@
 
 #include <climits>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 
@@ -53,8 +52,9 @@ const Lib& Load() {
     l.set_stream = reinterpret_cast<SetStreamFn>(dlsym(h, "cublasSetStream_v2"));
     l.gemm = reinterpret_cast<GemmFn>(dlsym(h, "cublasGemmStridedBatchedEx"));
     if (l.create == nullptr || l.set_stream == nullptr || l.gemm == nullptr) {
-      l.error = "cuBLAS loaded but lacks cublasCreate_v2 / cublasSetStream_v2 / "
-                "cublasGemmStridedBatchedEx (cuBLAS >= 11 needed)";
+      l.error =
+          "cuBLAS loaded but lacks cublasCreate_v2 / cublasSetStream_v2 / "
+          "cublasGemmStridedBatchedEx (cuBLAS >= 11 needed)";
     }
     return l;
   }();
@@ -86,8 +86,8 @@ const char* LoadError() { return Load().error.c_str(); }
 Status GemmStridedBatched(cudaStream_t stream, Op ta, Op tb, int64_t m, int64_t n, int64_t k,
                           const void* alpha, const void* a, DataType a_type, int64_t lda,
                           int64_t stride_a, const void* b, DataType b_type, int64_t ldb,
-                          int64_t stride_b, const void* beta, void* c, DataType c_type,
-                          int64_t ldc, int64_t stride_c, int64_t batch, ComputeType compute) {
+                          int64_t stride_b, const void* beta, void* c, DataType c_type, int64_t ldc,
+                          int64_t stride_c, int64_t batch, ComputeType compute) {
   if (m == 0 || n == 0 || batch == 0) return Status::OK();
   for (int64_t v : {m, n, k, lda, ldb, ldc, batch}) {
     if (v > INT_MAX) {

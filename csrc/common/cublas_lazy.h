@@ -25,8 +25,8 @@ enum ComputeType : int { kCompute32F = 68, kCompute64F = 70 };
 Status GemmStridedBatched(cudaStream_t stream, Op ta, Op tb, int64_t m, int64_t n, int64_t k,
                           const void* alpha, const void* a, DataType a_type, int64_t lda,
                           int64_t stride_a, const void* b, DataType b_type, int64_t ldb,
-                          int64_t stride_b, const void* beta, void* c, DataType c_type,
-                          int64_t ldc, int64_t stride_c, int64_t batch, ComputeType compute);
+                          int64_t stride_b, const void* beta, void* c, DataType c_type, int64_t ldc,
+                          int64_t stride_c, int64_t batch, ComputeType compute);
 
 // Empty when cuBLAS loads, else why not (for error messages and tests).
 const char* LoadError();

@@ -20,7 +20,8 @@ inline Status FromCuda(cudaError_t e, const char* what) {
                                  cudaGetErrorString(e) + ")");
 }
 
-#define IAPDCNN_CUDA_RETURN_IF_ERROR(expr) IAPDCNN_RETURN_IF_ERROR(::iapdcnn::cuda::FromCuda((expr), #expr))
+#define IAPDCNN_CUDA_RETURN_IF_ERROR(expr) \
+  IAPDCNN_RETURN_IF_ERROR(::iapdcnn::cuda::FromCuda((expr), #expr))
 // After every <<<...>>>: launch-configuration errors surface here, not at the next sync.
 #define IAPDCNN_CUDA_CHECK_LAUNCH(name) \
   IAPDCNN_RETURN_IF_ERROR(::iapdcnn::cuda::FromCuda(cudaGetLastError(), name))

@@ -53,10 +53,25 @@ struct Geo {
   int64_t cg, og, kg, pix;  // in_c / groups, out_c / groups, k_h k_w cg, out_h out_w
 };
 Geo GeoOf(const Im2colConv2DParams& p) {
-  Geo g{p.in_h,     p.in_w,     p.in_c,       p.k_h,       p.k_w,   p.out_c,
-        p.stride_h, p.stride_w, p.pad_top,    p.pad_left,  p.dilation_h,
-        p.dilation_w, p.groups, p.out_h,      p.out_w,     0,       0,
-        0,          0};
+  Geo g{p.in_h,
+        p.in_w,
+        p.in_c,
+        p.k_h,
+        p.k_w,
+        p.out_c,
+        p.stride_h,
+        p.stride_w,
+        p.pad_top,
+        p.pad_left,
+        p.dilation_h,
+        p.dilation_w,
+        p.groups,
+        p.out_h,
+        p.out_w,
+        0,
+        0,
+        0,
+        0};
   g.cg = p.in_c / p.groups;
   g.og = p.out_c / p.groups;
   g.kg = p.k_h * p.k_w * g.cg;
@@ -168,9 +183,11 @@ Status LaunchIm2col(const Im2colConv2DParams& p, const Geo& g, const T* input_ch
   const int64_t total = nb * g.groups * g.pix * g.kg;
   if (total == 0) return Status::OK();
   if (p.nchw) {
-    Im2colNchwKernel<T><<<cuda::Blocks(total), cuda::kThreads, 0, stream>>>(g, input_chunk, nb, col);
+    Im2colNchwKernel<T>
+        <<<cuda::Blocks(total), cuda::kThreads, 0, stream>>>(g, input_chunk, nb, col);
   } else {
-    Im2colNhwcKernel<T><<<cuda::Blocks(total), cuda::kThreads, 0, stream>>>(g, input_chunk, nb, col);
+    Im2colNhwcKernel<T>
+        <<<cuda::Blocks(total), cuda::kThreads, 0, stream>>>(g, input_chunk, nb, col);
   }
   IAPDCNN_CUDA_CHECK_LAUNCH("im2col");
   return Status::OK();
@@ -351,20 +368,20 @@ Status Im2colConv2DBackpropFilterCuda(const Im2colConv2DParams& p, const T* inpu
     }
   }
   if constexpr (kPacked) {
-    CastKernel<T, C><<<cuda::Blocks(fsize), cuda::kThreads, 0, stream>>>(acc, fsize,
-                                                                         filter_backprop);
+    CastKernel<T, C>
+        <<<cuda::Blocks(fsize), cuda::kThreads, 0, stream>>>(acc, fsize, filter_backprop);
     IAPDCNN_CUDA_CHECK_LAUNCH("cast dW");
   }
   return Status::OK();
 }
 
-#define IAPDCNN_INSTANTIATE_CONV_CUDA(T)                                                       \
-  template Status Im2colConv2DCuda<T>(const Im2colConv2DParams&, const T*, const T*, T*,       \
-                                      cudaStream_t, GpuScratch*);                              \
-  template Status Im2colConv2DBackpropInputCuda<T>(const Im2colConv2DParams&, const T*,        \
-                                                   const T*, T*, cudaStream_t, GpuScratch*);   \
-  template Status Im2colConv2DBackpropFilterCuda<T>(const Im2colConv2DParams&, const T*,       \
-                                                    const T*, T*, cudaStream_t, GpuScratch*);
+#define IAPDCNN_INSTANTIATE_CONV_CUDA(T)                                                           \
+  template Status Im2colConv2DCuda<T>(const Im2colConv2DParams&, const T*, const T*, T*,           \
+                                      cudaStream_t, GpuScratch*);                                  \
+  template Status Im2colConv2DBackpropInputCuda<T>(const Im2colConv2DParams&, const T*, const T*,  \
+                                                   T*, cudaStream_t, GpuScratch*);                 \
+  template Status Im2colConv2DBackpropFilterCuda<T>(const Im2colConv2DParams&, const T*, const T*, \
+                                                    T*, cudaStream_t, GpuScratch*);
 IAPDCNN_INSTANTIATE_CONV_CUDA(float)
 IAPDCNN_INSTANTIATE_CONV_CUDA(double)
 IAPDCNN_INSTANTIATE_CONV_CUDA(__half)

@@ -43,7 +43,8 @@ __global__ void PairwiseKernel(const double* __restrict__ xc, const double* __re
 __global__ void CheckLabelsKernel(const int64_t* __restrict__ labels, int64_t n,
                                   int64_t num_classes, unsigned long long* __restrict__ first) {
   IAPDCNN_GRID_STRIDE(i, n) {
-    if (labels[i] < 0 || labels[i] >= num_classes) atomicMin(first, static_cast<unsigned long long>(i));
+    if (labels[i] < 0 || labels[i] >= num_classes)
+      atomicMin(first, static_cast<unsigned long long>(i));
   }
 }
 
@@ -68,9 +69,9 @@ Status CheckLabels(const FciBlocksParams& p, const int64_t* labels, cudaStream_t
   int64_t value = 0;
   IAPDCNN_CUDA_RETURN_IF_ERROR(
       cudaMemcpy(&value, labels + bad, sizeof(value), cudaMemcpyDeviceToHost));
-  return Status::InvalidArgument("fci: labels must be in [0, num_classes = " +
-                                 std::to_string(p.num_classes) + "), got labels[" +
-                                 std::to_string(bad) + "] = " + std::to_string(value));
+  return Status::InvalidArgument(
+      "fci: labels must be in [0, num_classes = " + std::to_string(p.num_classes) +
+      "), got labels[" + std::to_string(bad) + "] = " + std::to_string(value));
 }
 
 __global__ void CountKernel(const int64_t* __restrict__ labels, int64_t n,
@@ -107,9 +108,8 @@ __global__ void PrototypeKernel(const double* __restrict__ xc, const double* __r
 // Same-class partners in increasing sample order: the CPU's stable class ordering.
 template <typename T>
 __global__ void WithinClassKernel(const double* __restrict__ xc, const double* __restrict__ mx,
-                                  const double* __restrict__ vx,
-                                  const int64_t* __restrict__ labels, int64_t n, int64_t positions,
-                                  int64_t len, T* __restrict__ out) {
+                                  const double* __restrict__ vx, const int64_t* __restrict__ labels,
+                                  int64_t n, int64_t positions, int64_t len, T* __restrict__ out) {
   IAPDCNN_GRID_STRIDE(q, n * positions) {
     const int64_t i = q / positions, pos = q % positions;
     const double* a = xc + q * len;
@@ -229,14 +229,14 @@ Status FciWithinClassCuda(const FciBlocksParams& p, const T* x, const int64_t* l
   return Status::OK();
 }
 
-#define IAPDCNN_INSTANTIATE_FCI_CUDA(T)                                                          \
-  template Status FciPairwiseCuda<T>(const FciParams&, const T*, const T*, T*, cudaStream_t,     \
-                                     GpuScratch*);                                               \
+#define IAPDCNN_INSTANTIATE_FCI_CUDA(T)                                                           \
+  template Status FciPairwiseCuda<T>(const FciParams&, const T*, const T*, T*, cudaStream_t,      \
+                                     GpuScratch*);                                                \
   template Status FciClassStatsCuda<T>(const FciBlocksParams&, const T*, const int64_t*, double*, \
-                                       double*, cudaStream_t, GpuScratch*);                      \
+                                       double*, cudaStream_t, GpuScratch*);                       \
   template Status FciPrototypeCuda<T>(const FciBlocksParams&, const T*, const int64_t*, const T*, \
-                                      T*, cudaStream_t, GpuScratch*);                            \
-  template Status FciWithinClassCuda<T>(const FciBlocksParams&, const T*, const int64_t*, T*,    \
+                                      T*, cudaStream_t, GpuScratch*);                             \
+  template Status FciWithinClassCuda<T>(const FciBlocksParams&, const T*, const int64_t*, T*,     \
                                         cudaStream_t, GpuScratch*);
 IAPDCNN_INSTANTIATE_FCI_CUDA(float)
 IAPDCNN_INSTANTIATE_FCI_CUDA(double)

@@ -23,8 +23,9 @@ __device__ __forceinline__ double At(const Geo& g, const T* x, int64_t q, int64_
 }
 
 template <typename T>
-__global__ void LapMagKernel(Geo g, const T* __restrict__ x, int laplacian, double* __restrict__ lap,
-                             double* __restrict__ mag, unsigned long long* __restrict__ max_bits) {
+__global__ void LapMagKernel(Geo g, const T* __restrict__ x, int laplacian,
+                             double* __restrict__ lap, double* __restrict__ mag,
+                             unsigned long long* __restrict__ max_bits) {
   const int64_t total = g.planes * g.H * g.W;
   IAPDCNN_GRID_STRIDE(idx, total) {
     const int64_t j = idx % g.W, i = idx / g.W % g.H, q = idx / g.W / g.H;
@@ -62,9 +63,9 @@ __global__ void EdgeKernel(Geo g, const T* __restrict__ x, const double* __restr
     const double nb[8] = {l(0, -1),  l(0, 1), l(-1, 0), l(1, 0),
                           l(-1, -1), l(1, 1), l(-1, 1), l(1, -1)};
     const double m = mag[idx];
-    const double t =
-        relative ? threshold * __longlong_as_double(static_cast<long long>(max_bits[q]))
-                 : threshold;
+    const double t = relative
+                         ? threshold * __longlong_as_double(static_cast<long long>(max_bits[q]))
+                         : threshold;
     const bool edge = m >= t && marr_hildreth_impl::ZeroCrossing(L[i * g.W + j], nb);
     double v = 0.0;
     if (edge) {

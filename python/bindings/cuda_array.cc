@@ -2,8 +2,11 @@
 // iapdcnn._C (see cuda_array.h). The CUDA runtime calls exist only in IAPDCNN_WITH_CUDA builds.
 #include "cuda_array.h"
 
+#include <pybind11/stl.h>
+
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <utility>
 
 #ifdef IAPDCNN_WITH_CUDA
@@ -128,7 +131,8 @@ CudaArg FromCapsule(py::object capsule, py::handle owner, const char* name) {
   });
   const DLTensor& t = mt->dl_tensor;
   if (!IsCudaDevice(t.device.device_type)) {
-    throw py::value_error(std::string("iapdcnn._C: ") + name + " is a DLPack tensor on device type " +
+    throw py::value_error(std::string("iapdcnn._C: ") + name +
+                          " is a DLPack tensor on device type " +
                           std::to_string(t.device.device_type) + ", not CUDA");
   }
   a.device = t.device.device_id;
@@ -144,6 +148,22 @@ CudaArg FromCapsule(py::object capsule, py::handle owner, const char* name) {
 }
 
 #ifdef IAPDCNN_WITH_CUDA
+// Outputs and csrc scratch come from the device's default stream-ordered pool; by default it
+// returns memory to the driver at every synchronisation, so a loop of calls would pay cudaMalloc's
+// cost each time. Keep it cached, as PyTorch's and CuPy's allocators do.
+void KeepPoolMemory(int device) {
+  static std::once_flag once[64];
+  if (device < 0 || device >= 64) return;
+  std::call_once(once[device], [device] {
+    cudaMemPool_t pool;
+    if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+      uint64_t keep = UINT64_MAX;
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+    }
+    cudaGetLastError();
+  });
+}
+
 void Check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     throw std::runtime_error(std::string("iapdcnn._C: ") + what + ": " + cudaGetErrorString(e));
@@ -151,7 +171,7 @@ void Check(cudaError_t e, const char* what) {
 }
 #endif
 
-// Owns a cudaMalloc block; what NewCudaBuffer returns.
+// Owns a block of the device's stream-ordered pool; what NewCudaBuffer returns.
 struct CudaBuffer {
   void* ptr = nullptr;
   std::vector<int64_t> shape;
@@ -165,7 +185,10 @@ struct CudaBuffer {
 #ifdef IAPDCNN_WITH_CUDA
     if (ptr != nullptr) {
       DeviceGuard g(device);
-      cudaFree(ptr);  // synchronous: consumers may still use it on any stream until now
+      // Ordered after all work on blocking streams (the legacy default stream waits for them).
+      // A consumer on a non-blocking stream must synchronise it before dropping the last
+      // reference (PyTorch's record_stream contract).
+      cudaFreeAsync(ptr, cudaStreamLegacy);
     }
 #endif
   }
@@ -187,7 +210,8 @@ const Register reg(
                              "Device memory returned by iapdcnn._C for CUDA inputs; wrap it with "
                              "cupy.asarray(buf) or torch.as_tensor(buf, device='cuda').")
           .def_property_readonly("__cuda_array_interface__", &CudaBuffer::Interface)
-          .def_property_readonly("shape", [](const CudaBuffer& b) { return py::tuple(py::cast(b.shape)); })
+          .def_property_readonly("shape",
+                                 [](const CudaBuffer& b) { return py::tuple(py::cast(b.shape)); })
           .def_property_readonly("dtype", [](const CudaBuffer& b) { return b.dtype; })
           .def_property_readonly("device", [](const CudaBuffer& b) { return b.device; });
     },
@@ -258,7 +282,8 @@ py::object NewCudaBuffer(const std::vector<int64_t>& shape, const std::string& d
   for (int64_t d : shape) bytes *= d;
   if (bytes > 0) {
     DeviceGuard g(like.device);
-    Check(cudaMalloc(&buf->ptr, static_cast<size_t>(bytes)), "cudaMalloc");
+    KeepPoolMemory(like.device);
+    Check(cudaMallocAsync(&buf->ptr, static_cast<size_t>(bytes), like.stream), "cudaMallocAsync");
   }
   *data = buf->ptr;
   return py::cast(std::move(buf));

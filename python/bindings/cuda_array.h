@@ -1,6 +1,6 @@
 // Device arrays in iapdcnn._C: objects with __cuda_array_interface__ (CuPy, PyTorch CUDA
 // tensors, Numba) and DLPack (capsules, or objects whose __dlpack_device__ is CUDA) are parsed into
-// CudaArg; results come back as CudaBuffer, which owns cudaMalloc memory and exposes
+// CudaArg; results come back as CudaBuffer, which owns device memory (cudaMallocAsync) and exposes
 // __cuda_array_interface__ (cupy.asarray / torch.as_tensor wrap it without a copy). Built without
 // CUDA, the same overloads exist and raise a clear error.
 #pragma once

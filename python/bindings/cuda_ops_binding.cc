@@ -49,8 +49,7 @@ void FloatDispatch(const std::string& dtype, Fn fn) {
   }
 }
 
-py::object CosineNlm(CudaArg x, int64_t patch_radius, int64_t search_radius, double h,
-                     double eps) {
+py::object CosineNlm(CudaArg x, int64_t patch_radius, int64_t search_radius, double h, double eps) {
 #ifdef IAPDCNN_WITH_CUDA
   RequireFloat(x, "cosine_nlm");
   CosineNlmParams p;
@@ -59,7 +58,9 @@ py::object CosineNlm(CudaArg x, int64_t patch_radius, int64_t search_radius, dou
   py::object out = NewCudaBuffer(x.shape, x.dtype, x, &o);
   FloatDispatch(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    Run(x, [&] { return CosineNlmCuda<T>(p, static_cast<const T*>(x.data), static_cast<T*>(o), x.stream); });
+    Run(x, [&] {
+      return CosineNlmCuda<T>(p, static_cast<const T*>(x.data), static_cast<T*>(o), x.stream);
+    });
   });
   return out;
 #else
@@ -140,8 +141,8 @@ py::object FciPrototype(CudaArg x, const py::object& labels_obj, const py::objec
   const CudaArg labels = ParseCudaArrayLike(labels_obj, "labels", x, "int64");
   const CudaArg protos = ParseCudaArrayLike(protos_obj, "prototypes", x, x.dtype);
   FciBlocksParams p;
-  ThrowIfError(ValidateFciBlocks(x.shape, labels.shape,
-                                 protos.shape.empty() ? 0 : protos.shape[0], &p));
+  ThrowIfError(
+      ValidateFciBlocks(x.shape, labels.shape, protos.shape.empty() ? 0 : protos.shape[0], &p));
   ThrowIfError(ValidateFciPrototypes(p, protos.shape));
   void* o = nullptr;
   py::object out = NewCudaBuffer({p.n, p.positions}, x.dtype, x, &o);
@@ -228,8 +229,10 @@ void ConvDispatch(const std::string& dtype, Fn fn) {
     fn(__half{});
   } else {
     // bfloat16 reaches here only through DLPack; CUDA has no standard CAI typestr for results.
-    throw py::type_error("iapdcnn._C.im2col_conv2d: CUDA input must be float16, float32 or "
-                         "float64, got " + dtype);
+    throw py::type_error(
+        "iapdcnn._C.im2col_conv2d: CUDA input must be float16, float32 or "
+        "float64, got " +
+        dtype);
   }
 }
 #endif
@@ -323,8 +326,7 @@ const Register reg(
       m.def("fci", &Fci, py::arg("x"), py::arg("y"));
       m.def("fci_class_stats", &FciClassStats, py::arg("x"), py::arg("labels"),
             py::arg("num_classes"));
-      m.def("fci_prototype", &FciPrototype, py::arg("x"), py::arg("labels"),
-            py::arg("prototypes"));
+      m.def("fci_prototype", &FciPrototype, py::arg("x"), py::arg("labels"), py::arg("prototypes"));
       m.def("fci_within_class", &FciWithinClass, py::arg("x"), py::arg("labels"),
             py::arg("num_classes"));
       m.def("im2col_conv2d", &ConvForward, py::arg("input"), py::arg("filters"),
@@ -332,12 +334,12 @@ const Register reg(
             py::arg("dilations") = 1, py::arg("groups") = 1);
       m.def("im2col_conv2d_backprop_input", &ConvBackpropInput, py::arg("input_sizes"),
             py::arg("filters"), py::arg("out_backprop"), py::arg("strides") = 1,
-            py::arg("padding") = "VALID", py::arg("data_format") = "NHWC",
-            py::arg("dilations") = 1, py::arg("groups") = 1);
+            py::arg("padding") = "VALID", py::arg("data_format") = "NHWC", py::arg("dilations") = 1,
+            py::arg("groups") = 1);
       m.def("im2col_conv2d_backprop_filter", &ConvBackpropFilter, py::arg("input"),
             py::arg("filter_sizes"), py::arg("out_backprop"), py::arg("strides") = 1,
-            py::arg("padding") = "VALID", py::arg("data_format") = "NHWC",
-            py::arg("dilations") = 1, py::arg("groups") = 1);
+            py::arg("padding") = "VALID", py::arg("data_format") = "NHWC", py::arg("dilations") = 1,
+            py::arg("groups") = 1);
     },
     /*first=*/true);
 
