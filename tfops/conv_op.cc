@@ -5,6 +5,10 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tf_adapter.h"
+#if GOOGLE_CUDA
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
 
 namespace iapdcnn {
 namespace tfops {
@@ -135,8 +139,25 @@ std::vector<int64_t> SizesOf(const Tensor& t) {
   return v;
 }
 
-// kMode: 0 forward, 1 grad input, 2 grad filter.
-template <typename T, int kMode>
+// The CUDA entry points' element type for T: Eigen::half / bfloat16 are bit-compatible with
+// CUDA's __half / __nv_bfloat16.
+template <typename T>
+struct CudaOf {
+  using type = T;
+};
+#if GOOGLE_CUDA
+template <>
+struct CudaOf<Eigen::half> {
+  using type = __half;
+};
+template <>
+struct CudaOf<Eigen::bfloat16> {
+  using type = __nv_bfloat16;
+};
+#endif
+
+// kMode: 0 forward, 1 grad input, 2 grad filter. kGpu: the DEVICE_GPU kernel (TF's stream).
+template <typename T, int kMode, bool kGpu = false>
 class Im2colConv2DOp : public OpKernel {
  public:
   explicit Im2colConv2DOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -164,6 +185,23 @@ class Im2colConv2DOp : public OpKernel {
     for (int64_t d : out_dims) out_shape.AddDim(d);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+    if constexpr (kGpu) {
+      using D = typename CudaOf<T>::type;
+      auto d = [](const Tensor& t) { return reinterpret_cast<const D*>(t.flat<T>().data()); };
+      D* o = reinterpret_cast<D*>(out->flat<T>().data());
+      TfGpuScratch scratch(ctx);
+      const cudaStream_t s = TfGpuStream(ctx);
+      if (kMode == 0) {
+        IAPDCNN_OP_REQUIRES_OK(ctx, Im2colConv2DCuda<D>(p, d(a), d(b), o, s, &scratch));
+      } else if (kMode == 1) {
+        IAPDCNN_OP_REQUIRES_OK(
+            ctx, Im2colConv2DBackpropInputCuda<D>(p, d(b), d(ctx->input(2)), o, s, &scratch));
+      } else {
+        IAPDCNN_OP_REQUIRES_OK(
+            ctx, Im2colConv2DBackpropFilterCuda<D>(p, d(a), d(ctx->input(2)), o, s, &scratch));
+      }
+      return;
+    }
     const ParallelFor pf = TfParallelFor(ctx);
     T* o = out->flat<T>().data();
     if (kMode == 0) {
@@ -202,6 +240,29 @@ REGISTER_CPU(double);
 REGISTER_CPU(Eigen::half);
 REGISTER_CPU(Eigen::bfloat16);
 #undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+// input_sizes / filter_sizes stay in host memory, as for TF's own Conv2DBackprop* GPU kernels.
+#define REGISTER_GPU(T)                                                                     \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("Iapdcnn>Im2colConv2D").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+      Im2colConv2DOp<T, 0, true>);                                                          \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>Im2colConv2DBackpropInput")                         \
+                              .Device(::tensorflow::DEVICE_GPU)                             \
+                              .TypeConstraint<T>("T")                                       \
+                              .HostMemory("input_sizes"),                                   \
+                          Im2colConv2DOp<T, 1, true>);                                      \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>Im2colConv2DBackpropFilter")                        \
+                              .Device(::tensorflow::DEVICE_GPU)                             \
+                              .TypeConstraint<T>("T")                                       \
+                              .HostMemory("filter_sizes"),                                  \
+                          Im2colConv2DOp<T, 2, true>);
+REGISTER_GPU(float);
+REGISTER_GPU(double);
+REGISTER_GPU(Eigen::half);
+REGISTER_GPU(Eigen::bfloat16);
+#undef REGISTER_GPU
+#endif
 
 }  // namespace tfops
 }  // namespace iapdcnn

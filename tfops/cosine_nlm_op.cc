@@ -30,7 +30,8 @@ REGISTER_OP("Iapdcnn>CosineNlm")
     })
     .Doc("Cosine-similarity non-local means per channel, reflect borders (SPEC 1a).");
 
-template <typename T>
+// kGpu: the DEVICE_GPU kernel (csrc CUDA entry point on TF's stream).
+template <typename T, bool kGpu = false>
 class CosineNlmOp : public OpKernel {
  public:
   explicit CosineNlmOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -47,8 +48,14 @@ class CosineNlmOp : public OpKernel {
         ctx, ValidateCosineNlm(Dims(x.shape()), patch_radius_, search_radius_, h_, eps_, &p));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
-    IAPDCNN_OP_REQUIRES_OK(
-        ctx, CosineNlmCpu<T>(p, x.flat<T>().data(), out->flat<T>().data(), TfParallelFor(ctx)));
+    if constexpr (kGpu) {
+      TfGpuScratch scratch(ctx);
+      IAPDCNN_OP_REQUIRES_OK(ctx, CosineNlmCuda<T>(p, x.flat<T>().data(), out->flat<T>().data(),
+                                                   TfGpuStream(ctx), &scratch));
+    } else {
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, CosineNlmCpu<T>(p, x.flat<T>().data(), out->flat<T>().data(), TfParallelFor(ctx)));
+    }
   }
 
  private:
@@ -62,6 +69,16 @@ class CosineNlmOp : public OpKernel {
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+#define REGISTER_GPU(T)                                                                  \
+  REGISTER_KERNEL_BUILDER(                                                               \
+      Name("Iapdcnn>CosineNlm").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+      CosineNlmOp<T, true>)
+REGISTER_GPU(float);
+REGISTER_GPU(double);
+#undef REGISTER_GPU
+#endif
 
 }  // namespace tfops
 }  // namespace iapdcnn

@@ -31,7 +31,7 @@ REGISTER_OP("Iapdcnn>Fci")
     })
     .Doc("Pairwise Feature Correlation Index between rows of x and rows of y (SPEC 1c).");
 
-template <typename T>
+template <typename T, bool kGpu = false>
 class FciOp : public OpKernel {
  public:
   explicit FciOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -43,8 +43,15 @@ class FciOp : public OpKernel {
     IAPDCNN_OP_REQUIRES_OK(ctx, ValidateFci(Dims(x.shape()), Dims(y.shape()), &p));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n_x, p.n_y}, &out));
-    IAPDCNN_OP_REQUIRES_OK(ctx, FciPairwiseCpu<T>(p, x.flat<T>().data(), y.flat<T>().data(),
-                                                  out->flat<T>().data(), TfParallelFor(ctx)));
+    if constexpr (kGpu) {
+      TfGpuScratch scratch(ctx);
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, FciPairwiseCuda<T>(p, x.flat<T>().data(), y.flat<T>().data(), out->flat<T>().data(),
+                                  TfGpuStream(ctx), &scratch));
+    } else {
+      IAPDCNN_OP_REQUIRES_OK(ctx, FciPairwiseCpu<T>(p, x.flat<T>().data(), y.flat<T>().data(),
+                                                    out->flat<T>().data(), TfParallelFor(ctx)));
+    }
   }
 };
 
@@ -100,7 +107,7 @@ REGISTER_OP("Iapdcnn>FciWithinClass")
     .SetShapeFn(BlockShape)
     .Doc("Mean FCI of every block with the same block of the other same-class samples (SPEC 1c).");
 
-template <typename T>
+template <typename T, bool kGpu = false>
 class FciClassStatsOp : public OpKernel {
  public:
   explicit FciClassStatsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -115,17 +122,25 @@ class FciClassStatsOp : public OpKernel {
     Tensor *counts = nullptr, *sums = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.num_classes}, &counts));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {p.num_classes, p.positions, p.block_len}, &sums));
-    IAPDCNN_OP_REQUIRES_OK(
-        ctx, FciClassStatsCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
-                                 counts->flat<double>().data(), sums->flat<double>().data(),
-                                 TfParallelFor(ctx)));
+    if constexpr (kGpu) {
+      TfGpuScratch scratch(ctx);
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, FciClassStatsCuda<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                                    counts->flat<double>().data(), sums->flat<double>().data(),
+                                    TfGpuStream(ctx), &scratch));
+    } else {
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, FciClassStatsCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                                   counts->flat<double>().data(), sums->flat<double>().data(),
+                                   TfParallelFor(ctx)));
+    }
   }
 
  private:
   int64_t num_classes_ = 0;
 };
 
-template <typename T>
+template <typename T, bool kGpu = false>
 class FciPrototypeOp : public OpKernel {
  public:
   explicit FciPrototypeOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -139,14 +154,22 @@ class FciPrototypeOp : public OpKernel {
     IAPDCNN_OP_REQUIRES_OK(ctx, ValidateFciPrototypes(p, Dims(protos.shape())));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n, p.positions}, &out));
-    IAPDCNN_OP_REQUIRES_OK(
-        ctx,
-        FciPrototypeCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
-                           protos.flat<T>().data(), out->flat<T>().data(), TfParallelFor(ctx)));
+    if constexpr (kGpu) {
+      TfGpuScratch scratch(ctx);
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, FciPrototypeCuda<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                                   protos.flat<T>().data(), out->flat<T>().data(), TfGpuStream(ctx),
+                                   &scratch));
+    } else {
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx,
+          FciPrototypeCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                             protos.flat<T>().data(), out->flat<T>().data(), TfParallelFor(ctx)));
+    }
   }
 };
 
-template <typename T>
+template <typename T, bool kGpu = false>
 class FciWithinClassOp : public OpKernel {
  public:
   explicit FciWithinClassOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -160,9 +183,16 @@ class FciWithinClassOp : public OpKernel {
         ctx, ValidateFciBlocks(Dims(x.shape()), Dims(labels.shape()), num_classes_, &p));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n, p.positions}, &out));
-    IAPDCNN_OP_REQUIRES_OK(
-        ctx, FciWithinClassCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
-                                  out->flat<T>().data(), TfParallelFor(ctx)));
+    if constexpr (kGpu) {
+      TfGpuScratch scratch(ctx);
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, FciWithinClassCuda<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                                     out->flat<T>().data(), TfGpuStream(ctx), &scratch));
+    } else {
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, FciWithinClassCpu<T>(p, x.flat<T>().data(), labels.flat<int64_t>().data(),
+                                    out->flat<T>().data(), TfParallelFor(ctx)));
+    }
   }
 
  private:
@@ -180,6 +210,26 @@ class FciWithinClassOp : public OpKernel {
 REGISTER_BLOCKS(float);
 REGISTER_BLOCKS(double);
 #undef REGISTER_BLOCKS
+
+#if GOOGLE_CUDA
+// labels and the class statistics live on the device like the other tensors.
+#define REGISTER_GPU(T)                                                                       \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("Iapdcnn>Fci").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),            \
+      FciOp<T, true>);                                                                        \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("Iapdcnn>FciClassStats").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),  \
+      FciClassStatsOp<T, true>);                                                              \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("Iapdcnn>FciPrototype").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"),   \
+      FciPrototypeOp<T, true>);                                                               \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("Iapdcnn>FciWithinClass").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+      FciWithinClassOp<T, true>)
+REGISTER_GPU(float);
+REGISTER_GPU(double);
+#undef REGISTER_GPU
+#endif
 
 }  // namespace tfops
 }  // namespace iapdcnn

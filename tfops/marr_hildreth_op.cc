@@ -33,7 +33,8 @@ REGISTER_OP("Iapdcnn>MarrHildreth")
     })
     .Doc("Marr-Hildreth edges: Laplacian zero crossings gated by Sobel magnitude (SPEC 1b).");
 
-template <typename T>
+// kGpu: the DEVICE_GPU kernel (csrc CUDA entry point on TF's stream).
+template <typename T, bool kGpu = false>
 class MarrHildrethOp : public OpKernel {
  public:
   explicit MarrHildrethOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -50,8 +51,14 @@ class MarrHildrethOp : public OpKernel {
         ctx, ValidateMarrHildreth(Dims(x.shape()), laplacian_, threshold_, relative_, mode_, &p));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
-    IAPDCNN_OP_REQUIRES_OK(
-        ctx, MarrHildrethCpu<T>(p, x.flat<T>().data(), out->flat<T>().data(), TfParallelFor(ctx)));
+    if constexpr (kGpu) {
+      TfGpuScratch scratch(ctx);
+      IAPDCNN_OP_REQUIRES_OK(ctx, MarrHildrethCuda<T>(p, x.flat<T>().data(), out->flat<T>().data(),
+                                                      TfGpuStream(ctx), &scratch));
+    } else {
+      IAPDCNN_OP_REQUIRES_OK(ctx, MarrHildrethCpu<T>(p, x.flat<T>().data(), out->flat<T>().data(),
+                                                     TfParallelFor(ctx)));
+    }
   }
 
  private:
@@ -67,6 +74,16 @@ class MarrHildrethOp : public OpKernel {
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+#define REGISTER_GPU(T)                                                                     \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("Iapdcnn>MarrHildreth").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+      MarrHildrethOp<T, true>)
+REGISTER_GPU(float);
+REGISTER_GPU(double);
+#undef REGISTER_GPU
+#endif
 
 }  // namespace tfops
 }  // namespace iapdcnn

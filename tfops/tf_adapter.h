@@ -4,10 +4,16 @@
 
 #include <vector>
 
+#include "common/gpu.h"
 #include "common/parallel.h"
 #include "common/status.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/util/work_sharder.h"
+#if GOOGLE_CUDA
+// GOOGLE_CUDA builds (CMake sets it, with EIGEN_USE_GPU, when TensorFlow is built with CUDA and
+// IAPDCNN_WITH_CUDA is on) also register a DEVICE_GPU kernel for every op.
+#include "unsupported/Eigen/CXX11/Tensor"
+#endif
 
 namespace iapdcnn {
 namespace tfops {
@@ -35,6 +41,35 @@ inline std::vector<int64_t> Dims(const ::tensorflow::TensorShape& s) {
   for (int i = 0; i < s.dims(); ++i) d[i] = s.dim_size(i);
   return d;
 }
+
+// ---- GPU kernels: TF's compute stream, and TF's allocator lent as csrc scratch ------------------
+
+#if GOOGLE_CUDA
+inline cudaStream_t TfGpuStream(::tensorflow::OpKernelContext* ctx) {
+  return ctx->eigen_device<Eigen::GpuDevice>().stream();
+}
+#else
+inline cudaStream_t TfGpuStream(::tensorflow::OpKernelContext*) { return nullptr; }  // unused
+#endif
+
+// Temporaries from allocate_temp: TF's allocator orders their reuse on the compute stream, so
+// they may be released when Compute returns, before the kernels ran.
+class TfGpuScratch : public GpuScratch {
+ public:
+  explicit TfGpuScratch(::tensorflow::OpKernelContext* ctx) : ctx_(ctx) {}
+  void* Allocate(int64_t bytes) override {
+    ::tensorflow::Tensor t;
+    if (!ctx_->allocate_temp(::tensorflow::DT_UINT8, ::tensorflow::TensorShape({bytes}), &t).ok()) {
+      return nullptr;
+    }
+    temps_.push_back(t);
+    return t.flat<uint8_t>().data();
+  }
+
+ private:
+  ::tensorflow::OpKernelContext* ctx_;
+  std::vector<::tensorflow::Tensor> temps_;
+};
 
 }  // namespace tfops
 }  // namespace iapdcnn

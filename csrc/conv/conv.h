@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/gpu.h"
 #include "common/parallel.h"
 #include "common/status.h"
 
@@ -85,5 +86,21 @@ void Im2col(const Im2colConv2DParams& p, const T* image, int64_t g, int64_t row_
 template <typename T, typename C>
 void Col2im(const Im2colConv2DParams& p, const C* col, int64_t g, int64_t row_begin,
             int64_t row_end, int64_t h_begin, int64_t h_end, T* image);
+
+// CUDA entry points (conv_cuda.cu, built with IAPDCNN_WITH_CUDA): the three kernels above on
+// device pointers, enqueued on `stream` (asynchronous; the Status reports launch and cuBLAS
+// errors). T: float, double, __half, __nv_bfloat16 (the last two accumulate in fp32). Scratch
+// comes from `scratch`, or from the stream's memory pool when it is null.
+template <typename T>
+Status Im2colConv2DCuda(const Im2colConv2DParams& p, const T* input, const T* filters, T* output,
+                        cudaStream_t stream, GpuScratch* scratch = nullptr);
+template <typename T>
+Status Im2colConv2DBackpropInputCuda(const Im2colConv2DParams& p, const T* filters,
+                                     const T* out_backprop, T* in_backprop, cudaStream_t stream,
+                                     GpuScratch* scratch = nullptr);
+template <typename T>
+Status Im2colConv2DBackpropFilterCuda(const Im2colConv2DParams& p, const T* input,
+                                      const T* out_backprop, T* filter_backprop,
+                                      cudaStream_t stream, GpuScratch* scratch = nullptr);
 
 }  // namespace iapdcnn

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/gpu.h"
 #include "common/parallel.h"
 #include "common/status.h"
 
@@ -67,5 +68,23 @@ Status FciPrototypeCpu(const FciBlocksParams& p, const T* x, const int64_t* labe
 template <typename T>
 Status FciWithinClassCpu(const FciBlocksParams& p, const T* x, const int64_t* labels, T* out,
                          const ParallelFor& pf);
+
+// CUDA entry points (fci_cuda.cu, built with IAPDCNN_WITH_CUDA): the same on device pointers
+// (labels too), enqueued on `stream`; scratch from `scratch` or the stream's memory pool when
+// null. The block functions check the labels on the device and synchronise `stream` once to do so.
+template <typename T>
+Status FciPairwiseCuda(const FciParams& p, const T* x, const T* y, T* out, cudaStream_t stream,
+                       GpuScratch* scratch = nullptr);
+template <typename T>
+Status FciClassStatsCuda(const FciBlocksParams& p, const T* x, const int64_t* labels,
+                         double* counts, double* sums, cudaStream_t stream,
+                         GpuScratch* scratch = nullptr);
+template <typename T>
+Status FciPrototypeCuda(const FciBlocksParams& p, const T* x, const int64_t* labels,
+                        const T* prototypes, T* out, cudaStream_t stream,
+                        GpuScratch* scratch = nullptr);
+template <typename T>
+Status FciWithinClassCuda(const FciBlocksParams& p, const T* x, const int64_t* labels, T* out,
+                          cudaStream_t stream, GpuScratch* scratch = nullptr);
 
 }  // namespace iapdcnn

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/gpu.h"
 #include "common/parallel.h"
 #include "common/status.h"
 
@@ -36,5 +37,11 @@ Status ValidateMarrHildreth(const std::vector<int64_t>& x_shape, int64_t laplaci
 
 template <typename T>
 Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const ParallelFor& pf);
+
+// CUDA entry point (marr_hildreth_cuda.cu, built with IAPDCNN_WITH_CUDA): the same on device
+// pointers, enqueued on `stream`; scratch from `scratch` or the stream's memory pool when null.
+template <typename T>
+Status MarrHildrethCuda(const MarrHildrethParams& p, const T* x, T* out, cudaStream_t stream,
+                        GpuScratch* scratch = nullptr);
 
 }  // namespace iapdcnn

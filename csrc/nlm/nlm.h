@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/gpu.h"
 #include "common/parallel.h"
 #include "common/status.h"
 
@@ -34,5 +35,11 @@ Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radi
 // Results do not depend on the batch composition or the number of threads.
 template <typename T>
 Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const ParallelFor& pf);
+
+// CUDA entry point (nlm_cuda.cu, built with IAPDCNN_WITH_CUDA): the same on device pointers,
+// enqueued on `stream`; scratch from `scratch` or the stream's memory pool when null.
+template <typename T>
+Status CosineNlmCuda(const CosineNlmParams& p, const T* x, T* out, cudaStream_t stream,
+                     GpuScratch* scratch = nullptr);
 
 }  // namespace iapdcnn

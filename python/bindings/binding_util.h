@@ -30,9 +30,14 @@ using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 using Binder = std::function<void(py::module_&)>;
 std::vector<Binder>& Registry();
+// Bound before Registry(), so that the CUDA-array overloads of a function (cuda_ops_binding.cc)
+// are tried before its NumPy ones, which would otherwise accept any object.
+std::vector<Binder>& FirstRegistry();
 
 struct Register {
-  explicit Register(Binder b) { Registry().push_back(std::move(b)); }
+  explicit Register(Binder b, bool first = false) {
+    (first ? FirstRegistry() : Registry()).push_back(std::move(b));
+  }
 };
 
 }  // namespace bindings

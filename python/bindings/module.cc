@@ -10,6 +10,11 @@ std::vector<Binder>& Registry() {
   return r;
 }
 
+std::vector<Binder>& FirstRegistry() {
+  static std::vector<Binder> r;
+  return r;
+}
+
 }  // namespace bindings
 }  // namespace iapdcnn
 
@@ -20,5 +25,6 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  for (auto& bind : iapdcnn::bindings::FirstRegistry()) bind(m);
   for (auto& bind : iapdcnn::bindings::Registry()) bind(m);
 }

@@ -1,0 +1,92 @@
+// Helpers for the csrc/*/*_cuda.cu files only (needs nvcc): CUDA errors as csrc Status, launch
+// geometry from the problem size, and scratch buffers from a GpuScratch or the stream's pool.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "common/gpu.h"
+#include "common/status.h"
+
+namespace iapdcnn {
+namespace cuda {
+
+inline Status FromCuda(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return Status::OK();
+  return Status::InvalidArgument(std::string("cuda: ") + what + ": " + cudaGetErrorName(e) + " (" +
+                                 cudaGetErrorString(e) + ")");
+}
+
+#define IAPDCNN_CUDA_RETURN_IF_ERROR(expr) \
+  IAPDCNN_RETURN_IF_ERROR(::iapdcnn::cuda::FromCuda((expr), #expr))
+// After every <<<...>>>: launch-configuration errors surface here, not at the next sync.
+#define IAPDCNN_CUDA_CHECK_LAUNCH(name) \
+  IAPDCNN_RETURN_IF_ERROR(::iapdcnn::cuda::FromCuda(cudaGetLastError(), name))
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n items: enough to fill the GPU, capped because the loop
+// strides over the rest (grid.x is limited to 2^31 - 1 anyway).
+inline unsigned Blocks(int64_t n, int threads = kThreads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, 65535 * 8)));
+}
+
+#define IAPDCNN_GRID_STRIDE(i, n)                                                        \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+// One scratch allocation, freed (stream-ordered) on destruction when it came from the pool.
+class Scratch {
+ public:
+  Scratch(GpuScratch* lender, cudaStream_t stream) : lender_(lender), stream_(stream) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    if (ptr_ != nullptr && lender_ == nullptr) cudaFreeAsync(ptr_, stream_);
+  }
+  // Allocates bytes (at least 1) once; returns the pointer through *out.
+  Status Get(int64_t bytes, void** out) {
+    bytes = std::max<int64_t>(bytes, 256);
+    if (lender_ != nullptr) {
+      ptr_ = lender_->Allocate(bytes);
+      if (ptr_ == nullptr) {
+        return Status::InvalidArgument("cuda: out of device memory for " + std::to_string(bytes) +
+                                       " bytes of scratch");
+      }
+    } else {
+      IAPDCNN_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ptr_, static_cast<size_t>(bytes), stream_));
+    }
+    *out = ptr_;
+    return Status::OK();
+  }
+
+ private:
+  GpuScratch* lender_;
+  cudaStream_t stream_;
+  void* ptr_ = nullptr;
+};
+
+// Carves aligned sub-buffers out of one scratch block: first pass counts, second hands out.
+class Carver {
+ public:
+  explicit Carver(char* base = nullptr) : base_(base) {}
+  template <typename X>
+  X* Take(int64_t count) {
+    off_ = (off_ + 255) / 256 * 256;
+    X* p = base_ == nullptr ? nullptr : reinterpret_cast<X*>(base_ + off_);
+    off_ += count * static_cast<int64_t>(sizeof(X));
+    return p;
+  }
+  int64_t bytes() const { return off_; }
+
+ private:
+  char* base_;
+  int64_t off_ = 0;
+};
+
+}  // namespace cuda
+}  // namespace iapdcnn

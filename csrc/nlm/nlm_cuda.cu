@@ -1,0 +1,138 @@
+// CUDA cosine NLM (SPEC 1a), same semantics as nlm_cpu.cc: every output pixel is one thread that
+// visits its (2s+1)^2 search window directly (patch dot products summed in place, no running
+// sums, so all-zero patches give exactly 0). Planes are first copied reflect-padded into scratch
+// so the inner loops read coalesced rows without index math; patch norms are computed once per
+// (extended) pixel. The weight's exp is nlm_impl::FastExp for float, shared with the CPU path.
+#include <cmath>
+
+#include "common/cuda_util.cuh"
+#include "common/reflect.h"
+#include "nlm/nlm.h"
+#include "nlm/nlm_impl.h"
+
+namespace iapdcnn {
+
+namespace {
+
+struct Geo {
+  int64_t planes, H, W, C, r, s, R, EH, EW, NH, NW;
+};
+
+__device__ __forceinline__ float ExpOf(float x) { return nlm_impl::FastExp(x); }
+__device__ __forceinline__ double ExpOf(double x) { return exp(x); }
+
+// ext[q][i][j] = x[n, refl(i - R), refl(j - R), c] for plane q = n * C + c, pad R = r + s.
+template <typename T>
+__global__ void PadKernel(Geo g, const T* __restrict__ x, T* __restrict__ ext) {
+  const int64_t total = g.planes * g.EH * g.EW;
+  IAPDCNN_GRID_STRIDE(idx, total) {
+    const int64_t j = idx % g.EW, i = idx / g.EW % g.EH, q = idx / g.EW / g.EH;
+    const int64_t n = q / g.C, c = q % g.C;
+    const int64_t si = ReflectIndex(i - g.R, g.H), sj = ReflectIndex(j - g.R, g.W);
+    ext[idx] = x[((n * g.H + si) * g.W + sj) * g.C + c];
+  }
+}
+
+// norm[q][i][j] = |P_(i - s, j - s)| over the padded plane (rows/cols [-s, H + s)); the squares
+// are summed in double, as on the CPU.
+template <typename T>
+__global__ void NormKernel(Geo g, const T* __restrict__ ext, T* __restrict__ norm) {
+  const int64_t total = g.planes * g.NH * g.NW;
+  IAPDCNN_GRID_STRIDE(idx, total) {
+    const int64_t j = idx % g.NW, i = idx / g.NW % g.NH, q = idx / g.NW / g.NH;
+    // Patch centre (i - s, j - s) sits at ext row i - s + R = i + r; its patch starts r earlier.
+    const T* base = ext + (q * g.EH + i) * g.EW + j;
+    double acc = 0.0;
+    for (int64_t ky = 0; ky <= 2 * g.r; ++ky) {
+      for (int64_t kx = 0; kx <= 2 * g.r; ++kx) {
+        const double v = static_cast<double>(base[ky * g.EW + kx]);
+        acc += v * v;
+      }
+    }
+    norm[idx] = static_cast<T>(sqrt(acc));
+  }
+}
+
+template <typename T>
+__global__ void NlmKernel(Geo g, const T* __restrict__ ext, const T* __restrict__ norm, T inv_h,
+                          T eps, T* __restrict__ out) {
+  const int64_t total = g.planes * g.H * g.W;
+  IAPDCNN_GRID_STRIDE(idx, total) {
+    const int64_t j = idx % g.W, i = idx / g.W % g.H, q = idx / g.W / g.H;
+    const T* plane = ext + q * g.EH * g.EW;
+    const T* nplane = norm + q * g.NH * g.NW;
+    // Top-left of pixel a's patch in ext coordinates.
+    const T* pa = plane + (i + g.R - g.r) * g.EW + (j + g.R - g.r);
+    const T na = nplane[(i + g.s) * g.NW + (j + g.s)];
+    // d = 0: cos(a, a) = |P_a|^2 / (|P_a|^2 + eps), as on the CPU.
+    const T n2 = na * na;
+    T w = ExpOf((n2 / (n2 + eps) - T(1)) * inv_h);
+    T num = w * plane[(i + g.R) * g.EW + (j + g.R)];
+    T den = w;
+    for (int64_t dy = -g.s; dy <= g.s; ++dy) {
+      for (int64_t dx = -g.s; dx <= g.s; ++dx) {
+        if (dy == 0 && dx == 0) continue;
+        const T* pb = pa + dy * g.EW + dx;
+        T dot = T(0);
+        for (int64_t ky = 0; ky <= 2 * g.r; ++ky) {
+          for (int64_t kx = 0; kx <= 2 * g.r; ++kx) {
+            dot += pa[ky * g.EW + kx] * pb[ky * g.EW + kx];
+          }
+        }
+        const T nb = nplane[(i + dy + g.s) * g.NW + (j + dx + g.s)];
+        // SPEC 1a: cos = <P_a, P_b> / (|P_a| |P_b| + eps), w = exp(-(1 - cos) / h).
+        w = ExpOf((dot / (na * nb + eps) - T(1)) * inv_h);
+        num += w * plane[(i + dy + g.R) * g.EW + (j + dx + g.R)];
+        den += w;
+      }
+    }
+    const int64_t n = q / g.C, c = q % g.C;
+    out[((n * g.H + i) * g.W + j) * g.C + c] = num / den;  // den >= w(a, a) > 0
+  }
+}
+
+}  // namespace
+
+template <typename T>
+Status CosineNlmCuda(const CosineNlmParams& p, const T* x, T* out, cudaStream_t stream,
+                     GpuScratch* scratch) {
+  Geo g;
+  g.planes = p.batch * p.channels;
+  g.H = p.height;
+  g.W = p.width;
+  g.C = p.channels;
+  g.r = p.patch_radius;
+  g.s = p.search_radius;
+  g.R = g.r + g.s;
+  g.EH = g.H + 2 * g.R;
+  g.EW = g.W + 2 * g.R;
+  g.NH = g.H + 2 * g.s;
+  g.NW = g.W + 2 * g.s;
+  if (g.planes == 0 || g.H == 0 || g.W == 0) return Status::OK();
+  cuda::Carver plan;
+  plan.Take<T>(g.planes * g.EH * g.EW);
+  plan.Take<T>(g.planes * g.NH * g.NW);
+  cuda::Scratch mem(scratch, stream);
+  void* raw = nullptr;
+  IAPDCNN_RETURN_IF_ERROR(mem.Get(plan.bytes(), &raw));
+  cuda::Carver carve(static_cast<char*>(raw));
+  T* ext = carve.Take<T>(g.planes * g.EH * g.EW);
+  T* norm = carve.Take<T>(g.planes * g.NH * g.NW);
+  const int64_t n_ext = g.planes * g.EH * g.EW, n_norm = g.planes * g.NH * g.NW;
+  const int64_t n_out = g.planes * g.H * g.W;
+  PadKernel<T><<<cuda::Blocks(n_ext), cuda::kThreads, 0, stream>>>(g, x, ext);
+  IAPDCNN_CUDA_CHECK_LAUNCH("cosine_nlm pad");
+  NormKernel<T><<<cuda::Blocks(n_norm), cuda::kThreads, 0, stream>>>(g, ext, norm);
+  IAPDCNN_CUDA_CHECK_LAUNCH("cosine_nlm norms");
+  NlmKernel<T><<<cuda::Blocks(n_out), cuda::kThreads, 0, stream>>>(
+      g, ext, norm, static_cast<T>(1.0 / p.h), static_cast<T>(p.eps), out);
+  IAPDCNN_CUDA_CHECK_LAUNCH("cosine_nlm");
+  return Status::OK();
+}
+
+template Status CosineNlmCuda<float>(const CosineNlmParams&, const float*, float*, cudaStream_t,
+                                     GpuScratch*);
+template Status CosineNlmCuda<double>(const CosineNlmParams&, const double*, double*, cudaStream_t,
+                                      GpuScratch*);
+
+}  // namespace iapdcnn

@@ -1,0 +1,225 @@
+"""CUDA kernels (csrc/*/*_cuda.cu) through iapdcnn._C on CuPy or PyTorch CUDA arrays: every op
+equals the CPU path (itself tested against the NumPy references). GPU tests skip, saying why,
+where there is no CUDA build, no GPU, or neither CuPy nor PyTorch with CUDA; the dispatch tests
+at the end run everywhere."""
+
+import numpy as np
+import pytest
+
+from iapdcnn import _C
+
+
+def _find_backend() -> tuple[str | None, str]:
+    if not getattr(_C, "with_cuda", False):
+        return None, "iapdcnn._C was built without CUDA (IAPDCNN_WITH_CUDA=OFF or no nvcc)"
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return "cupy", ""
+    except Exception:  # noqa: BLE001 - any import / driver failure means "not usable"
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch", ""
+    except Exception:  # noqa: BLE001
+        pass
+    return None, "no CUDA GPU usable through CuPy or PyTorch on this machine"
+
+
+BACKEND, WHY = _find_backend()
+gpu = pytest.mark.skipif(BACKEND is None, reason=WHY)
+
+
+def dev(a: np.ndarray):
+    """NumPy -> a CUDA array of the available backend."""
+    a = np.ascontiguousarray(a)
+    if BACKEND == "cupy":
+        import cupy
+
+        return cupy.asarray(a)
+    import torch
+
+    return torch.from_numpy(a).cuda()
+
+
+def host(buf) -> np.ndarray:
+    """A CudaBuffer (or a tuple of them) -> NumPy, through the backend's zero-copy wrapper."""
+    if isinstance(buf, tuple):
+        return tuple(host(b) for b in buf)
+    assert isinstance(buf, _C.CudaBuffer)
+    if BACKEND == "cupy":
+        import cupy
+
+        return cupy.asnumpy(cupy.asarray(buf))
+    import torch
+
+    return torch.as_tensor(buf, device="cuda").cpu().numpy()
+
+
+TOL = {np.float16: 2e-2, np.float32: 2e-4, np.float64: 1e-10}
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("shape", "r", "s"), [((2, 17, 19, 3), 2, 5), ((1, 5, 4, 1), 1, 3)])
+def test_cosine_nlm(rng, dtype, shape, r, s):
+    x = rng.uniform(size=shape).astype(dtype)
+    x[0, :3, :3, 0] = 0  # an all-zero patch: cos = 0 there
+    want = _C.cosine_nlm(x, r, s, 0.2, 1e-8)
+    got = host(_C.cosine_nlm(dev(x), r, s, 0.2, 1e-8))
+    assert got.dtype == dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("laplacian", [4, 8])
+@pytest.mark.parametrize("mode", ["masked", "binary", "magnitude"])
+@pytest.mark.parametrize("relative", [True, False])
+def test_marr_hildreth(rng, dtype, laplacian, mode, relative):
+    x = rng.uniform(size=(2, 23, 17, 2)).astype(dtype)
+    t = 0.2 if relative else 0.5
+    want = _C.marr_hildreth(x, laplacian, t, relative, mode)
+    got = host(_C.marr_hildreth(dev(x), laplacian, t, relative, mode))
+    # Same double arithmetic; a fused multiply-add may still move a value sitting exactly on the
+    # threshold, so allow a vanishing fraction of differing pixels.
+    bad = ~np.isclose(got, want, atol=1e-6, rtol=1e-6)
+    assert bad.mean() <= 1e-3, f"{bad.sum()} of {bad.size} pixels differ"
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fci_pairwise(rng, dtype):
+    x = rng.normal(size=(9, 49)).astype(dtype)
+    y = (rng.normal(size=(7, 49)) * 3 + 1).astype(dtype)
+    y[0] = 2.0  # a constant block
+    want = _C.fci(x, y)
+    got = host(_C.fci(dev(x), dev(y)))
+    np.testing.assert_allclose(got, want, atol=TOL[dtype])
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fci_blocks(rng, dtype):
+    n, positions, length, k = 13, 5, 16, 3
+    x = rng.uniform(size=(n, positions, length)).astype(dtype)
+    labels = rng.integers(0, k, size=n).astype(np.int64)
+    labels[-1] = k - 1
+    counts, sums = _C.fci_class_stats(x, labels, k)
+    got_counts, got_sums = host(_C.fci_class_stats(dev(x), dev(labels), k))
+    np.testing.assert_array_equal(got_counts, counts)
+    np.testing.assert_array_equal(got_sums, sums)  # same summation order: bitwise equal
+    protos = (sums / np.maximum(counts, 1)[:, None, None]).astype(dtype)
+    want = _C.fci_prototype(x, labels, protos)
+    got = host(_C.fci_prototype(dev(x), dev(labels), dev(protos)))
+    np.testing.assert_allclose(got, want, atol=TOL[dtype])
+    want = _C.fci_within_class(x, labels, k)
+    got = host(_C.fci_within_class(dev(x), dev(labels), k))
+    np.testing.assert_allclose(got, want, atol=TOL[dtype])
+
+
+@gpu
+def test_fci_bad_label_is_a_clear_error(rng):
+    x = rng.uniform(size=(4, 2, 3))
+    labels = np.array([0, 1, 5, 0], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"labels\[2\] = 5"):
+        _C.fci_within_class(dev(x), dev(labels), 2)
+
+
+CONV_CASES = [
+    # (input NHWC shape, filter shape, strides, padding, dilations, groups)
+    ((2, 9, 11, 4), (3, 3, 4, 6), 1, "SAME", 1, 1),
+    ((2, 9, 11, 4), (3, 3, 2, 6), 2, "VALID", 1, 2),
+    ((1, 12, 10, 3), (7, 7, 3, 8), 2, [[0, 0], [3, 2], [1, 3], [0, 0]], 1, 1),
+    ((2, 10, 10, 4), (3, 2, 4, 5), 1, "SAME", 2, 1),
+    ((3, 6, 7, 8), (1, 1, 8, 16), 1, "VALID", 1, 1),  # pointwise: no im2col
+    ((3, 6, 7, 8), (1, 1, 4, 6), 1, "VALID", 1, 2),  # grouped pointwise
+    ((2, 8, 8, 8), (1, 1, 8, 4), 2, "VALID", 1, 1),  # strided 1x1 (ResNet downsampling)
+]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_im2col_conv2d(rng, dtype, data_format, case):
+    shape, fshape, strides, padding, dilations, groups = CONV_CASES[case]
+    x = rng.normal(size=shape).astype(dtype)
+    w = (rng.normal(size=fshape) / np.sqrt(np.prod(fshape[:3]))).astype(dtype)
+    if data_format == "NCHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        if not isinstance(padding, str):
+            padding = [padding[0], padding[3], padding[1], padding[2]]
+    kw = dict(
+        strides=strides,
+        padding=padding,
+        data_format=data_format,
+        dilations=dilations,
+        groups=groups,
+    )
+    tol = TOL[dtype] * (10 if dtype == np.float16 else 1)
+    want = _C.im2col_conv2d(x, w, **kw)
+    got = host(_C.im2col_conv2d(dev(x), dev(w), **kw))
+    assert got.dtype == dtype and got.shape == want.shape
+    np.testing.assert_allclose(got.astype(np.float64), want, atol=tol, rtol=tol)
+    dy = rng.normal(size=want.shape).astype(dtype)
+    want = _C.im2col_conv2d_backprop_input(list(x.shape), w, dy, **kw)
+    got = host(_C.im2col_conv2d_backprop_input(list(x.shape), dev(w), dev(dy), **kw))
+    np.testing.assert_allclose(got.astype(np.float64), want, atol=tol, rtol=tol)
+    want = _C.im2col_conv2d_backprop_filter(x, list(w.shape), dy, **kw)
+    got = host(_C.im2col_conv2d_backprop_filter(dev(x), list(w.shape), dev(dy), **kw))
+    # dW sums over batch * pixels terms: scale the tolerance with its magnitude.
+    np.testing.assert_allclose(
+        got.astype(np.float64), want, atol=tol * max(1.0, np.abs(want).max()), rtol=tol
+    )
+
+
+@gpu
+def test_output_wraps_without_copy(rng):
+    x = rng.uniform(size=(1, 6, 6, 1)).astype(np.float32)
+    buf = _C.marr_hildreth(dev(x))
+    cai = buf.__cuda_array_interface__
+    assert cai["shape"] == (1, 6, 6, 1) and cai["typestr"] == "<f4" and cai["version"] == 3
+    assert buf.shape == (1, 6, 6, 1) and buf.dtype == "float32"
+
+
+# ---- dispatch: runs everywhere (zero-size arrays never touch the device) ----------------------
+
+
+class FakeCudaArray:
+    """The smallest __cuda_array_interface__ producer: an empty array at address 0."""
+
+    def __init__(self, shape: tuple[int, ...], typestr: str = "<f8") -> None:
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "data": (0, False),
+            "strides": None,
+            "version": 3,
+        }
+
+
+def test_cuda_array_selects_the_cuda_overload():
+    x = FakeCudaArray((0, 5))
+    if getattr(_C, "with_cuda", False):
+        out = _C.fci(x, FakeCudaArray((3, 5)))
+        assert isinstance(out, _C.CudaBuffer) and out.shape == (0, 3)
+    else:
+        with pytest.raises(TypeError, match="built without CUDA"):
+            _C.fci(x, FakeCudaArray((3, 5)))
+
+
+@pytest.mark.skipif(not getattr(_C, "with_cuda", False), reason="needs a CUDA build of _C")
+def test_mixed_host_and_device_arguments_are_a_clear_error():
+    with pytest.raises(TypeError, match="y must be a CUDA array like the first argument"):
+        _C.fci(FakeCudaArray((0, 5)), np.zeros((3, 5)))
+    with pytest.raises(TypeError, match="must be float16, float32 or float64"):
+        _C.im2col_conv2d(FakeCudaArray((0, 4, 4, 1), "<i8"), FakeCudaArray((1, 1, 1, 1), "<i8"))
+
+
+def test_numpy_input_still_takes_the_cpu_path(rng):
+    x = rng.uniform(size=(3, 4))
+    assert isinstance(_C.fci(x, x), np.ndarray)
