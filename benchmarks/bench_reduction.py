@@ -32,7 +32,11 @@ def _last_json(text: str) -> dict:
 def _hvd(np_: int, args: list[str], timeout: int) -> dict:
     exe = os.path.join(os.path.dirname(sys.executable), "horovodrun")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), env.get("PYTHONPATH", "")])
+    # the ranks import the iapdcnn this process imports (installed, or a dev tree on PYTHONPATH)
+    import iapdcnn
+
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(iapdcnn.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH", "")) if p)
     cmd = [exe, "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable, __file__]
     p = subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout, env=env)
     if p.returncode != 0:
