@@ -3,6 +3,7 @@ for 28x28 / 32x32 inputs and Keras's ResNet-50 for 224x224."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import tensorflow as tf
@@ -27,6 +28,7 @@ def small_resnet(
     blocks_per_stage: int = 1,
     conv: Literal["keras", "im2col"] = "keras",
     name: str = "small_resnet",
+    preprocessing: Sequence[keras.layers.Layer] = (),
 ) -> keras.Model:
     """A small functional ResNet: stem, three stages (width, 2w, 4w) of basic residual blocks
     joined by ``Add``, BatchNorm, global average pooling and a softmax Dense.
@@ -38,6 +40,9 @@ def small_resnet(
       blocks_per_stage: basic blocks per stage.
       conv: ``"keras"`` for keras.layers.Conv2D, ``"im2col"`` for iapdcnn's Im2colConv2D.
       name: model name.
+      preprocessing: layers applied to the input before the stem, in order (e.g. MHO-PFES's
+        EdgeFeatures and FCIFilter); they become part of the one flat model, so pruning sees
+        every convolution.
 
     Returns:
       Uncompiled ``keras.Model`` mapping ``[N, H, W, C]`` to ``[N, num_classes]`` probabilities.
@@ -63,7 +68,10 @@ def small_resnet(
         return keras.layers.ReLU(name=f"{prefix}_relu")(x) if relu else x
 
     inputs = keras.Input(shape=input_shape, name="image")
-    x = conv_bn(inputs, width, 3, 1, "stem")
+    x = inputs
+    for layer in preprocessing:
+        x = layer(x)
+    x = conv_bn(x, width, 3, 1, "stem")
     for stage, filters in enumerate((width, 2 * width, 4 * width)):
         for block in range(blocks_per_stage):
             prefix = f"s{stage}b{block}"
@@ -84,9 +92,11 @@ def resnet50(
     input_shape: tuple[int, int, int] = (224, 224, 3),
     num_classes: int = 1000,
     conv: Literal["keras", "im2col"] = "keras",
+    preprocessing: Sequence[keras.layers.Layer] = (),
 ) -> keras.Model:
     """``keras.applications.ResNet50(weights=None)``; with ``conv="im2col"`` every Conv2D is
-    replaced by Im2colConv2D through ``iapdcnn.layers.convert``.
+    replaced by Im2colConv2D through ``iapdcnn.layers.convert``. ``preprocessing`` layers run on
+    the input first, inside the same flat model (as for ``small_resnet``).
 
     Returns:
       Uncompiled model ``[N, *input_shape] -> [N, num_classes]``.

@@ -249,24 +249,28 @@ def build_model(args, input_shape, num_classes, train_xy):
     kind = args.model
     if kind == "auto":
         kind = "small_resnet" if max(input_shape[:2]) < 64 else "resnet50"
-    if kind == "small_resnet":
-        net = models.small_resnet(
-            input_shape, num_classes, width=args.width, blocks_per_stage=args.blocks, conv=args.conv
-        )
-    else:
-        net = models.resnet50(input_shape, num_classes, conv=args.conv)
-    if not args.features:
-        return net
-    from iapdcnn.layers import EdgeFeatures, FCIFilter
+    preprocessing = []
+    if args.features:
+        from iapdcnn.layers import EdgeFeatures, FCIFilter
 
-    # MHO-PFES in front of the network (SPEC 1): denoise + edges, then the FCI block screen
-    # adapted on (this rank's part of) the training set, merged across ranks by an allreduce.
-    edges, fci = EdgeFeatures(), FCIFilter()
-    x, y = train_xy
-    ds = tf.data.Dataset.from_tensor_slices((x[:4096], y[:4096])).batch(256)
-    fci.adapt(ds.map(lambda a, b: (edges(a), b)))
-    inp = tf.keras.Input(input_shape, name="image")
-    return tf.keras.Model(inp, net(fci(edges(inp))), name=f"{net.name}_mhopfes")
+        # MHO-PFES in front of the network (SPEC 1): denoise + edges, then the FCI block screen,
+        # adapted on (this rank's part of) the training set and merged across ranks by an
+        # allreduce. They sit inside the one flat model, so --prune still sees every conv.
+        edges, fci = EdgeFeatures(), FCIFilter()
+        x, y = train_xy
+        ds = tf.data.Dataset.from_tensor_slices((x[:4096], y[:4096])).batch(256)
+        fci.adapt(ds.map(lambda a, b: (edges(a), b)))
+        preprocessing = [edges, fci]
+    if kind == "small_resnet":
+        return models.small_resnet(
+            input_shape,
+            num_classes,
+            width=args.width,
+            blocks_per_stage=args.blocks,
+            conv=args.conv,
+            preprocessing=preprocessing,
+        )
+    return models.resnet50(input_shape, num_classes, conv=args.conv, preprocessing=preprocessing)
 
 
 def make_pruner(args, steps_per_epoch: int):
