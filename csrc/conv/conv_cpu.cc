@@ -39,6 +39,8 @@ struct ComputeOf<double> {
 
 constexpr int64_t kColBudgetBytes = 4 << 20;  // one im2col tile: bounded per task
 constexpr int64_t kMinTileRows = 32;          // below this GEMM efficiency drops
+constexpr int64_t kMinSplitRows = 128;        // fewer rows per task: split output channels first
+constexpr int64_t kMinOcBlock = 64;           // narrowest output-channel block of that split
 
 // Enough tasks to balance the pool (2 per hardware thread), few enough to keep GEMMs large. The
 // ParallelFor does not say its size; TensorFlow's intra-op pool defaults to the core count.
@@ -176,7 +178,11 @@ void Im2colRange(const Im2colConv2DParams& p, const T* img, int64_t cb, int64_t 
         }
         std::fill_n(dst, lo * cn, C(0));
         const T* src = img + ih * s.h + (iw0 + lo) * s.w;
-        for (int64_t j = 0; j < (hi - lo) * cn; ++j) dst[lo * cn + j] = static_cast<C>(src[j]);
+        if constexpr (std::is_same<T, C>::value) {
+          std::memcpy(dst + lo * cn, src, sizeof(C) * (hi - lo) * cn);
+        } else {
+          for (int64_t j = 0; j < (hi - lo) * cn; ++j) dst[lo * cn + j] = static_cast<C>(src[j]);
+        }
         std::fill_n(dst + hi * cn, (p.k_w - hi) * cn, C(0));
       }
     }
@@ -308,15 +314,26 @@ FwdPlan PlanForward(const Im2colConv2DParams& p, int64_t cbytes) {
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
   FwdPlan f;
   f.tile_rows = std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, K * cbytes));
-  // Not enough tasks for the pool: smaller row tiles first, then output-channel blocks.
+  // Not enough tasks for the pool: smaller row tiles first, then output-channel blocks. Few
+  // rows (deep layers at small batch): output-channel blocks first, since every row tile
+  // repacks the whole filter for GEMM while a channel block packs only its slice (im2col,
+  // repeated per block, is the cheaper copy: K values per row instead of K per filter column).
   const int64_t images = std::max<int64_t>(1, RowSeqs(p) * p.groups);
-  if (images * CeilDiv(P, f.tile_rows) < TargetTasks()) {
-    f.tile_rows = std::max<int64_t>(kMinTileRows, CeilDiv(P, CeilDiv(TargetTasks(), images)));
+  f.oc_block = cg_out;
+  const int64_t split_rows = CeilDiv(P, CeilDiv(TargetTasks(), images));
+  if (images * CeilDiv(P, f.tile_rows) < TargetTasks() && split_rows < kMinSplitRows &&
+      cg_out >= 2 * kMinOcBlock) {
+    f.tile_rows = std::min(f.tile_rows, P);
+    const int64_t want = CeilDiv(TargetTasks(), images * CeilDiv(P, f.tile_rows));
+    f.oc_block = std::max<int64_t>(kMinOcBlock, CeilDiv(cg_out, want));
+  }
+  const int64_t ocb = CeilDiv(cg_out, f.oc_block);
+  if (images * ocb * CeilDiv(P, f.tile_rows) < TargetTasks()) {
+    f.tile_rows = std::max<int64_t>(kMinTileRows, CeilDiv(P, CeilDiv(TargetTasks(), images * ocb)));
   }
   f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
   f.tiles = CeilDiv(P, f.tile_rows);
-  f.oc_block = cg_out;
-  if (images * f.tiles < TargetTasks()) {
+  if (images * f.tiles * ocb < TargetTasks()) {
     const int64_t want = CeilDiv(TargetTasks(), images * f.tiles);
     f.oc_block = std::max<int64_t>(std::min<int64_t>(64, cg_out), CeilDiv(cg_out, want));
   }
@@ -379,6 +396,63 @@ BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
     f.shards = std::max<int64_t>(1, std::min(work, CeilDiv(TargetTasks(), p.groups * f.k_blocks)));
   }
   return f;
+}
+
+// Stride-1 gradient with respect to the input as a forward convolution (SPEC 2b, the adjoint of
+// a stride-1 convolution is a convolution): dI = conv(dO, W') with W' the spatially flipped,
+// in/out-transposed filter and padding k_eff - 1 - pad on each side. It uses the forward's
+// GEMM (depth k_h * k_w * out_c instead of out_c) and writes dI directly: no col2im scatter of
+// k_h * k_w values per pixel, no recomputed band overlaps. Fills q, the forward problem; false
+// (keep GEMM + col2im) for strides > 1 or a padding wider than the dilated kernel reach.
+bool TransposedForward(const Im2colConv2DParams& p, Im2colConv2DParams* q) {
+  if (p.stride_h != 1 || p.stride_w != 1 || p.out_h <= 0 || p.out_w <= 0) return false;
+  const int64_t rh = EffectiveKernel(p.k_h, p.dilation_h) - 1;
+  const int64_t rw = EffectiveKernel(p.k_w, p.dilation_w) - 1;
+  if (p.pad_top > rh || p.pad_bottom > rh || p.pad_left > rw || p.pad_right > rw) return false;
+  *q = p;
+  q->in_h = p.out_h;
+  q->in_w = p.out_w;
+  q->in_c = p.out_c;
+  q->out_c = p.in_c;
+  q->out_h = p.in_h;
+  q->out_w = p.in_w;
+  q->pad_top = rh - p.pad_top;
+  q->pad_bottom = rh - p.pad_bottom;
+  q->pad_left = rw - p.pad_left;
+  q->pad_right = rw - p.pad_right;
+  return true;
+}
+
+// W' [k_h, k_w, out_c / groups, in_c] of TransposedForward, in the compute type:
+// W'[kh, kw, o, g * cg + c] = W[k_h - 1 - kh, k_w - 1 - kw, c, g * og + o].
+template <typename T, typename C>
+std::vector<C> FlippedTransposedFilter(const Im2colConv2DParams& p, const T* w,
+                                       const ParallelFor& pf) {
+  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups, taps = p.k_h * p.k_w;
+  std::vector<C> out(static_cast<size_t>(taps * cg * p.out_c));
+  // 16 x 16 blocks: the strided reads and writes stay in L1 (a plain loop over a c5 layer's
+  // 9.4 MiB filter costs more than the batch-1 GEMM; 32-row blocks at a power-of-two stride
+  // overflow an L1 set).
+  constexpr int64_t kB = 16;
+  const int64_t ob = CeilDiv(og, kB);
+  pf(taps * ob, kB * p.in_c * 2 + 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t t = i / ob, o0 = i % ob * kB, o1 = std::min(og, o0 + kB);
+      const T* src = w + (taps - 1 - t) * cg * p.out_c;  // flipped tap: kh, kw both reversed
+      C* dst = out.data() + t * og * p.in_c;
+      for (int64_t g = 0; g < p.groups; ++g) {
+        for (int64_t c0 = 0; c0 < cg; c0 += kB) {
+          const int64_t c1 = std::min(cg, c0 + kB);
+          for (int64_t o = o0; o < o1; ++o) {
+            const T* s = src + g * og + o;
+            C* d = dst + o * p.in_c + g * cg;
+            for (int64_t c = c0; c < c1; ++c) d[c] = static_cast<C>(s[c * p.out_c]);
+          }
+        }
+      }
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -571,10 +645,18 @@ int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t ele
   const FwdPlan f = PlanForward(p, cb);
   int64_t fwd = IsPointwise(p) && !packed ? 0 : f.tile_rows * p.k_h * p.k_w * cg * cb;
   if (packed) fwd += f.tile_rows * f.oc_block * cb;
-  const BwdInPlan bi = PlanBackpropInput(p, cb);
-  int64_t bin = bi.tile_rows * p.k_h * p.k_w * bi.ch_block * cb;
-  if (bi.ch_blocks > 1) bin += p.k_h * p.k_w * bi.ch_block * og * cb;
-  if (packed) bin += bi.tile_rows * og * cb + bi.band_h * p.in_w * bi.ch_block * cb;
+  int64_t bin = 0;
+  Im2colConv2DParams q;
+  if (TransposedForward(p, &q)) {
+    const FwdPlan fq = PlanForward(q, cb);
+    bin = IsPointwise(q) && !packed ? 0 : fq.tile_rows * q.k_h * q.k_w * (q.in_c / q.groups) * cb;
+    if (packed) bin += fq.tile_rows * fq.oc_block * cb;
+  } else {
+    const BwdInPlan bi = PlanBackpropInput(p, cb);
+    bin = bi.tile_rows * p.k_h * p.k_w * bi.ch_block * cb;
+    if (bi.ch_blocks > 1) bin += p.k_h * p.k_w * bi.ch_block * og * cb;
+    if (packed) bin += bi.tile_rows * og * cb + bi.band_h * p.in_w * bi.ch_block * cb;
+  }
   const BwdFilPlan bf = PlanBackpropFilter(p, cb);
   int64_t bfil = IsPointwise(p) && !packed ? 0 : bf.tile_rows * bf.k_block * cb;
   if (packed) bfil += bf.tile_rows * og * cb;
@@ -586,31 +668,27 @@ int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes)
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
   const BwdFilPlan bf = PlanBackpropFilter(p, cb);
   int64_t shared = bf.shards > 1 || elem_bytes != cb ? bf.shards * K * p.out_c * cb : 0;
-  if (elem_bytes != cb) shared = std::max(shared, K * p.out_c * cb);
+  Im2colConv2DParams q;
+  if (elem_bytes != cb || TransposedForward(p, &q)) shared = std::max(shared, K * p.out_c * cb);
   return shared;
 }
 
 // ---- forward ------------------------------------------------------------------------------------
 
-template <typename T>
-Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* filters, T* output,
-                       const ParallelFor& pf) {
-  using C = typename ComputeOf<T>::type;
+namespace {
+
+// The forward convolution with the filter w already in the compute type C (HWIO, dense). Also
+// runs stride-1 gradients with respect to the input (see TransposedForward).
+template <typename T, typename C>
+void ForwardCore(const Im2colConv2DParams& p, const T* input, const C* w, T* output,
+                 const ParallelFor& pf) {
   constexpr bool kPacked = !std::is_same<T, C>::value;
   const int64_t P = Pixels(p);
-  if (p.batch == 0 || P == 0) return Status::OK();
+  if (p.batch == 0 || P == 0) return;
   const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
   const int64_t K = p.k_h * p.k_w * cg;
   const Strides is = InputStrides(p);
   const bool pointwise = IsPointwise(p) && !kPacked;
-  std::vector<C> wbuf;
-  const C* w = nullptr;
-  if constexpr (kPacked) {
-    wbuf = ToCompute<T, C>(filters, K * p.out_c, pf);
-    w = wbuf.data();
-  } else {
-    w = filters;
-  }
   const FwdPlan f = PlanForward(p, sizeof(C));
   const int64_t RS = RowSpace(p);
   const int64_t tasks = RowSeqs(p) * p.groups * f.tiles * f.oc_blocks;
@@ -657,6 +735,22 @@ Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* fil
       }
     }
   });
+}
+
+}  // namespace
+
+template <typename T>
+Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* filters, T* output,
+                       const ParallelFor& pf) {
+  using C = typename ComputeOf<T>::type;
+  if (p.batch == 0 || Pixels(p) == 0) return Status::OK();
+  if constexpr (!std::is_same<T, C>::value) {
+    const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
+    const std::vector<C> w = ToCompute<T, C>(filters, K * p.out_c, pf);
+    ForwardCore<T, C>(p, input, w.data(), output, pf);
+  } else {
+    ForwardCore<T, C>(p, input, filters, output, pf);
+  }
   return Status::OK();
 }
 
@@ -668,6 +762,12 @@ Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filter
   using C = typename ComputeOf<T>::type;
   constexpr bool kPacked = !std::is_same<T, C>::value;
   if (p.batch == 0 || p.in_h == 0 || p.in_w == 0) return Status::OK();
+  Im2colConv2DParams q;
+  if (TransposedForward(p, &q)) {
+    const std::vector<C> wt = FlippedTransposedFilter<T, C>(p, filters, pf);
+    ForwardCore<T, C>(q, out_backprop, wt.data(), in_backprop, pf);
+    return Status::OK();
+  }
   const int64_t P = Pixels(p);
   const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
   const int64_t K = p.k_h * p.k_w * cg, taps = p.k_h * p.k_w;
