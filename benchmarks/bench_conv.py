@@ -59,23 +59,26 @@ def _timeit(fn, reps: int) -> list[float]:
     return out
 
 
-def _pair(f_tf, f_ours, warmup: int, reps: int) -> tuple[float, float, float]:
-    """Interleaved runs (order alternates, so drift hits both equally): the median times and the
-    median of the per-pair ratios TF / ours. Each pair runs back to back, so load from other
-    processes on these shared cores mostly hits both members of a pair; the median of the pair
-    ratios is more robust than the ratio of the medians."""
+def _pair(f_tf, f_ours, warmup: int, reps: int) -> tuple[float, float, float, float]:
+    """Interleaved runs (order alternates, so drift hits both equally): the median times, the
+    median of the per-pair ratios TF / ours, and the ratio of the median process CPU times.
+    Each pair runs back to back, so load from other processes on these shared cores mostly hits
+    both members of a pair; the median of the pair ratios is more robust than the ratio of the
+    medians. The CPU-time ratio (a diagnostic, not the reported ratio) ignores time spent
+    descheduled, but counts the thread pool's spinning."""
     for _ in range(warmup):
         f_tf()
         f_ours()
-    a, b = [], []
+    a, b, ca, cb = [], [], [], []
     for r in range(reps):
-        first, second = (f_tf, f_ours) if r % 2 == 0 else (f_ours, f_tf)
-        t1 = _timeit(first, 1)[0]
-        t2 = _timeit(second, 1)[0]
-        (a if first is f_tf else b).append(t1)
-        (b if first is f_tf else a).append(t2)
+        order = [(f_tf, a, ca), (f_ours, b, cb)]
+        for f, wall, cpu in order if r % 2 == 0 else order[::-1]:
+            c = time.process_time()
+            wall.append(_timeit(f, 1)[0])
+            cpu.append(time.process_time() - c)
     pair_ratio = float(np.median(np.asarray(a) / np.asarray(b)))
-    return float(np.median(a)), float(np.median(b)), pair_ratio
+    cpu_ratio = float(np.median(ca) / max(np.median(cb), 1e-9))
+    return float(np.median(a)), float(np.median(b)), pair_ratio, cpu_ratio
 
 
 def _functions(lib, x, w, dy, xs, ws, st, attrs) -> dict:
@@ -141,6 +144,7 @@ def main() -> None:
     print(f"SGEMM rate (tf.linalg.matmul 2048^3): {peak:.1f} GFLOP/s on {threads} threads")
 
     ratios = {"fwd": [], "bwd_input": [], "bwd_filter": []}
+    cpu_ratios = {k: [] for k in ratios}
     rates_3x3 = []
     worst = (math.inf, "")
     under = []  # shapes below 0.6, for the closing note
@@ -168,10 +172,11 @@ def main() -> None:
                 scale = max(1.0, float(np.abs(a).max()))
                 err = float(np.abs(a - b).max()) / scale
                 assert err < 1e-4, f"{name} b{batch} {kind}: ours differs from TF by {err:.2e}"
-                t_tf, t_ours, ratio = _pair(
+                t_tf, t_ours, ratio, cpu_ratio = _pair(
                     lambda f=f_tf: f().numpy(), lambda f=f_ours: f().numpy(), warmup, reps
                 )
                 ratios[kind].append(ratio)
+                cpu_ratios[kind].append(cpu_ratio)
                 if ratio < worst[0]:
                     worst = (ratio, f"b{batch} {name} {kind}")
                 if ratio < 0.6:
@@ -179,7 +184,10 @@ def main() -> None:
                 gf = flops / t_ours / 1e9
                 if k == 3 and kind == "fwd" and batch == max(args.batches):
                     rates_3x3.append(gf)
-                line.append(f"{kind} {ratio:5.2f}x ({gf:6.1f} vs {flops / t_tf / 1e9:6.1f} GF/s)")
+                line.append(
+                    f"{kind} {ratio:5.2f}x cpu {cpu_ratio:4.2f}x"
+                    f" ({gf:6.1f} vs {flops / t_tf / 1e9:6.1f} GF/s)"
+                )
             print("  ".join(line), flush=True)
 
     # Scratch: largest per-task buffer + shared buffers, every shape at batch 64 (float32).
@@ -201,6 +209,7 @@ def main() -> None:
         "worst_case": worst[1],
         "under_0.6": under,
         "peak_fraction_3x3": round(geo(rates_3x3) / peak, 3) if rates_3x3 else None,
+        "cpu_time_geomean_ratios": {k: round(geo(v), 3) for k, v in cpu_ratios.items()},
         "sgemm_gflops": round(peak, 1),
         "peak_extra_mib": round(extra / 2**20, 2),
         "batches": args.batches,
