@@ -398,6 +398,43 @@ BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
   return f;
 }
 
+// Stride-1, undilated NHWC forward without an im2col copy. The input rows of a band, zero-padded
+// to width Wp = out_w + k_w - 1, are copied once; then for each kernel row kh the im2col matrix
+// of the band's "virtual" output pixels r = oh * Wp + ow is a strided view of that copy (row r
+// starts C values after row r - 1 and spans k_w * C: rows overlap), so the forward is k_h
+// accumulated GEMMs of depth k_w * C reading the copy in place. Pixels with ow >= out_w are
+// computed and dropped (k_w - 1 of every Wp). Saves the k_h * k_w * C-per-pixel im2col pass.
+struct RowViewPlan {
+  bool ok = false;
+  int64_t band_h = 0, bands = 0, wp = 0;
+};
+constexpr int64_t kRowViewTargetRows = 2048;  // GEMM rows per band (Eigen's sweet spot here)
+constexpr int64_t kRowViewMinRows = 192;      // fewer: every band repacks the filter for GEMM
+RowViewPlan PlanRowView(const Im2colConv2DParams& p, int64_t cbytes) {
+  RowViewPlan v;
+  if (p.nchw || p.groups != 1 || p.stride_h != 1 || p.stride_w != 1 || p.dilation_h != 1 ||
+      p.dilation_w != 1 || p.k_w < 2 || p.out_h <= 0 || p.out_w <= 0 || p.batch <= 0) {
+    return v;
+  }
+  v.wp = p.out_w + p.k_w - 1;
+  const int64_t row_bytes = v.wp * std::max(p.in_c, p.out_c) * cbytes;
+  int64_t bh = std::max<int64_t>(1, kRowViewTargetRows / v.wp);
+  bh = std::min(bh, std::max<int64_t>(1, kColBudgetBytes / row_bytes - (p.k_h - 1)));
+  bh = std::min(bh, p.out_h);
+  if (p.batch * CeilDiv(p.out_h, bh) < TargetTasks()) {
+    bh = CeilDiv(p.out_h, CeilDiv(TargetTasks(), p.batch));
+  }
+  // Too short a band: the GEMMs get small and the halo (k_h - 1 rows) is copied too often.
+  if (bh * v.wp - (p.k_w - 1) < kRowViewMinRows || bh < p.k_h - 1) return v;
+  v.band_h = bh;
+  v.bands = CeilDiv(p.out_h, bh);
+  v.ok = true;
+  return v;
+}
+int64_t RowViewScratchBytes(const Im2colConv2DParams& p, const RowViewPlan& v, int64_t cbytes) {
+  return ((v.band_h + p.k_h - 1) * p.in_c + v.band_h * p.out_c) * v.wp * cbytes;
+}
+
 // Stride-1 gradient with respect to the input as a forward convolution (SPEC 2b, the adjoint of
 // a stride-1 convolution is a convolution): dI = conv(dO, W') with W' the spatially flipped,
 // in/out-transposed filter and padding k_eff - 1 - pad on each side. It uses the forward's
@@ -645,12 +682,16 @@ int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t ele
   const FwdPlan f = PlanForward(p, cb);
   int64_t fwd = IsPointwise(p) && !packed ? 0 : f.tile_rows * p.k_h * p.k_w * cg * cb;
   if (packed) fwd += f.tile_rows * f.oc_block * cb;
+  const RowViewPlan v = PlanRowView(p, cb);
+  if (!packed && v.ok) fwd = RowViewScratchBytes(p, v, cb);
   int64_t bin = 0;
   Im2colConv2DParams q;
   if (TransposedForward(p, &q)) {
     const FwdPlan fq = PlanForward(q, cb);
     bin = IsPointwise(q) && !packed ? 0 : fq.tile_rows * q.k_h * q.k_w * (q.in_c / q.groups) * cb;
     if (packed) bin += fq.tile_rows * fq.oc_block * cb;
+    const RowViewPlan vq = PlanRowView(q, cb);
+    if (!packed && vq.ok) bin = RowViewScratchBytes(q, vq, cb);
   } else {
     const BwdInPlan bi = PlanBackpropInput(p, cb);
     bin = bi.tile_rows * p.k_h * p.k_w * bi.ch_block * cb;
@@ -677,6 +718,46 @@ int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes)
 
 namespace {
 
+// The forward of PlanRowView (see there); C is the element type of input, filter and output.
+template <typename C>
+void RowViewForward(const Im2colConv2DParams& p, const RowViewPlan& v, const C* input, const C* w,
+                    C* output, const ParallelFor& pf) {
+  const int64_t ci = p.in_c, oc = p.out_c, kwc = p.k_w * ci, wp = v.wp;
+  pf(p.batch * v.bands, v.band_h * wp * p.k_h * kwc * oc / 4 + 1, [&](int64_t b, int64_t e) {
+    std::vector<C> pad, tile;
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t n = u / v.bands, oh0 = u % v.bands * v.band_h;
+      const int64_t bh = std::min(p.out_h, oh0 + v.band_h) - oh0, ph = bh + p.k_h - 1;
+      // The band's input rows, zero-padded: pad[hr][x][c] = input[n][oh0 - top + hr][x - left][c].
+      pad.resize(static_cast<size_t>(ph * wp * ci));
+      for (int64_t hr = 0; hr < ph; ++hr) {
+        C* dst = pad.data() + hr * wp * ci;
+        const int64_t ih = oh0 - p.pad_top + hr;
+        if (ih < 0 || ih >= p.in_h) {
+          std::fill_n(dst, wp * ci, C(0));
+          continue;
+        }
+        std::fill_n(dst, p.pad_left * ci, C(0));
+        std::memcpy(dst + p.pad_left * ci, input + ((n * p.in_h + ih) * p.in_w) * ci,
+                    sizeof(C) * p.in_w * ci);
+        std::fill_n(dst + (p.pad_left + p.in_w) * ci, (wp - p.pad_left - p.in_w) * ci, C(0));
+      }
+      // Virtual pixels r = (oh - oh0) * wp + ow; the last k_w - 1 would read past the copy.
+      const int64_t m = bh * wp - (p.k_w - 1);
+      tile.resize(static_cast<size_t>(m * oc));
+      for (int64_t kh = 0; kh < p.k_h; ++kh) {
+        const Mat<C> a{pad.data() + kh * wp * ci, ci, false};  // overlapping rows: ld < kwc
+        const Mat<C> bm{w + kh * kwc * oc, oc, false};
+        MatMul<C>(m, oc, kwc, a, bm, {tile.data(), oc, false}, kh > 0);
+      }
+      for (int64_t oh = oh0; oh < oh0 + bh; ++oh) {
+        std::memcpy(output + ((n * p.out_h + oh) * p.out_w) * oc,
+                    tile.data() + (oh - oh0) * wp * oc, sizeof(C) * p.out_w * oc);
+      }
+    }
+  });
+}
+
 // The forward convolution with the filter w already in the compute type C (HWIO, dense). Also
 // runs stride-1 gradients with respect to the input (see TransposedForward).
 template <typename T, typename C>
@@ -689,6 +770,10 @@ void ForwardCore(const Im2colConv2DParams& p, const T* input, const C* w, T* out
   const int64_t K = p.k_h * p.k_w * cg;
   const Strides is = InputStrides(p);
   const bool pointwise = IsPointwise(p) && !kPacked;
+  if constexpr (!kPacked) {
+    const RowViewPlan v = PlanRowView(p, sizeof(C));
+    if (v.ok) return RowViewForward<C>(p, v, input, w, output, pf);
+  }
   const FwdPlan f = PlanForward(p, sizeof(C));
   const int64_t RS = RowSpace(p);
   const int64_t tasks = RowSeqs(p) * p.groups * f.tiles * f.oc_blocks;
