@@ -40,6 +40,7 @@ struct ComputeOf<double> {
 constexpr int64_t kColBudgetBytes = 4 << 20;  // one im2col tile: bounded per task
 constexpr int64_t kMinTileRows = 32;          // below this GEMM efficiency drops
 constexpr int64_t kMinSplitRows = 128;        // fewer rows per task: split output channels first
+constexpr int64_t kMinFilterTileRows = 256;   // grad-filter: fewer rows per tile, no split
 constexpr int64_t kMinOcBlock = 64;           // narrowest output-channel block of that split
 
 // Enough tasks to balance the pool (2 per hardware thread), few enough to keep GEMMs large. The
@@ -389,8 +390,11 @@ BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
   if (small_dw) {
     // The tasks are shards of the (image, tile) sequence: enough equal tiles to feed the pool
     // (one 8192-row tile of a batch-8 c3 1x1 layer ran single-threaded: 0.6x TF in wall time).
+    // Not below kMinFilterTileRows: a tile's rows are the GEMM's depth, and each shard adds a
+    // dW accumulator to sum (32-row tiles of c5 1x1 layers at batch 1 ran at half speed).
     const int64_t per_seq = CeilDiv(TargetTasks(), std::max<int64_t>(1, RowSeqs(p)));
-    f.tile_rows = std::min(f.tile_rows, std::max<int64_t>(kMinTileRows, CeilDiv(P, per_seq)));
+    const int64_t split = CeilDiv(P, per_seq);
+    if (split >= kMinFilterTileRows) f.tile_rows = std::min(f.tile_rows, split);
   }
   f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
   f.tiles_per_image = CeilDiv(P, f.tile_rows);
