@@ -381,21 +381,21 @@ BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
   // Small dW (stem, most 1x1 layers): tasks split the rows, each with its own full-K
   // accumulator (fast whole-row im2col, long GEMMs). Large dW (deep 3x3 layers): tasks own
   // disjoint blocks of im2col columns (rows of dW), so no accumulator copies are needed.
+  // Small dW also needs rows to split: a tile's rows are the GEMM's depth, and each shard adds
+  // a dW accumulator to sum (32-row tiles of c5 1x1 layers at batch 1 ran at half speed), so
+  // with fewer than kMinFilterTileRows rows per task column blocks feed the pool instead (one
+  // unsplit task left batch-1 c3/c4 3x3 layers single-threaded: 0.6x TF in wall time).
   const int64_t want = CeilDiv(TargetTasks(), p.groups);
-  const bool small_dw = K * p.out_c * cbytes * TargetTasks() <= (int64_t{16} << 20);
+  const int64_t split = CeilDiv(P, CeilDiv(TargetTasks(), std::max<int64_t>(1, RowSeqs(p))));
+  const bool small_dw = K * p.out_c * cbytes * TargetTasks() <= (int64_t{16} << 20) &&
+                        (split >= kMinFilterTileRows || p.groups >= TargetTasks());
   f.k_block = small_dw ? K : std::max<int64_t>(std::min<int64_t>(32, K), CeilDiv(K, want));
   f.k_blocks = CeilDiv(K, f.k_block);
   f.tile_rows =
       std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, f.k_block * cbytes));
-  if (small_dw) {
-    // The tasks are shards of the (image, tile) sequence: enough equal tiles to feed the pool
-    // (one 8192-row tile of a batch-8 c3 1x1 layer ran single-threaded: 0.6x TF in wall time).
-    // Not below kMinFilterTileRows: a tile's rows are the GEMM's depth, and each shard adds a
-    // dW accumulator to sum (32-row tiles of c5 1x1 layers at batch 1 ran at half speed).
-    const int64_t per_seq = CeilDiv(TargetTasks(), std::max<int64_t>(1, RowSeqs(p)));
-    const int64_t split = CeilDiv(P, per_seq);
-    if (split >= kMinFilterTileRows) f.tile_rows = std::min(f.tile_rows, split);
-  }
+  // Small dW: the tasks are shards of the (image, tile) sequence, so enough equal tiles to feed
+  // the pool (one 8192-row tile of a batch-8 c3 1x1 layer ran single-threaded: 0.6x TF).
+  if (small_dw && split >= kMinFilterTileRows) f.tile_rows = std::min(f.tile_rows, split);
   f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
   f.tiles_per_image = CeilDiv(P, f.tile_rows);
   // Few column blocks (small K): also split the (image, tile) sequence into shards with their
