@@ -42,6 +42,11 @@ GRID = [
     (1, 7, 7, 128, 3, 3, 64, 1, "SAME", 1, 1),  # channel blocks in grad-input
     (2, 40, 41, 8, 1, 1, 4, 1, "VALID", 1, 1),  # sharded grad-filter
     (1, 73, 5, 2, 7, 1, 3, 3, "VALID", 1, 1),
+    (2, 6, 7, 2, 2, 2, 3, 1, [[0, 0], [3, 1], [0, 2], [0, 0]], 1, 1),  # pad > kernel reach
+    (2, 5, 6, 40, 3, 3, 36, 1, "SAME", 1, 2),  # grad-input via the flipped filter, blocks
+    (2, 30, 31, 5, 3, 4, 6, 1, [[0, 0], [2, 0], [1, 3], [0, 0]], 1, 1),  # row-view forward
+    (1, 40, 40, 3, 2, 3, 4, 1, [[0, 0], [3, 0], [0, 4], [0, 0]], 1, 1),  # row view, wide pads
+    (1, 7, 7, 128, 3, 3, 130, 1, "SAME", 1, 1),  # stride-1 grad-input via col2im, channel blocks
 ]
 
 

@@ -57,7 +57,8 @@ template <typename T>
 Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* filters, T* output,
                        const ParallelFor& pf);
 
-// d input = col2im(d output x filters^T).
+// d input = col2im(d output x filters^T); stride 1 with out_c / groups <= 128: a forward
+// convolution of d output with the flipped, in/out-transposed filter (no col2im).
 template <typename T>
 Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filters,
                                     const T* out_backprop, T* in_backprop, const ParallelFor& pf);

@@ -39,6 +39,9 @@ struct ComputeOf<double> {
 
 constexpr int64_t kColBudgetBytes = 4 << 20;  // one im2col tile: bounded per task
 constexpr int64_t kMinTileRows = 32;          // below this GEMM efficiency drops
+constexpr int64_t kMinSplitRows = 128;        // fewer rows per task: split output channels first
+constexpr int64_t kMinFilterTileRows = 256;   // grad-filter: fewer rows per tile, no split
+constexpr int64_t kMinOcBlock = 64;           // narrowest output-channel block of that split
 
 // Enough tasks to balance the pool (2 per hardware thread), few enough to keep GEMMs large. The
 // ParallelFor does not say its size; TensorFlow's intra-op pool defaults to the core count.
@@ -176,7 +179,11 @@ void Im2colRange(const Im2colConv2DParams& p, const T* img, int64_t cb, int64_t 
         }
         std::fill_n(dst, lo * cn, C(0));
         const T* src = img + ih * s.h + (iw0 + lo) * s.w;
-        for (int64_t j = 0; j < (hi - lo) * cn; ++j) dst[lo * cn + j] = static_cast<C>(src[j]);
+        if constexpr (std::is_same<T, C>::value) {
+          std::memcpy(dst + lo * cn, src, sizeof(C) * (hi - lo) * cn);
+        } else {
+          for (int64_t j = 0; j < (hi - lo) * cn; ++j) dst[lo * cn + j] = static_cast<C>(src[j]);
+        }
         std::fill_n(dst + hi * cn, (p.k_w - hi) * cn, C(0));
       }
     }
@@ -308,15 +315,26 @@ FwdPlan PlanForward(const Im2colConv2DParams& p, int64_t cbytes) {
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
   FwdPlan f;
   f.tile_rows = std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, K * cbytes));
-  // Not enough tasks for the pool: smaller row tiles first, then output-channel blocks.
+  // Not enough tasks for the pool: smaller row tiles first, then output-channel blocks. Few
+  // rows (deep layers at small batch): output-channel blocks first, since every row tile
+  // repacks the whole filter for GEMM while a channel block packs only its slice (im2col,
+  // repeated per block, is the cheaper copy: K values per row instead of K per filter column).
   const int64_t images = std::max<int64_t>(1, RowSeqs(p) * p.groups);
-  if (images * CeilDiv(P, f.tile_rows) < TargetTasks()) {
-    f.tile_rows = std::max<int64_t>(kMinTileRows, CeilDiv(P, CeilDiv(TargetTasks(), images)));
+  f.oc_block = cg_out;
+  const int64_t split_rows = CeilDiv(P, CeilDiv(TargetTasks(), images));
+  if (images * CeilDiv(P, f.tile_rows) < TargetTasks() && split_rows < kMinSplitRows &&
+      cg_out >= 2 * kMinOcBlock) {
+    f.tile_rows = std::min(f.tile_rows, P);
+    const int64_t want = CeilDiv(TargetTasks(), images * CeilDiv(P, f.tile_rows));
+    f.oc_block = std::max<int64_t>(kMinOcBlock, CeilDiv(cg_out, want));
+  }
+  const int64_t ocb = CeilDiv(cg_out, f.oc_block);
+  if (images * ocb * CeilDiv(P, f.tile_rows) < TargetTasks()) {
+    f.tile_rows = std::max<int64_t>(kMinTileRows, CeilDiv(P, CeilDiv(TargetTasks(), images * ocb)));
   }
   f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
   f.tiles = CeilDiv(P, f.tile_rows);
-  f.oc_block = cg_out;
-  if (images * f.tiles < TargetTasks()) {
+  if (images * f.tiles * ocb < TargetTasks()) {
     const int64_t want = CeilDiv(TargetTasks(), images * f.tiles);
     f.oc_block = std::max<int64_t>(std::min<int64_t>(64, cg_out), CeilDiv(cg_out, want));
   }
@@ -363,12 +381,21 @@ BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
   // Small dW (stem, most 1x1 layers): tasks split the rows, each with its own full-K
   // accumulator (fast whole-row im2col, long GEMMs). Large dW (deep 3x3 layers): tasks own
   // disjoint blocks of im2col columns (rows of dW), so no accumulator copies are needed.
+  // Small dW also needs rows to split: a tile's rows are the GEMM's depth, and each shard adds
+  // a dW accumulator to sum (32-row tiles of c5 1x1 layers at batch 1 ran at half speed), so
+  // with fewer than kMinFilterTileRows rows per task column blocks feed the pool instead (one
+  // unsplit task left batch-1 c3/c4 3x3 layers single-threaded: 0.6x TF in wall time).
   const int64_t want = CeilDiv(TargetTasks(), p.groups);
-  const bool small_dw = K * p.out_c * cbytes * TargetTasks() <= (int64_t{16} << 20);
+  const int64_t split = CeilDiv(P, CeilDiv(TargetTasks(), std::max<int64_t>(1, RowSeqs(p))));
+  const bool small_dw = K * p.out_c * cbytes * TargetTasks() <= (int64_t{16} << 20) &&
+                        (split >= kMinFilterTileRows || p.groups >= TargetTasks());
   f.k_block = small_dw ? K : std::max<int64_t>(std::min<int64_t>(32, K), CeilDiv(K, want));
   f.k_blocks = CeilDiv(K, f.k_block);
   f.tile_rows =
       std::max<int64_t>(kMinTileRows, kColBudgetBytes / std::max<int64_t>(1, f.k_block * cbytes));
+  // Small dW: the tasks are shards of the (image, tile) sequence, so enough equal tiles to feed
+  // the pool (one 8192-row tile of a batch-8 c3 1x1 layer ran single-threaded: 0.6x TF).
+  if (small_dw && split >= kMinFilterTileRows) f.tile_rows = std::min(f.tile_rows, split);
   f.tile_rows = std::max<int64_t>(1, std::min(f.tile_rows, P));
   f.tiles_per_image = CeilDiv(P, f.tile_rows);
   // Few column blocks (small K): also split the (image, tile) sequence into shards with their
@@ -379,6 +406,107 @@ BwdFilPlan PlanBackpropFilter(const Im2colConv2DParams& p, int64_t cbytes) {
     f.shards = std::max<int64_t>(1, std::min(work, CeilDiv(TargetTasks(), p.groups * f.k_blocks)));
   }
   return f;
+}
+
+// Stride-1, undilated NHWC forward without an im2col copy. The input rows of a band, zero-padded
+// to width Wp = out_w + k_w - 1, are copied once; then for each kernel row kh the im2col matrix
+// of the band's "virtual" output pixels r = oh * Wp + ow is a strided view of that copy (row r
+// starts C values after row r - 1 and spans k_w * C: rows overlap), so the forward is k_h
+// accumulated GEMMs of depth k_w * C reading the copy in place. Pixels with ow >= out_w are
+// computed and dropped (k_w - 1 of every Wp). Saves the k_h * k_w * C-per-pixel im2col pass.
+struct RowViewPlan {
+  bool ok = false;
+  int64_t band_h = 0, bands = 0, wp = 0;
+};
+constexpr int64_t kRowViewTargetRows = 2048;  // GEMM rows per band (Eigen's sweet spot here)
+constexpr int64_t kRowViewMinRows = 192;      // fewer: every band repacks the filter for GEMM
+RowViewPlan PlanRowView(const Im2colConv2DParams& p, int64_t cbytes) {
+  RowViewPlan v;
+  if (p.nchw || p.groups != 1 || p.stride_h != 1 || p.stride_w != 1 || p.dilation_h != 1 ||
+      p.dilation_w != 1 || p.k_w < 2 || p.out_h <= 0 || p.out_w <= 0 || p.batch <= 0) {
+    return v;
+  }
+  v.wp = p.out_w + p.k_w - 1;
+  const int64_t row_bytes = v.wp * std::max(p.in_c, p.out_c) * cbytes;
+  int64_t bh = std::max<int64_t>(1, kRowViewTargetRows / v.wp);
+  bh = std::min(bh, std::max<int64_t>(1, kColBudgetBytes / row_bytes - (p.k_h - 1)));
+  bh = std::min(bh, p.out_h);
+  if (p.batch * CeilDiv(p.out_h, bh) < TargetTasks()) {
+    bh = CeilDiv(p.out_h, CeilDiv(TargetTasks(), p.batch));
+  }
+  // Too short a band: the GEMMs get small and the halo (k_h - 1 rows) is copied too often.
+  if (bh * v.wp - (p.k_w - 1) < kRowViewMinRows || bh < p.k_h - 1) return v;
+  v.band_h = bh;
+  v.bands = CeilDiv(p.out_h, bh);
+  v.ok = true;
+  return v;
+}
+int64_t RowViewScratchBytes(const Im2colConv2DParams& p, const RowViewPlan& v, int64_t cbytes) {
+  return ((v.band_h + p.k_h - 1) * p.in_c + v.band_h * p.out_c) * v.wp * cbytes;
+}
+
+constexpr int64_t kMaxTransposedDepth = 128;  // largest out_c / groups for TransposedForward
+
+// Stride-1 gradient with respect to the input as a forward convolution (SPEC 2b, the adjoint of
+// a stride-1 convolution is a convolution): dI = conv(dO, W') with W' the spatially flipped,
+// in/out-transposed filter and padding k_eff - 1 - pad on each side. It uses the forward's
+// GEMM (depth k_h * k_w * out_c instead of out_c) and writes dI directly: no col2im scatter of
+// k_h * k_w values per pixel, no recomputed band overlaps. Fills q, the forward problem; false
+// (keep GEMM + col2im) for strides > 1, a padding wider than the dilated kernel reach, or
+// out_c / groups > kMaxTransposedDepth.
+bool TransposedForward(const Im2colConv2DParams& p, Im2colConv2DParams* q) {
+  if (p.stride_h != 1 || p.stride_w != 1 || p.out_h <= 0 || p.out_w <= 0) return false;
+  // GEMM + col2im scatters k_h * k_w * cn values per pixel for 2 * og * k_h * k_w * cn flops:
+  // costly only when og is small. With og >= 256 (ResNet-50's c4/c5) GEMM + col2im measured
+  // faster here (c5 3x3 batch 1: 1.3x vs 0.7x TF), as it needs no transposed filter copy.
+  if (p.out_c / p.groups > kMaxTransposedDepth) return false;
+  const int64_t rh = EffectiveKernel(p.k_h, p.dilation_h) - 1;
+  const int64_t rw = EffectiveKernel(p.k_w, p.dilation_w) - 1;
+  if (p.pad_top > rh || p.pad_bottom > rh || p.pad_left > rw || p.pad_right > rw) return false;
+  *q = p;
+  q->in_h = p.out_h;
+  q->in_w = p.out_w;
+  q->in_c = p.out_c;
+  q->out_c = p.in_c;
+  q->out_h = p.in_h;
+  q->out_w = p.in_w;
+  q->pad_top = rh - p.pad_top;
+  q->pad_bottom = rh - p.pad_bottom;
+  q->pad_left = rw - p.pad_left;
+  q->pad_right = rw - p.pad_right;
+  return true;
+}
+
+// W' [k_h, k_w, out_c / groups, in_c] of TransposedForward, in the compute type:
+// W'[kh, kw, o, g * cg + c] = W[k_h - 1 - kh, k_w - 1 - kw, c, g * og + o].
+template <typename T, typename C>
+std::vector<C> FlippedTransposedFilter(const Im2colConv2DParams& p, const T* w,
+                                       const ParallelFor& pf) {
+  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups, taps = p.k_h * p.k_w;
+  std::vector<C> out(static_cast<size_t>(taps * cg * p.out_c));
+  // 8 x 8 blocks: a plain loop over a c5 layer's 9.4 MiB filter costs more than the batch-1
+  // GEMM; at this power-of-two stride, 16 x 16 blocks ran 7x slower than 8 x 8 (0.7 ms, L1
+  // set conflicts).
+  constexpr int64_t kB = 8;
+  const int64_t ob = CeilDiv(og, kB);
+  pf(taps * ob, kB * p.in_c * 2 + 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t t = i / ob, o0 = i % ob * kB, o1 = std::min(og, o0 + kB);
+      const T* src = w + (taps - 1 - t) * cg * p.out_c;  // flipped tap: kh, kw both reversed
+      C* dst = out.data() + t * og * p.in_c;
+      for (int64_t g = 0; g < p.groups; ++g) {
+        for (int64_t c0 = 0; c0 < cg; c0 += kB) {
+          const int64_t c1 = std::min(cg, c0 + kB);
+          for (int64_t o = o0; o < o1; ++o) {
+            const T* s = src + g * og + o;
+            C* d = dst + o * p.in_c + g * cg;
+            for (int64_t c = c0; c < c1; ++c) d[c] = static_cast<C>(s[c * p.out_c]);
+          }
+        }
+      }
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -571,10 +699,22 @@ int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t ele
   const FwdPlan f = PlanForward(p, cb);
   int64_t fwd = IsPointwise(p) && !packed ? 0 : f.tile_rows * p.k_h * p.k_w * cg * cb;
   if (packed) fwd += f.tile_rows * f.oc_block * cb;
-  const BwdInPlan bi = PlanBackpropInput(p, cb);
-  int64_t bin = bi.tile_rows * p.k_h * p.k_w * bi.ch_block * cb;
-  if (bi.ch_blocks > 1) bin += p.k_h * p.k_w * bi.ch_block * og * cb;
-  if (packed) bin += bi.tile_rows * og * cb + bi.band_h * p.in_w * bi.ch_block * cb;
+  const RowViewPlan v = PlanRowView(p, cb);
+  if (!packed && v.ok) fwd = RowViewScratchBytes(p, v, cb);
+  int64_t bin = 0;
+  Im2colConv2DParams q;
+  if (TransposedForward(p, &q)) {
+    const FwdPlan fq = PlanForward(q, cb);
+    bin = IsPointwise(q) && !packed ? 0 : fq.tile_rows * q.k_h * q.k_w * (q.in_c / q.groups) * cb;
+    if (packed) bin += fq.tile_rows * fq.oc_block * cb;
+    const RowViewPlan vq = PlanRowView(q, cb);
+    if (!packed && vq.ok) bin = RowViewScratchBytes(q, vq, cb);
+  } else {
+    const BwdInPlan bi = PlanBackpropInput(p, cb);
+    bin = bi.tile_rows * p.k_h * p.k_w * bi.ch_block * cb;
+    if (bi.ch_blocks > 1) bin += p.k_h * p.k_w * bi.ch_block * og * cb;
+    if (packed) bin += bi.tile_rows * og * cb + bi.band_h * p.in_w * bi.ch_block * cb;
+  }
   const BwdFilPlan bf = PlanBackpropFilter(p, cb);
   int64_t bfil = IsPointwise(p) && !packed ? 0 : bf.tile_rows * bf.k_block * cb;
   if (packed) bfil += bf.tile_rows * og * cb;
@@ -586,30 +726,70 @@ int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes)
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
   const BwdFilPlan bf = PlanBackpropFilter(p, cb);
   int64_t shared = bf.shards > 1 || elem_bytes != cb ? bf.shards * K * p.out_c * cb : 0;
-  if (elem_bytes != cb) shared = std::max(shared, K * p.out_c * cb);
+  Im2colConv2DParams q;
+  if (elem_bytes != cb || TransposedForward(p, &q)) shared = std::max(shared, K * p.out_c * cb);
   return shared;
 }
 
 // ---- forward ------------------------------------------------------------------------------------
 
-template <typename T>
-Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* filters, T* output,
-                       const ParallelFor& pf) {
-  using C = typename ComputeOf<T>::type;
+namespace {
+
+// The forward of PlanRowView (see there); C is the element type of input, filter and output.
+template <typename C>
+void RowViewForward(const Im2colConv2DParams& p, const RowViewPlan& v, const C* input, const C* w,
+                    C* output, const ParallelFor& pf) {
+  const int64_t ci = p.in_c, oc = p.out_c, kwc = p.k_w * ci, wp = v.wp;
+  pf(p.batch * v.bands, v.band_h * wp * p.k_h * kwc * oc / 4 + 1, [&](int64_t b, int64_t e) {
+    std::vector<C> pad, tile;
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t n = u / v.bands, oh0 = u % v.bands * v.band_h;
+      const int64_t bh = std::min(p.out_h, oh0 + v.band_h) - oh0, ph = bh + p.k_h - 1;
+      // The band's input rows, zero-padded: pad[hr][x][c] = input[n][oh0 - top + hr][x - left][c].
+      pad.resize(static_cast<size_t>(ph * wp * ci));
+      for (int64_t hr = 0; hr < ph; ++hr) {
+        C* dst = pad.data() + hr * wp * ci;
+        const int64_t ih = oh0 - p.pad_top + hr;
+        if (ih < 0 || ih >= p.in_h) {
+          std::fill_n(dst, wp * ci, C(0));
+          continue;
+        }
+        std::fill_n(dst, p.pad_left * ci, C(0));
+        std::memcpy(dst + p.pad_left * ci, input + ((n * p.in_h + ih) * p.in_w) * ci,
+                    sizeof(C) * p.in_w * ci);
+        std::fill_n(dst + (p.pad_left + p.in_w) * ci, (wp - p.pad_left - p.in_w) * ci, C(0));
+      }
+      // Virtual pixels r = (oh - oh0) * wp + ow; the last k_w - 1 would read past the copy.
+      const int64_t m = bh * wp - (p.k_w - 1);
+      tile.resize(static_cast<size_t>(m * oc));
+      for (int64_t kh = 0; kh < p.k_h; ++kh) {
+        const Mat<C> a{pad.data() + kh * wp * ci, ci, false};  // overlapping rows: ld < kwc
+        const Mat<C> bm{w + kh * kwc * oc, oc, false};
+        MatMul<C>(m, oc, kwc, a, bm, {tile.data(), oc, false}, kh > 0);
+      }
+      for (int64_t oh = oh0; oh < oh0 + bh; ++oh) {
+        std::memcpy(output + ((n * p.out_h + oh) * p.out_w) * oc,
+                    tile.data() + (oh - oh0) * wp * oc, sizeof(C) * p.out_w * oc);
+      }
+    }
+  });
+}
+
+// The forward convolution with the filter w already in the compute type C (HWIO, dense). Also
+// runs stride-1 gradients with respect to the input (see TransposedForward).
+template <typename T, typename C>
+void ForwardCore(const Im2colConv2DParams& p, const T* input, const C* w, T* output,
+                 const ParallelFor& pf) {
   constexpr bool kPacked = !std::is_same<T, C>::value;
   const int64_t P = Pixels(p);
-  if (p.batch == 0 || P == 0) return Status::OK();
+  if (p.batch == 0 || P == 0) return;
   const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
   const int64_t K = p.k_h * p.k_w * cg;
   const Strides is = InputStrides(p);
   const bool pointwise = IsPointwise(p) && !kPacked;
-  std::vector<C> wbuf;
-  const C* w = nullptr;
-  if constexpr (kPacked) {
-    wbuf = ToCompute<T, C>(filters, K * p.out_c, pf);
-    w = wbuf.data();
-  } else {
-    w = filters;
+  if constexpr (!kPacked) {
+    const RowViewPlan v = PlanRowView(p, sizeof(C));
+    if (v.ok) return RowViewForward<C>(p, v, input, w, output, pf);
   }
   const FwdPlan f = PlanForward(p, sizeof(C));
   const int64_t RS = RowSpace(p);
@@ -657,6 +837,22 @@ Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* fil
       }
     }
   });
+}
+
+}  // namespace
+
+template <typename T>
+Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* filters, T* output,
+                       const ParallelFor& pf) {
+  using C = typename ComputeOf<T>::type;
+  if (p.batch == 0 || Pixels(p) == 0) return Status::OK();
+  if constexpr (!std::is_same<T, C>::value) {
+    const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
+    const std::vector<C> w = ToCompute<T, C>(filters, K * p.out_c, pf);
+    ForwardCore<T, C>(p, input, w.data(), output, pf);
+  } else {
+    ForwardCore<T, C>(p, input, filters, output, pf);
+  }
   return Status::OK();
 }
 
@@ -668,6 +864,12 @@ Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filter
   using C = typename ComputeOf<T>::type;
   constexpr bool kPacked = !std::is_same<T, C>::value;
   if (p.batch == 0 || p.in_h == 0 || p.in_w == 0) return Status::OK();
+  Im2colConv2DParams q;
+  if (TransposedForward(p, &q)) {
+    const std::vector<C> wt = FlippedTransposedFilter<T, C>(p, filters, pf);
+    ForwardCore<T, C>(q, out_backprop, wt.data(), in_backprop, pf);
+    return Status::OK();
+  }
   const int64_t P = Pixels(p);
   const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
   const int64_t K = p.k_h * p.k_w * cg, taps = p.k_h * p.k_w;
