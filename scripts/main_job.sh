@@ -11,4 +11,4 @@ NP="${IAPDCNN_NP:-2}"
 cd "$ROOT"
 exec "$ROOT/.venv/bin/horovodrun" -np "$NP" -H "localhost:$NP" --gloo \
   "$ROOT/.venv/bin/python" "$ROOT/train.py" --dataset fashion_mnist --features --conv im2col \
-  --prune 0.3 --reduction lsg --epochs 3 --steps-per-epoch 200 --out runs/main "$@"
+  --prune 0.3 --reduction lsg --epochs 4 --steps-per-epoch 300 --bn-momentum 0.9 --out runs/main "$@"

@@ -11,7 +11,7 @@ echo "[test] ruff"
 "$V/ruff" check python tests benchmarks train.py
 "$V/ruff" format --check python tests benchmarks train.py
 echo "[test] clang-format"
-mapfile -t cxx < <(git ls-files -co --exclude-standard 'csrc/*.h' 'csrc/*.cc' 'csrc/*.cu' \
+mapfile -t cxx < <(git ls-files -co --exclude-standard 'csrc/*.h' 'csrc/*.cc' 'csrc/*.cu' 'csrc/*.cuh' \
   'tfops/*.h' 'tfops/*.cc' 'python/bindings/*.h' 'python/bindings/*.cc')
 "$V/clang-format" --dry-run -Werror "${cxx[@]}"
 echo "[test] pytest"

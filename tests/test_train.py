@@ -34,6 +34,7 @@ TINY = [
         (["--inject-fault", "x:nan"], "must be integers"),
         (["--inject-fault", "1"], "RANK:KIND"),
         (["--prune", "1.5"], "--prune is a ratio"),
+        (["--fci-epsilon", "0.7"], "--fci-epsilon must be in [0, 0.5]"),
         (["--reduction", "avg"], "invalid choice"),
         (["--reduction", "mean", "--tau", "1"], "--tau applies to --reduction lsg"),
         (["--dataset", "cifar10"], "needs --data-path"),

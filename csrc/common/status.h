@@ -3,8 +3,10 @@
 // into a Python ValueError.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace iapdcnn {
 
@@ -29,5 +31,12 @@ class Status {
     ::iapdcnn::Status _st = (expr);   \
     if (!_st.ok()) return _st;        \
   } while (0)
+
+// "[2, 3, 4]": how shapes appear in the messages of Validate* functions.
+inline std::string ShapeStr(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
 
 }  // namespace iapdcnn

@@ -52,12 +52,6 @@ int64_t TargetTasks() {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-std::string ShapeStr(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 // ---- GEMM -------------------------------------------------------------------------------------
 
 // A logical [rows x cols] matrix: stored row-major with leading dimension ld, or (t) stored as

@@ -12,12 +12,6 @@
 namespace iapdcnn {
 
 namespace {
-std::string ShapeStr(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 template <typename T>
 void Centre(const T* v, int64_t n, int64_t len, std::vector<double>* centred,
             std::vector<double>* mean, std::vector<double>* var, const ParallelFor& pf) {

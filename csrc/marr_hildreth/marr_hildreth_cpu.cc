@@ -11,14 +11,6 @@
 
 namespace iapdcnn {
 
-namespace {
-std::string ShapeStr(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-}  // namespace
-
 Status ParseEdgeMode(const std::string& mode, EdgeMode* out) {
   if (mode == "masked") {
     *out = EdgeMode::kMasked;

@@ -7,7 +7,6 @@
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -23,12 +22,6 @@ namespace {
 namespace E = ::Eigen;
 using RowMat = E::Matrix<double, E::Dynamic, E::Dynamic, E::RowMajor>;
 using ColMat = E::MatrixXd;
-
-std::string ShapeStr(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 // K = A A^T for row-major A [m, len]; lower triangle by row blocks in parallel, then mirrored.
 ColMat SymGram(const RowMat& a, const ParallelFor& pf) {

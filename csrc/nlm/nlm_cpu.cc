@@ -44,12 +44,6 @@ constexpr int64_t kUnitsWanted = 16;
 constexpr int kGroup = 4;  // offsets (same dy) whose num/den updates are summed in registers //
                            // split planes into strips until there are this many
 
-std::string ShapeStr(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 // Everything one unit needs, sized once per task and reused across the units it handles.
 template <typename T>
 struct Scratch {
