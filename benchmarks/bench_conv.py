@@ -23,31 +23,7 @@ import tensorflow as tf  # noqa: E402
 from iapdcnn import _C  # noqa: E402
 from iapdcnn.ops import im2col_conv2d  # noqa: E402
 from iapdcnn.ops.conv import load_ops  # noqa: E402
-
-# (name, H=W of the input, in_c, k, out_c, stride) of keras.applications.ResNet50 (v1: the
-# stride sits on the first 1x1 of each stage), all SAME-padded.
-RESNET50 = [
-    ("conv1_7x7", 224, 3, 7, 64, 2),
-    ("c2_1x1_64_64", 56, 64, 1, 64, 1),
-    ("c2_3x3_64", 56, 64, 3, 64, 1),
-    ("c2_1x1_64_256", 56, 64, 1, 256, 1),
-    ("c2_1x1_256_64", 56, 256, 1, 64, 1),
-    ("c3_1x1_256_128_s2", 56, 256, 1, 128, 2),
-    ("c3_1x1_256_512_s2", 56, 256, 1, 512, 2),
-    ("c3_3x3_128", 28, 128, 3, 128, 1),
-    ("c3_1x1_128_512", 28, 128, 1, 512, 1),
-    ("c3_1x1_512_128", 28, 512, 1, 128, 1),
-    ("c4_1x1_512_256_s2", 28, 512, 1, 256, 2),
-    ("c4_1x1_512_1024_s2", 28, 512, 1, 1024, 2),
-    ("c4_3x3_256", 14, 256, 3, 256, 1),
-    ("c4_1x1_256_1024", 14, 256, 1, 1024, 1),
-    ("c4_1x1_1024_256", 14, 1024, 1, 256, 1),
-    ("c5_1x1_1024_512_s2", 14, 1024, 1, 512, 2),
-    ("c5_1x1_1024_2048_s2", 14, 1024, 1, 2048, 2),
-    ("c5_3x3_512", 7, 512, 3, 512, 1),
-    ("c5_1x1_512_2048", 7, 512, 1, 2048, 1),
-    ("c5_1x1_2048_512", 7, 2048, 1, 512, 1),
-]
+from resnet50_shapes import RESNET50  # noqa: E402
 
 
 def _timeit(fn, reps: int) -> list[float]:

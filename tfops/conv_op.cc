@@ -2,8 +2,6 @@
 // its two gradient ops, with tf.nn.conv2d's attributes (4-value strides / dilations in
 // data_format order, padding SAME / VALID / EXPLICIT + explicit_paddings) plus groups.
 #include "conv/conv.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tf_adapter.h"
 #if GOOGLE_CUDA
 #include <cuda_bf16.h>
@@ -13,12 +11,6 @@
 namespace iapdcnn {
 namespace tfops {
 
-using ::tensorflow::DEVICE_CPU;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
 namespace si = ::tensorflow::shape_inference;
 
 #define IAPDCNN_CONV_ATTRS                                      \

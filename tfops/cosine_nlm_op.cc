@@ -1,18 +1,9 @@
 // TensorFlow adapter for cosine NLM (csrc/nlm): Iapdcnn>CosineNlm(x [N,H,W,C]) -> same shape.
 #include "nlm/nlm.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tf_adapter.h"
 
 namespace iapdcnn {
 namespace tfops {
-
-using ::tensorflow::DEVICE_CPU;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-namespace shape_inference = ::tensorflow::shape_inference;
 
 REGISTER_OP("Iapdcnn>CosineNlm")
     .Input("x: T")

@@ -1,19 +1,10 @@
 // TensorFlow adapter for the FCI kernel (csrc/fci): Iapdcnn>Fci(x, y) -> [n_x, n_y], and the
 // block-screening ops FciClassStats, FciPrototype and FciWithinClass on x [n, positions, L].
 #include "fci/fci.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tf_adapter.h"
 
 namespace iapdcnn {
 namespace tfops {
-
-using ::tensorflow::DEVICE_CPU;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-namespace shape_inference = ::tensorflow::shape_inference;
 
 REGISTER_OP("Iapdcnn>Fci")
     .Input("x: T")

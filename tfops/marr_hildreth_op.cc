@@ -3,19 +3,10 @@
 #include <string>
 
 #include "marr_hildreth/marr_hildreth.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tf_adapter.h"
 
 namespace iapdcnn {
 namespace tfops {
-
-using ::tensorflow::DEVICE_CPU;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-namespace shape_inference = ::tensorflow::shape_inference;
 
 REGISTER_OP("Iapdcnn>MarrHildreth")
     .Input("x: T")

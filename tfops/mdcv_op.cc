@@ -1,20 +1,10 @@
 // TensorFlow adapter for MDCV (csrc/mdcv): Iapdcnn>MdcvDistances(filters, shrinkage) ->
 // (distances [cout], center [kh, kw, cin], shrinkage_used []).
 #include "mdcv/mdcv.h"
-#include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tf_adapter.h"
 
 namespace iapdcnn {
 namespace tfops {
-
-using ::tensorflow::DEVICE_CPU;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-namespace shape_inference = ::tensorflow::shape_inference;
 
 REGISTER_OP("Iapdcnn>MdcvDistances")
     .Input("filters: T")

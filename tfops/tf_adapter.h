@@ -7,7 +7,9 @@
 #include "common/gpu.h"
 #include "common/parallel.h"
 #include "common/status.h"
+#include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 #if GOOGLE_CUDA
 // GOOGLE_CUDA builds (CMake sets it, with EIGEN_USE_GPU, when TensorFlow is built with CUDA and
@@ -17,6 +19,15 @@
 
 namespace iapdcnn {
 namespace tfops {
+
+// The TensorFlow names every adapter uses.
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+namespace shape_inference = ::tensorflow::shape_inference;
 
 inline ::tensorflow::Status ToTf(const Status& s) {
   if (s.ok()) return ::tensorflow::OkStatus();

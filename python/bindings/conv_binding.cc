@@ -9,6 +9,7 @@
 #include "binding_util.h"
 #include "common/parallel.h"
 #include "conv/conv.h"
+#include "conv_args.h"
 
 namespace iapdcnn {
 namespace bindings {
@@ -37,37 +38,6 @@ py::array AsInput(const py::object& x) {
 }
 py::array Like(const py::object& x, const py::array& ref) {
   return py::module_::import("numpy").attr("ascontiguousarray")(x, ref.dtype());
-}
-
-std::vector<int64_t> Ints(const py::object& v) {
-  if (py::isinstance<py::int_>(v)) return {v.cast<int64_t>()};
-  std::vector<int64_t> r;
-  for (auto item : v) {
-    if (py::isinstance<py::int_>(item)) {
-      r.push_back(item.cast<int64_t>());
-    } else {
-      for (auto x : item) r.push_back(x.cast<int64_t>());  // explicit padding pairs
-    }
-  }
-  return r;
-}
-
-// padding: "SAME", "VALID", or explicit pads (4 values, or 8 / 4 pairs in data_format order).
-Im2colConv2DParams Validate(const std::vector<int64_t>& input_shape,
-                            const std::vector<int64_t>& filter_shape, const py::object& strides,
-                            const py::object& padding, const std::string& data_format,
-                            const py::object& dilations, int64_t groups) {
-  std::string pad = "EXPLICIT";
-  std::vector<int64_t> explicit_paddings;
-  if (py::isinstance<py::str>(padding)) {
-    pad = padding.cast<std::string>();
-  } else {
-    explicit_paddings = Ints(padding);
-  }
-  Im2colConv2DParams p;
-  ThrowIfError(ValidateIm2colConv2D(input_shape, filter_shape, Ints(strides), pad,
-                                    explicit_paddings, data_format, Ints(dilations), groups, &p));
-  return p;
 }
 
 template <typename T, typename Fn>
@@ -104,7 +74,7 @@ py::array Forward(const py::object& input_obj, const py::object& filters_obj,
   py::array input = AsInput(input_obj);
   py::array filters = Like(filters_obj, input);
   const Im2colConv2DParams p =
-      Validate(Dims(input), Dims(filters), strides, padding, data_format, dilations, groups);
+      ConvParams(Dims(input), Dims(filters), strides, padding, data_format, dilations, groups);
   py::array out(input.dtype(), p.OutputShape());
   Dispatch(KindOf(input), [&](auto tag) {
     using T = decltype(tag);
@@ -123,7 +93,7 @@ py::array BackpropInput(const std::vector<int64_t>& input_sizes, const py::objec
   py::array dout = AsInput(out_backprop_obj);
   py::array filters = Like(filters_obj, dout);
   const Im2colConv2DParams p =
-      Validate(input_sizes, Dims(filters), strides, padding, data_format, dilations, groups);
+      ConvParams(input_sizes, Dims(filters), strides, padding, data_format, dilations, groups);
   ThrowIfError(CheckShapeIs("out_backprop", Dims(dout), p.OutputShape()));
   py::array din(dout.dtype(), p.InputShape());
   Dispatch(KindOf(dout), [&](auto tag) {
@@ -144,7 +114,7 @@ py::array BackpropFilter(const py::object& input_obj, const std::vector<int64_t>
   py::array input = AsInput(input_obj);
   py::array dout = Like(out_backprop_obj, input);
   const Im2colConv2DParams p =
-      Validate(Dims(input), filter_sizes, strides, padding, data_format, dilations, groups);
+      ConvParams(Dims(input), filter_sizes, strides, padding, data_format, dilations, groups);
   ThrowIfError(CheckShapeIs("out_backprop", Dims(dout), p.OutputShape()));
   py::array dw(input.dtype(), p.FilterShape());
   Dispatch(KindOf(input), [&](auto tag) {
@@ -164,7 +134,7 @@ py::tuple ScratchBytes(const std::vector<int64_t>& input_shape,
                        const py::object& padding, const std::string& data_format,
                        const py::object& dilations, int64_t groups, int64_t elem_bytes) {
   const Im2colConv2DParams p =
-      Validate(input_shape, filter_shape, strides, padding, data_format, dilations, groups);
+      ConvParams(input_shape, filter_shape, strides, padding, data_format, dilations, groups);
   return py::make_tuple(Im2colConv2DScratchBytesPerTask(p, elem_bytes),
                         Im2colConv2DSharedBytes(p, elem_bytes));
 }

@@ -186,37 +186,7 @@ py::object FciWithinClass(CudaArg x, const py::object& labels_obj, int64_t num_c
 #endif
 }
 
-// ---- convolution: the NumPy binding's argument conventions (conv_binding.cc) -------------------
-
-std::vector<int64_t> Ints(const py::object& v) {
-  if (py::isinstance<py::int_>(v)) return {v.cast<int64_t>()};
-  std::vector<int64_t> r;
-  for (auto item : v) {
-    if (py::isinstance<py::int_>(item)) {
-      r.push_back(item.cast<int64_t>());
-    } else {
-      for (auto x : item) r.push_back(x.cast<int64_t>());  // explicit padding pairs
-    }
-  }
-  return r;
-}
-
-Im2colConv2DParams ConvParams(const std::vector<int64_t>& input_shape,
-                              const std::vector<int64_t>& filter_shape, const py::object& strides,
-                              const py::object& padding, const std::string& data_format,
-                              const py::object& dilations, int64_t groups) {
-  std::string pad = "EXPLICIT";
-  std::vector<int64_t> explicit_paddings;
-  if (py::isinstance<py::str>(padding)) {
-    pad = padding.cast<std::string>();
-  } else {
-    explicit_paddings = Ints(padding);
-  }
-  Im2colConv2DParams p;
-  ThrowIfError(ValidateIm2colConv2D(input_shape, filter_shape, Ints(strides), pad,
-                                    explicit_paddings, data_format, Ints(dilations), groups, &p));
-  return p;
-}
+// ---- convolution (argument conventions: conv_args.h) ----------------------------------------
 
 #ifdef IAPDCNN_WITH_CUDA
 template <typename Fn>
