@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "conv/conv.h"
+#include "conv_args.h"
 #include "cuda_array.h"
 #include "fci/fci.h"
 #include "marr_hildreth/marr_hildreth.h"
