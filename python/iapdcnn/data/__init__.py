@@ -66,6 +66,11 @@ def _shard_indices(n: int, rank: int, size: int) -> np.ndarray:
     return np.arange(rank, per * size, size)
 
 
+def _order(n: int, shuffle: bool, seed: int) -> np.ndarray:
+    """The order of ``as_numpy`` results: a seeded permutation, or 0..n-1."""
+    return np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+
+
 def _to_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
@@ -160,8 +165,7 @@ def load(
 
     idx = _shard_indices(len(x), rank, size)
     if as_numpy:
-        if shuffle:
-            idx = idx[np.random.default_rng(seed).permutation(len(idx))]
+        idx = idx[_order(len(idx), shuffle, seed)]
         return _to_float(x[idx]), y[idx]
     import tensorflow as tf
 
@@ -201,11 +205,7 @@ def _image_folder(
     files = [files[i] for i in idx]
     labels = labels[idx]
     if as_numpy:
-        order = (
-            np.random.default_rng(seed).permutation(len(files))
-            if shuffle
-            else np.arange(len(files))
-        )
+        order = _order(len(files), shuffle, seed)
         x = np.stack([sources.read_image(files[i], image_size, channels) for i in order])
         return _to_float(x), labels[order]
     import tensorflow as tf
@@ -262,10 +262,8 @@ def _tfrecord(path, batch_size, shuffle, seed, rank, size, as_numpy, drop_remain
         xs, ys = zip(*[(a.numpy(), b.numpy()) for a, b in ds], strict=True) if per else ((), ())
         x = np.stack(xs).astype(np.float32)
         y = np.asarray(ys, np.int64)
-        if shuffle:
-            order = np.random.default_rng(seed).permutation(len(x))
-            x, y = x[order], y[order]
-        return x, y
+        order = _order(len(x), shuffle, seed)
+        return x[order], y[order]
     return _finish(ds, per, batch_size, shuffle, seed, drop_remainder)
 
 
