@@ -6,7 +6,14 @@ import pytest
 import tensorflow as tf
 
 from iapdcnn import reference
-from iapdcnn.distributed import law_mask, lsg_loss, masked_median, sample_law, worker_law
+from iapdcnn.distributed import (
+    law_mask,
+    loss_standard_error,
+    lsg_loss,
+    masked_median,
+    sample_law,
+    worker_law,
+)
 
 ref = reference.lsg
 
@@ -79,9 +86,76 @@ def test_worker_law_outlier_nan_and_numpy(rng):
         lo = rng.gamma(2, 0.3, k).astype(np.float32)
         no = rng.gamma(2, 0.3, k).astype(np.float32)
         fi = (rng.random(k) > 0.2).astype(np.float32)
+        se = rng.gamma(2, 0.02, k).astype(np.float32) * (rng.random(k) > 0.2)
         for centre in ("mean", "median"):
             got = worker_law(lo, no, fi, centre=centre).numpy()
             np.testing.assert_array_equal(got, ref.worker_law(lo, no, fi, centre=centre))
+            got = worker_law(lo, no, fi, loss_se=se, centre=centre).numpy()
+            np.testing.assert_array_equal(got, ref.worker_law(lo, no, fi, se, centre=centre))
+
+
+def test_loss_standard_error(rng):
+    x = rng.gamma(2, 0.3, 32).astype(np.float32)
+    want = np.std(x, ddof=1) / np.sqrt(32)
+    assert loss_standard_error(x).numpy() == pytest.approx(want, rel=1e-5)
+    assert not np.isfinite(loss_standard_error([1.0, np.nan]).numpy())
+
+
+# Rows of a clean K = 4 run (Fashion-MNIST, small ResNet, batch 32; trainer --step-log): losses,
+# gradient norms and standard errors. The MAD-only rule with the old floors (tau_floor 0.25,
+# grad_floor 1) rejected the hardest batch in each; sampling noise explains all of them.
+CLEAN_ROWS = [
+    ([0.722, 0.242, 0.304, 0.333], [1.54, 0.96, 1.37, 1.08], [0.229, 0.048, 0.069, 0.079]),
+    ([0.851, 0.868, 0.580, 0.936], [1.58, 2.02, 1.34, 1.55], [0.143, 0.129, 0.115, 0.217]),
+    ([0.394, 0.444, 0.401, 0.922], [1.39, 2.27, 0.95, 2.81], [0.141, 0.095, 0.114, 0.187]),
+    ([0.560, 0.524, 0.160, 0.523], [1.30, 1.71, 0.61, 1.42], [0.211, 0.126, 0.040, 0.162]),
+]
+
+
+@pytest.mark.parametrize("row", CLEAN_ROWS)
+def test_clean_rows_keep_every_worker(row):
+    losses, norms, se = row
+    assert worker_law(losses, norms, np.ones(4), loss_se=se).numpy().tolist() == [1, 1, 1, 1]
+    # the old rule's defaults (MAD of 4 values, floor 0.25 |centre|) rejected one of them
+    old = worker_law(losses, norms, np.ones(4), tau_floor=0.25, grad_floor=1.0).numpy()
+    assert old.sum() == 3
+
+
+def test_faults_still_caught_with_standard_errors():
+    se = [0.12, 0.13, 0.11, 0.30]
+    # shuffled labels (rank 3): loss 3.8 among ~1.2, 20 standard errors away
+    got = worker_law([1.15, 1.22, 1.18, 3.8], [1.2, 1.3, 1.1, 2.0], np.ones(4), loss_se=se)
+    assert got.numpy().tolist() == [1, 1, 1, 0]
+    # corrupted inputs (rank 3): loss 2.6 among 0.55, a small own standard error
+    got = worker_law([0.55, 0.52, 0.58, 2.6], [1.2, 1.3, 1.1, 1.6], np.ones(4), loss_se=se)
+    assert got.numpy().tolist() == [1, 1, 1, 0]
+    # gradient x -10 under an honest loss: the norm screen
+    got = worker_law([0.55, 0.52, 0.58, 0.56], [1.2, 1.3, 1.1, 12.0], np.ones(4), loss_se=se)
+    assert got.numpy().tolist() == [1, 1, 1, 0]
+    # NaN: the finite flag
+    got = worker_law([0.55, 0.52, 0.58, np.nan], [1.2, 1.3, 1.1, np.nan], [1, 1, 1, 0], loss_se=se)
+    assert got.numpy().tolist() == [1, 1, 1, 0]
+
+
+def test_healthy_workers_kept_in_simulation():
+    """K = 4 healthy workers, each the mean of 32 skewed per-sample losses (exponential, like
+    cross-entropy): the standard-error floor keeps every worker on >= 99.9% of the steps; the
+    MAD-only rule of 3-4 values rejects one on several percent."""
+    rng = np.random.default_rng(0)
+    steps, k, b = 2000, 4, 32
+    per_sample = rng.exponential(0.6, size=(steps, k, b))
+    losses = per_sample.mean(-1)
+    se = per_sample.std(-1, ddof=1) / np.sqrt(b)
+    norms = rng.uniform(0.9, 1.1, size=(steps, k))
+    ones = np.ones(k)
+    new = np.array([ref.worker_law(lo, n, ones, s) for lo, n, s in zip(losses, norms, se)])
+    old = np.array([ref.worker_law(lo, n, ones, tau_floor=0.25) for lo, n in zip(losses, norms)])
+    assert (new.min(1) == 1).mean() >= 0.999
+    assert (old.min(1) == 0).mean() > 0.02
+    # and TensorFlow agrees with the oracle on these rows
+    for i in range(0, steps, 100):
+        got = worker_law(losses[i], norms[i], ones, loss_se=se[i]).numpy()
+        np.testing.assert_array_equal(got, new[i])
 
 
 def test_k2_rule():

@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--normalise", default="kept", choices=("kept", "batch"))
     r.add_argument("--no-grad-screen", dest="grad_screen", action="store_false")
     r.add_argument("--grad-kappa", type=float, default=6.0)
+    r.add_argument(
+        "--se-kappa",
+        type=float,
+        default=8.0,
+        help="lsg keeps any loss within this many standard errors of the centre",
+    )
     r.add_argument("--dis-cnn-b", type=float, default=None, help="Dis-CNN loss threshold b")
     r.add_argument("--trim", type=float, default=0.25, help="trimmed_mean fraction per side")
     r.add_argument("--sample-law", action="store_true", help="per-sample LAW inside each batch")
@@ -143,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--log-every", type=int, default=20, help="TensorBoard step interval")
+    o.add_argument(
+        "--step-log",
+        action="store_true",
+        help="rank 0 writes steps.jsonl in --out: every step's per-worker losses, gradient "
+        "norms, loss standard errors and LAW weights (lsg / dis_cnn)",
+    )
     f = p.add_argument_group("fault injection")
     f.add_argument(
         "--inject-fault",
@@ -178,7 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--prune is a ratio in [0, 1), got {a.prune}")
     if not 0.0 <= a.fci_epsilon <= 0.5:
         p.error(f"--fci-epsilon must be in [0, 0.5] (FCI's maximum is 0.5), got {a.fci_epsilon}")
-    for name in ("kappa", "grad_kappa", "sample_kappa"):
+    for name in ("kappa", "grad_kappa", "sample_kappa", "se_kappa"):
         if not getattr(a, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(a, name)}")
     if a.tau is not None and a.tau < 0:
@@ -330,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ImportError as e:
         raise _missing("Horovod (horovod.tensorflow)", "train.py", e) from None
 
-    from iapdcnn.distributed import lsg_loss, make_reduction, sample_law
+    from iapdcnn.distributed import loss_standard_error, lsg_loss, make_reduction, sample_law
     from iapdcnn.pruning import count_flops
 
     hvd.init()
@@ -396,6 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
             normalise=args.normalise,
             grad_screen=args.grad_screen,
             grad_kappa=args.grad_kappa,
+            se_kappa=args.se_kappa,
         )
     elif args.reduction == "dis_cnn":
         options = dict(b=args.dis_cnn_b)
@@ -453,7 +466,8 @@ def main(argv: list[str] | None = None) -> dict:
         grads = tape.gradient(total, variables)
         if grad_fault:
             grads = [g * tf.cast(gmul, g.dtype) for g in grads]
-        grads, stats = reduction(grads, loss, samples=kept, variables=variables)
+        se = loss_standard_error(losses)
+        grads, stats = reduction(grads, loss, samples=kept, variables=variables, loss_se=se)
         skipped = stats["skipped"] > 0
 
         def apply():
@@ -470,6 +484,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         out["local_loss"] = tf.reduce_mean(losses)
         out["correct"] = correct
+        if args.step_log and "table" in stats:
+            out["table"] = stats["table"]
+            out["weights"] = stats["weights"]
         return out
 
     def make_eval_step(net):
@@ -517,6 +534,9 @@ def main(argv: list[str] | None = None) -> dict:
             start += n
 
     writer = tf.summary.create_file_writer(os.path.join(args.out, "tb")) if chief else None
+    step_log = None
+    if chief and args.step_log:
+        step_log = open(os.path.join(args.out, "steps.jsonl"), "a")  # noqa: SIM115 - whole run
     say(
         f"iapdcnn train: {args.dataset} {xtr.shape[1:]} x{len(xtr)}, model {model.name} "
         f"({model.count_params()} params, {flops_before / 1e6:.1f} MFLOPs), ranks={size}, "
@@ -557,7 +577,13 @@ def main(argv: list[str] | None = None) -> dict:
                     y = frng.permutation(y)
                 elif f.kind == "straggler":
                     time.sleep(args.straggler_seconds)
-            st = {k: float(v) for k, v in train_step(x, y, tf.constant(gmul)).items()}
+            res = train_step(x, y, tf.constant(gmul))
+            if step_log is not None and "table" in res:
+                t, w = res.pop("table").numpy(), res.pop("weights").numpy()
+                rec_ = {"step": gstep, "loss": t[:, 0], "norm": t[:, 1], "se": t[:, 4], "law": w}
+                step_log.write(json.dumps({k: np.round(v, 5).tolist() for k, v in rec_.items()}))
+                step_log.write("\n")
+            st = {k: float(v) for k, v in res.items() if k not in ("table", "weights")}
             acc_n += 1
             acc_kept += st["workers_kept"]
             acc_samples += st["samples_kept"]
@@ -628,6 +654,8 @@ def main(argv: list[str] | None = None) -> dict:
             _atomic_write(ckpt_path, lambda fh, a=arrays: np.savez(fh, **a))
             save_curves(os.path.join(args.out, "curves.png"), history)
 
+    if step_log is not None:
+        step_log.close()
     flops_after = flops_before
     if pruner is not None:
         from iapdcnn.pruning import strip

@@ -4,7 +4,7 @@ alternatives behind the same interface. Ways in: ``DistributedGradientTape`` (cu
 imports TensorFlow; Horovod is imported on the first collective."""
 
 from .keras import DistributedOptimizer, ReductionStatsCallback
-from .law import law_mask, lsg_loss, masked_median, sample_law, worker_law
+from .law import law_mask, loss_standard_error, lsg_loss, masked_median, sample_law, worker_law
 from .reduction import (
     REDUCTIONS,
     DisCNNReduction,
@@ -31,6 +31,7 @@ __all__ = [
     "TrimmedMeanReduction",
     "apply_unless_skipped",
     "law_mask",
+    "loss_standard_error",
     "lsg_loss",
     "make_reduction",
     "masked_median",

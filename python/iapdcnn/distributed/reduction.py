@@ -43,8 +43,10 @@ def _finite_norm(grads: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 class Reduction:
-    """Base class. ``__call__(grads, loss, samples=None, variables=None)`` returns
-    ``(reduced_grads, stats)``; stats values are scalar tensors:
+    """Base class. ``__call__(grads, loss, samples=None, variables=None, loss_se=None)`` returns
+    ``(reduced_grads, stats)``; ``loss_se`` is the standard error of the local loss
+    (``law.loss_standard_error`` of the per-sample losses), which LSG uses to tell sampling
+    noise from a fault. Stats values are scalar tensors:
 
     - ``workers`` (K), ``workers_kept`` (sum of LAW_k > 0), ``samples_kept`` (samples of the kept
       workers), ``skipped`` (1.0 when every worker was rejected: the gradients are then all
@@ -68,22 +70,27 @@ class Reduction:
         hvd = _hvd()
         return hvd.rank() if self.process_set is None else self.process_set.rank()
 
-    def __call__(self, grads, loss, samples=None, variables=None) -> tuple[list, Stats]:
+    def __call__(
+        self, grads, loss, samples=None, variables=None, loss_se=None
+    ) -> tuple[list, Stats]:
         grads = _dense(list(grads), variables)
         loss = tf.cast(tf.reshape(loss, []), tf.float32)
         if samples is None:
             samples = tf.constant(0.0)
         samples = tf.cast(tf.reshape(samples, []), tf.float32)
-        return self._reduce(grads, loss, samples)
+        loss_se = tf.constant(0.0) if loss_se is None else loss_se
+        loss_se = tf.cast(tf.reshape(loss_se, []), tf.float32)
+        return self._reduce(grads, loss, samples, loss_se)
 
-    def _reduce(self, grads, loss, samples):  # pragma: no cover - abstract
+    def _reduce(self, grads, loss, samples, loss_se):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _gather_scalars(self, grads, loss, samples) -> tf.Tensor:
-        """One allgather of ``[loss, grad_norm, finite, samples]`` per worker -> ``[K, 4]``."""
+    def _gather_scalars(self, grads, loss, samples, loss_se) -> tf.Tensor:
+        """One allgather of ``[loss, grad_norm, finite, samples, loss_se]`` per worker ->
+        ``[K, 5]`` (loss_se: the standard error of the worker's loss, 0 when unknown)."""
         norm, ok = _finite_norm(grads)
         ok = tf.logical_and(ok, tf.math.is_finite(loss))
-        row = tf.stack([loss, norm, tf.cast(ok, tf.float32), samples])[None, :]
+        row = tf.stack([loss, norm, tf.cast(ok, tf.float32), samples, loss_se])[None, :]
         return _hvd().allgather(row, name="iapdcnn_worker_scalars", **self._ps())
 
     def _masked_sum(self, grads, weight: tf.Tensor) -> list[tf.Tensor]:
@@ -120,7 +127,7 @@ class MeanReduction(Reduction):
 
     name = "mean"
 
-    def _reduce(self, grads, loss, samples):
+    def _reduce(self, grads, loss, samples, loss_se):
         hvd = _hvd()
         k = float(self.size())
         out = hvd.grouped_allreduce(
@@ -152,13 +159,17 @@ class LSGReduction(Reduction):
     ``stats["skipped"] == 1`` instead of NaN; the gradient-norm screen is an addition.
 
     Args:
-      tau: absolute loss threshold, or None for ``kappa * 1.4826 * MAD`` (default).
+      tau: absolute loss threshold, or None for ``kappa * 1.4826 * MAD`` (default), floored at
+        ``se_kappa`` standard errors when the workers send them (``loss_se=``; see
+        ``law.worker_law`` for why and for the measurements behind the defaults).
       kappa: relative-threshold multiplier.
+      se_kappa: floor of the relative threshold in median standard errors of the losses.
       centre: "median" (default) or "mean" (paper).
       normalise: "kept" (default) or "batch".
       grad_screen: second, one-sided screen on gradient norms (default on).
       grad_kappa: its multiplier.
-      tau_floor: relative floor of the loss threshold (``tau_floor * |centre|``).
+      tau_floor: relative floor of the loss threshold (``tau_floor * |centre|``) when no
+        standard errors are known.
       grad_floor: norms below ``(1 + grad_floor) * median norm`` always pass the norm screen.
     """
 
@@ -172,8 +183,9 @@ class LSGReduction(Reduction):
         normalise="kept",
         grad_screen=True,
         grad_kappa=6.0,
-        tau_floor=0.25,
-        grad_floor=1.0,
+        tau_floor=1.0,
+        grad_floor=3.0,
+        se_kappa=8.0,
         process_set=None,
     ) -> None:
         super().__init__(process_set)
@@ -182,19 +194,22 @@ class LSGReduction(Reduction):
         _check(centre, normalise, kappa)
         if tau is not None and tau < 0:
             raise ValueError(f"tau must be >= 0 or None, got {tau}")
-        if not grad_kappa > 0:
-            raise ValueError(f"grad_kappa must be > 0, got {grad_kappa}")
+        for name, val in (("grad_kappa", grad_kappa), ("se_kappa", se_kappa)):
+            if not val > 0:
+                raise ValueError(f"{name} must be > 0, got {val}")
         self.tau, self.kappa, self.centre, self.normalise = tau, kappa, centre, normalise
         self.grad_screen, self.grad_kappa, self.tau_floor = grad_screen, grad_kappa, tau_floor
-        self.grad_floor = grad_floor
+        self.grad_floor, self.se_kappa = grad_floor, se_kappa
 
     def weights(self, table: tf.Tensor) -> tf.Tensor:
         return worker_law(
             table[:, 0],
             table[:, 1],
             table[:, 2],
+            loss_se=table[:, 4],
             tau=self.tau,
             kappa=self.kappa,
+            se_kappa=self.se_kappa,
             centre=self.centre,
             tau_floor=self.tau_floor,
             grad_screen=self.grad_screen,
@@ -202,8 +217,8 @@ class LSGReduction(Reduction):
             grad_floor=self.grad_floor,
         )
 
-    def _reduce(self, grads, loss, samples):
-        table = self._gather_scalars(grads, loss, samples)
+    def _reduce(self, grads, loss, samples, loss_se):
+        table = self._gather_scalars(grads, loss, samples, loss_se)
         law = self.weights(table)
         summed = self._masked_sum(grads, tf.gather(law, self.rank()))
         if self.normalise == "kept":
@@ -213,6 +228,7 @@ class LSGReduction(Reduction):
         out = [tf.math.divide_no_nan(s, tf.cast(denom, s.dtype)) for s in summed]
         stats = self._stats(table, law)
         stats["weights"] = law
+        stats["table"] = table
         return out, stats
 
 
@@ -238,7 +254,7 @@ class DisCNNReduction(LSGReduction):
 class _GatherReduction(Reduction):
     """Allgather of every worker's flattened gradient (plus its scalars) in one call."""
 
-    def _reduce(self, grads, loss, samples):
+    def _reduce(self, grads, loss, samples, loss_se):
         hvd = _hvd()
         norm, ok = _finite_norm(grads)
         ok = tf.logical_and(ok, tf.math.is_finite(loss))

@@ -7,6 +7,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from .law import loss_standard_error
 from .reduction import Reduction, Stats, make_reduction
 
 
@@ -43,15 +44,19 @@ class DistributedGradientTape:
         *,
         loss=None,
         samples=None,
+        loss_se=None,
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     ):
         """Local gradients, then the reduction across workers.
 
         Args:
-          target: the scalar loss (a vector is averaged for the worker statistics).
+          target: the scalar loss, or the ``[B]`` per-sample losses (their mean is screened and
+            their standard error is sent along, which LSG uses to tell sampling noise from a
+            fault; pass the vector when you can).
           sources: variables (any nest).
           loss: optional scalar to screen on instead of ``target`` (e.g. the raw mean loss).
           samples: optional number of samples kept locally (per-sample LAW), for the stats.
+          loss_se: optional standard error of ``loss`` (default: from a vector ``target``).
 
         Returns:
           Reduced gradients with the structure of ``sources``.
@@ -61,7 +66,11 @@ class DistributedGradientTape:
             target, flat, output_gradients, unconnected_gradients=unconnected_gradients
         )
         screen = tf.reduce_mean(target) if loss is None else loss
-        reduced, self.stats = self.reduction(grads, screen, samples=samples, variables=flat)
+        if loss_se is None and target.shape.rank and loss is None:
+            loss_se = loss_standard_error(target)
+        reduced, self.stats = self.reduction(
+            grads, screen, samples=samples, variables=flat, loss_se=loss_se
+        )
         return tf.nest.pack_sequence_as(sources, reduced)
 
     def __getattr__(self, name: str) -> Any:

@@ -9,7 +9,16 @@ import numpy as np
 MAD_TO_SIGMA = 1.4826
 
 
-def law(values, tau=None, kappa=4.0, centre="median", tau_floor=1e-3, one_sided=False, valid=None):
+def law(
+    values,
+    tau=None,
+    kappa=4.0,
+    centre="median",
+    tau_floor=1e-3,
+    one_sided=False,
+    valid=None,
+    scale_floor=None,
+):
     """LAW_i = 1 if |v_i - c| < tau else 0, non-finite -> 0 (see iapdcnn.distributed.law_mask)."""
     v = np.asarray(values, np.float64)
     ok = np.isfinite(v) if valid is None else np.isfinite(v) & np.asarray(valid, bool)
@@ -19,7 +28,8 @@ def law(values, tau=None, kappa=4.0, centre="median", tau_floor=1e-3, one_sided=
     dev = (v - c) if one_sided else np.abs(v - c)
     if tau is None:
         mad = np.median(np.abs(v[ok] - c))
-        tau = max(kappa * MAD_TO_SIGMA * mad, tau_floor * abs(c), 1e-12)
+        floor = scale_floor if scale_floor is not None and scale_floor > 0 else tau_floor * abs(c)
+        tau = max(kappa * MAD_TO_SIGMA * mad, floor, 1e-12)
     out = np.zeros(v.shape, np.float32)
     out[ok] = (dev[ok] < tau).astype(np.float32)
     return out
@@ -38,17 +48,26 @@ def worker_law(
     losses,
     norms,
     finite,
+    loss_se=None,
     tau=None,
     kappa=4.0,
+    se_kappa=8.0,
     centre="median",
-    tau_floor=0.25,
+    tau_floor=1.0,
     grad_screen=True,
     grad_kappa=6.0,
-    grad_floor=1.0,
+    grad_floor=3.0,
 ):
-    """Worker-level LAW_k: loss screen, then the one-sided gradient-norm screen."""
+    """Worker-level LAW_k: loss screen (threshold floored at se_kappa x the median standard error
+    of the losses when known, else tau_floor x |centre|), then the one-sided gradient-norm
+    screen."""
     ok = (np.asarray(finite) > 0.5) & np.isfinite(np.asarray(norms, np.float64))
-    w = law(losses, tau, kappa, centre, tau_floor, valid=ok)
+    scale_floor = None
+    if loss_se is not None:
+        se = np.asarray(loss_se, np.float64)
+        has = ok & np.isfinite(se) & (se > 0)
+        scale_floor = se_kappa * np.median(se[has]) if has.any() else 0.0
+    w = law(losses, tau, kappa, centre, tau_floor, valid=ok, scale_floor=scale_floor)
     if grad_screen:
         w = w * law(norms, None, grad_kappa, "median", grad_floor, one_sided=True, valid=w > 0)
     return w
