@@ -94,12 +94,16 @@ class Reduction:
         return _hvd().allgather(row, name="iapdcnn_worker_scalars", **self._ps())
 
     def _masked_sum(self, grads, weight: tf.Tensor) -> list[tf.Tensor]:
-        """One grouped allreduce(Sum) of ``weight * g``; a zero weight sends exact zeros, so a
-        NaN gradient never reaches the sum."""
+        """One grouped allreduce(Sum) of ``weight * g``. A worker with weight 0 sends exact
+        zeros (one ``tf.cond`` for the whole list), so a NaN gradient never reaches the sum; the
+        others make one scaling pass over their gradients, and nothing is done after the
+        allreduce."""
         hvd = _hvd()
-        masked = [
-            tf.where(weight > 0, g * tf.cast(weight, g.dtype), tf.zeros_like(g)) for g in grads
-        ]
+        masked = tf.cond(
+            weight > 0,
+            lambda: [g * tf.cast(weight, g.dtype) for g in grads],
+            lambda: [tf.zeros_like(g) for g in grads],
+        )
         return hvd.grouped_allreduce(masked, op=hvd.Sum, name="iapdcnn_lsg", **self._ps())
 
     @staticmethod
@@ -220,12 +224,12 @@ class LSGReduction(Reduction):
     def _reduce(self, grads, loss, samples, loss_se):
         table = self._gather_scalars(grads, loss, samples, loss_se)
         law = self.weights(table)
-        summed = self._masked_sum(grads, tf.gather(law, self.rank()))
         if self.normalise == "kept":
             denom = tf.reduce_sum(law)
         else:
             denom = tf.cast(tf.shape(law)[0], tf.float32)
-        out = [tf.math.divide_no_nan(s, tf.cast(denom, s.dtype)) for s in summed]
+        # the normalisation rides in the per-worker factor: law_k / denom before the allreduce
+        out = self._masked_sum(grads, tf.math.divide_no_nan(tf.gather(law, self.rank()), denom))
         stats = self._stats(table, law)
         stats["weights"] = law
         stats["table"] = table
