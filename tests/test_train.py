@@ -96,6 +96,7 @@ def test_end_to_end_np2_with_nan_rank(tmp_path):
             "6",
             "--inject-fault",
             "1:nan:2",
+            "--step-log",
             "--out",
             str(out),
         ],
@@ -111,6 +112,11 @@ def test_end_to_end_np2_with_nan_rank(tmp_path):
     assert np.isfinite(rep["test_loss"]) and rep["ranks"] == 2
     assert (out / "curves.png").stat().st_size > 0 and (out / "checkpoint.npz").exists()
     assert any((out / "tb").iterdir())
+    # --step-log: every step's per-worker scalars and LAW weights, rank 1 dropped from step 2
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(12))
+    assert [s["law"] for s in steps[:3]] == [[1, 1], [1, 1], [1, 0]]
+    assert all(se > 0 for s in steps[:2] for se in s["se"])
 
 
 def _weights(path):
