@@ -50,13 +50,14 @@ class DistributedGradientTape:
         """Local gradients, then the reduction across workers.
 
         Args:
-          target: the scalar loss, or the ``[B]`` per-sample losses (their mean is screened and
-            their standard error is sent along, which LSG uses to tell sampling noise from a
-            fault; pass the vector when you can).
+          target: the scalar loss. A ``[B]`` vector is differentiated as TensorFlow does (the
+            sum); its mean is screened and its standard error sent along.
           sources: variables (any nest).
           loss: optional scalar to screen on instead of ``target`` (e.g. the raw mean loss).
           samples: optional number of samples kept locally (per-sample LAW), for the stats.
-          loss_se: optional standard error of ``loss`` (default: from a vector ``target``).
+          loss_se: standard error of the screened loss, ``loss_standard_error(per_sample)``:
+            LSG then keeps any loss within ``se_kappa`` standard errors (recommended; default:
+            from a vector ``target``, else unknown).
 
         Returns:
           Reduced gradients with the structure of ``sources``.
