@@ -148,8 +148,12 @@ def test_healthy_workers_kept_in_simulation():
     se = per_sample.std(-1, ddof=1) / np.sqrt(b)
     norms = rng.uniform(0.9, 1.1, size=(steps, k))
     ones = np.ones(k)
-    new = np.array([ref.worker_law(lo, n, ones, s) for lo, n, s in zip(losses, norms, se)])
-    old = np.array([ref.worker_law(lo, n, ones, tau_floor=0.25) for lo, n in zip(losses, norms)])
+    new = np.array(
+        [ref.worker_law(lo, n, ones, s) for lo, n, s in zip(losses, norms, se, strict=True)]
+    )
+    old = np.array(
+        [ref.worker_law(lo, n, ones, tau_floor=0.25) for lo, n in zip(losses, norms, strict=True)]
+    )
     assert (new.min(1) == 1).mean() >= 0.999
     assert (old.min(1) == 0).mean() > 0.02
     # and TensorFlow agrees with the oracle on these rows
