@@ -35,9 +35,10 @@ def _timeit(fn, reps: int) -> list[float]:
     return out
 
 
-def _pair(f_tf, f_ours, warmup: int, reps: int) -> tuple[float, float, float, float]:
+def _pair(f_tf, f_ours, warmup: int, reps: int) -> tuple[float, float, float, float, float]:
     """Interleaved runs (order alternates, so drift hits both equally): the median times, the
-    median of the per-pair ratios TF / ours, and the ratio of the median process CPU times.
+    median of the per-pair ratios TF / ours, the ratio of the median process CPU times, and our
+    best (minimum) time, the statistic the SGEMM rate is measured with.
     Each pair runs back to back, so load from other processes on these shared cores mostly hits
     both members of a pair; the median of the pair ratios is more robust than the ratio of the
     medians. The CPU-time ratio (a diagnostic, not the reported ratio) ignores time spent
@@ -54,7 +55,7 @@ def _pair(f_tf, f_ours, warmup: int, reps: int) -> tuple[float, float, float, fl
             cpu.append(time.process_time() - c)
     pair_ratio = float(np.median(np.asarray(a) / np.asarray(b)))
     cpu_ratio = float(np.median(ca) / max(np.median(cb), 1e-9))
-    return float(np.median(a)), float(np.median(b)), pair_ratio, cpu_ratio
+    return float(np.median(a)), float(np.median(b)), pair_ratio, cpu_ratio, float(np.min(b))
 
 
 def _functions(lib, x, w, dy, xs, ws, st, attrs) -> dict:
@@ -121,7 +122,8 @@ def main() -> None:
 
     ratios = {"fwd": [], "bwd_input": [], "bwd_filter": []}
     cpu_ratios = {k: [] for k in ratios}
-    rates_3x3 = []
+    rates_3x3, best_rates_3x3 = [], []  # GF/s from our median and our best time
+    sgemm_runs = [peak]
     worst = (math.inf, "")
     under = []  # shapes below 0.6, for the closing note
     for batch in args.batches:
@@ -148,7 +150,7 @@ def main() -> None:
                 scale = max(1.0, float(np.abs(a).max()))
                 err = float(np.abs(a - b).max()) / scale
                 assert err < 1e-4, f"{name} b{batch} {kind}: ours differs from TF by {err:.2e}"
-                t_tf, t_ours, ratio, cpu_ratio = _pair(
+                t_tf, t_ours, ratio, cpu_ratio, best_ours = _pair(
                     lambda f=f_tf: f().numpy(), lambda f=f_ours: f().numpy(), warmup, reps
                 )
                 ratios[kind].append(ratio)
@@ -160,6 +162,9 @@ def main() -> None:
                 gf = flops / t_ours / 1e9
                 if k == 3 and kind == "fwd" and batch == max(args.batches):
                     rates_3x3.append(gf)
+                    best_rates_3x3.append(flops / best_ours / 1e9)
+                    # SGEMM again right after each 3x3 layer: same moment, same load.
+                    sgemm_runs.append(sgemm_rate(5))
                 line.append(
                     f"{kind} {ratio:5.2f}x cpu {cpu_ratio:4.2f}x"
                     f" ({gf:6.1f} vs {flops / t_tf / 1e9:6.1f} GF/s)"
@@ -168,7 +173,8 @@ def main() -> None:
 
     # The SGEMM rate again: other processes on these shared cores only ever lower it, so the
     # higher of the two measurements is the better estimate of the machine's rate.
-    peak = max(peak, sgemm_rate(5))
+    sgemm_runs.append(sgemm_rate(5))
+    peak = max(sgemm_runs)
 
     # Scratch: largest per-task buffer + shared buffers, every shape at batch 64 (float32).
     extra = 0
@@ -188,7 +194,12 @@ def main() -> None:
         "worst_ratio": round(worst[0], 3),
         "worst_case": worst[1],
         "under_0.6": under,
-        "peak_fraction_3x3": round(geo(rates_3x3) / peak, 3) if rates_3x3 else None,
+        # Like against like: the 3x3 layers' best-of-reps rate over SGEMM's best-of-reps rate,
+        # the highest SGEMM measured in the run (load only ever lowers it). The median-based
+        # fraction (our median time over the same SGEMM peak) is the conservative figure.
+        "peak_fraction_3x3": round(geo(best_rates_3x3) / peak, 3) if best_rates_3x3 else None,
+        "peak_fraction_3x3_median": round(geo(rates_3x3) / peak, 3) if rates_3x3 else None,
+        "peak_fraction_3x3_per_layer": [round(r / peak, 3) for r in best_rates_3x3],
         "cpu_time_geomean_ratios": {k: round(geo(v), 3) for k, v in cpu_ratios.items()},
         "sgemm_gflops": round(peak, 1),
         "peak_extra_mib": round(extra / 2**20, 2),

@@ -163,9 +163,11 @@ class Im2colConv2DOp : public OpKernel {
     std::vector<int64_t> in_shape = kMode == 1 ? SizesOf(a) : Dims(a.shape());
     std::vector<int64_t> f_shape = kMode == 2 ? SizesOf(b) : Dims(b.shape());
     if (kMode == 1)
-      IAPDCNN_OP_REQUIRES_OK(ctx, CheckShapeIs("input_sizes", {in_shape.size()}, {4}));
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, CheckShapeIs("input_sizes", {static_cast<int64_t>(in_shape.size())}, {4}));
     if (kMode == 2)
-      IAPDCNN_OP_REQUIRES_OK(ctx, CheckShapeIs("filter_sizes", {f_shape.size()}, {4}));
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, CheckShapeIs("filter_sizes", {static_cast<int64_t>(f_shape.size())}, {4}));
     IAPDCNN_OP_REQUIRES_OK(ctx, attrs_.Validate(in_shape, f_shape, &p));
     if (kMode != 0) {
       IAPDCNN_OP_REQUIRES_OK(
