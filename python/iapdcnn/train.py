@@ -581,7 +581,13 @@ def main(argv: list[str] | None = None) -> dict:
             if step_log is not None and "table" in res:
                 t, w = res.pop("table").numpy(), res.pop("weights").numpy()
                 rec_ = {"step": gstep, "loss": t[:, 0], "norm": t[:, 1], "se": t[:, 4], "law": w}
-                step_log.write(json.dumps({k: np.round(v, 5).tolist() for k, v in rec_.items()}))
+                # Strict JSON: a faulty worker's NaN/inf scalars are written as null.
+                rec_ = {
+                    k: [float(x) if np.isfinite(x) else None for x in np.round(v, 5)]
+                    for k, v in rec_.items()
+                    if k != "step"
+                }
+                step_log.write(json.dumps({"step": gstep, **rec_}, allow_nan=False))
                 step_log.write("\n")
             st = {k: float(v) for k, v in res.items() if k not in ("table", "weights")}
             acc_n += 1
