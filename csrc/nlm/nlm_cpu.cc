@@ -347,7 +347,13 @@ void Prepare(const CosineNlmParams& p, const T* x, int64_t n, int64_t c, int64_t
   for (int64_t i = e0; i < e1; ++i) {
     const T* src = plane + ReflectIndex(i - R, H) * W * C;
     T* dst = s->ext.data() + i * EW;
-    for (int64_t j = 0; j < EW; ++j) dst[j] = src[s->cols[j]];
+    if (C == 1 && W > R) {  // the common case: the middle is a plain copy, only borders reflect
+      for (int64_t j = 0; j < R; ++j) dst[j] = src[s->cols[j]];
+      std::copy_n(src, W, dst + R);
+      for (int64_t j = W + R; j < EW; ++j) dst[j] = src[s->cols[j]];
+    } else {
+      for (int64_t j = 0; j < EW; ++j) dst[j] = src[s->cols[j]];
+    }
   }
   // Norms of the patches centred on rows [r0 - s, r1 + s), cols [-s, W + s): vertical then
   // horizontal box of squares, direct taps (once per unit, cheap next to the offsets).
@@ -429,7 +435,13 @@ Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const Parallel
       }
       // den >= w(a, a) = exp(-(1 - cos(a, a)) / h) > 0, so the division is always defined.
       T* o = out + n * H * W * C + r0 * W * C + c;
-      for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i * C] = s.num[i] / s.den[i];
+      const T* __restrict nu = s.num.data();
+      const T* __restrict de = s.den.data();
+      if (C == 1) {  // contiguous, so the division vectorises
+        for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i] = nu[i] / de[i];
+      } else {
+        for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i * C] = nu[i] / de[i];
+      }
     }
   });
   return Status::OK();
