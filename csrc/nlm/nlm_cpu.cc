@@ -35,6 +35,8 @@
 #define IAPDCNN_CLONES
 #endif
 #define IAPDCNN_ALWAYS_INLINE inline __attribute__((always_inline))
+// Lambdas are not inlined into the target_clones otherwise (a call per row and offset).
+#define IAPDCNN_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace iapdcnn {
 
@@ -214,8 +216,9 @@ IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, in
   const bool avx512 = std::is_same_v<T, float> && UseAvx512(static_cast<float>(eps));
   (void)avx512;  // unused for double
 #endif
-  auto E = [&](int64_t i, int64_t j) { return ext + (i + R) * EW + (j + R); };  // ext(i, j)
-  auto N = [&](int64_t i, int64_t j) {  // |P_(i,j)|, rows from r0 - s
+  auto E = [&](int64_t i, int64_t j)
+               IAPDCNN_ALWAYS_INLINE_LAMBDA { return ext + (i + R) * EW + (j + R); };  // ext(i, j)
+  auto N = [&](int64_t i, int64_t j) IAPDCNN_ALWAYS_INLINE_LAMBDA {  // |P_(i,j)|, rows from r0 - s
     return norm + (i - r0 + sr) * NW + (j + sr);
   };
   // d = 0: the self weight, cos(a, a) = |P_a|^2 / (|P_a|^2 + eps).
