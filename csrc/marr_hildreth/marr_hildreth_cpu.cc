@@ -64,10 +64,11 @@ Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const Pa
       const int64_t n = q / C, c = q % C;
       const T* plane = x + n * H * W * C + c;
       for (int64_t i = 0; i < H + 2; ++i) {
-        const int64_t si = ReflectIndex(i - 1, H);
-        for (int64_t j = 0; j < W + 2; ++j) {
-          g[i * GW + j] = static_cast<double>(plane[(si * W + ReflectIndex(j - 1, W)) * C]);
-        }
+        const T* src = plane + ReflectIndex(i - 1, H) * W * C;
+        double* dst = g.data() + i * GW;
+        dst[0] = static_cast<double>(src[ReflectIndex(-1, W) * C]);
+        for (int64_t j = 0; j < W; ++j) dst[j + 1] = static_cast<double>(src[j * C]);
+        dst[W + 1] = static_cast<double>(src[ReflectIndex(W, W) * C]);
       }
       double max_mag = 0.0;
       for (int64_t i = 0; i < H; ++i) {
@@ -83,10 +84,17 @@ Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const Pa
                             (up[j - 1] + 2.0 * mid[j - 1] + dn[j - 1]);
           const double gy =
               (dn[j - 1] + 2.0 * dn[j] + dn[j + 1]) - (up[j - 1] + 2.0 * up[j] + up[j + 1]);
-          const double m = std::sqrt(gx * gx + gy * gy);
-          mag[i * W + j] = m;
-          max_mag = std::max(max_mag, m);
+          mag[i * W + j] = std::sqrt(gx * gx + gy * gy);
         }
+        // The maximum in a separate loop, with 4 partial maxima (m >= 0; a NaN never wins).
+        double mx[4] = {0.0, 0.0, 0.0, 0.0};
+        const double* mrow = mag.data() + i * W;
+        int64_t j = 0;
+        for (; j + 4 <= W; j += 4) {
+          for (int k = 0; k < 4; ++k) mx[k] = mrow[j + k] > mx[k] ? mrow[j + k] : mx[k];
+        }
+        for (; j < W; ++j) mx[0] = mrow[j] > mx[0] ? mrow[j] : mx[0];
+        for (int k = 0; k < 4; ++k) max_mag = std::max(max_mag, mx[k]);
       }
       for (int64_t i = 0; i < H; ++i) {  // reflected border columns, then rows
         lap[(i + 1) * GW] = lap[(i + 1) * GW + 1 + ReflectIndex(-1, W)];
@@ -106,13 +114,10 @@ Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const Pa
                                 up[j - 1],  dn[j + 1],  up[j + 1], dn[j - 1]};
           const double m = mag[i * W + j];
           const bool edge = m >= t && marr_hildreth_impl::ZeroCrossing(mid[j], nb);
-          double v = 0.0;
-          if (edge) {
-            v = p.mode == EdgeMode::kMasked   ? g[(i + 1) * GW + j + 1]
-                : p.mode == EdgeMode::kBinary ? 1.0
-                                              : m;
-          }
-          o[(i * W + j) * C] = static_cast<T>(v);
+          const double v = p.mode == EdgeMode::kMasked   ? g[(i + 1) * GW + j + 1]
+                           : p.mode == EdgeMode::kBinary ? 1.0
+                                                         : m;
+          o[(i * W + j) * C] = static_cast<T>(edge ? v : 0.0);
         }
       }
     }

@@ -17,8 +17,10 @@
 #endif
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/reflect.h"
@@ -27,10 +29,14 @@
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define IAPDCNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define IAPDCNN_NLM_AVX512 1
+#include <immintrin.h>
 #else
 #define IAPDCNN_CLONES
 #endif
 #define IAPDCNN_ALWAYS_INLINE inline __attribute__((always_inline))
+// Lambdas are not inlined into the target_clones otherwise (a call per row and offset).
+#define IAPDCNN_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace iapdcnn {
 
@@ -98,6 +104,60 @@ IAPDCNN_ALWAYS_INLINE void WeightRow(const T* __restrict v, const T* __restrict 
   }
 }
 
+#if IAPDCNN_NLM_AVX512
+// WeightRow<float, kR> with AVX-512 intrinsics, the hot loop of the kernel. The same arithmetic
+// (FastExp2's steps, clamps as min/max with NaNs passed through as there; bit-identical weights
+// for the same cos), except the division dot / (q + eps): vdivps has a low throughput, so the
+// quotient is rcp14's estimate y of 1 / (q + eps) (relative error < 2^-14) times dot, corrected
+// once by the residual: c = c0 + y (dot - (q + eps) c0), relative error ~2^-28 before rounding,
+// i.e. within about one ulp of the exact float quotient. Requires q + eps to be a normal float (eps
+// >= FLT_MIN), which the caller checks. Not inlined: it is called from every clone, once per row.
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized (their _mm512_undefined_* placeholders).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int kR>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"), noinline)) void
+WeightRowAvx512(const float* __restrict v, const float* __restrict na, const float* __restrict nb,
+                float* __restrict w, int64_t n, float scale, float eps) {
+  const __m512 vscale = _mm512_set1_ps(scale), veps = _mm512_set1_ps(eps);
+  const __m512 one = _mm512_set1_ps(1.0f), lo = _mm512_set1_ps(-125.0f);
+  const __m512 hi = _mm512_set1_ps(126.0f);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    __m512 dot = _mm512_maskz_loadu_ps(m, v + j);
+    for (int l = 1; l <= 2 * kR; ++l) dot = _mm512_add_ps(dot, _mm512_maskz_loadu_ps(m, v + j + l));
+    const __m512 q =
+        _mm512_mul_ps(_mm512_maskz_loadu_ps(m, na + j), _mm512_maskz_loadu_ps(m, nb + j));
+    // Cauchy-Schwarz clamp; max/min return their second operand (dot) when it is NaN.
+    dot = _mm512_min_ps(q, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), q), dot));
+    const __m512 d = _mm512_add_ps(q, veps);
+    const __m512 y = _mm512_rcp14_ps(d);
+    const __m512 c0 = _mm512_mul_ps(dot, y);
+    const __m512 cos = _mm512_fmadd_ps(_mm512_fnmadd_ps(d, c0, dot), y, c0);
+    // FastExp2((cos - 1) * scale) as in nlm_impl.h; n = round-to-nearest-even(t), as the 1.5 * 2^23
+    // trick there, and 2^n p by vscalefps, exact here as p 2^n is a normal float.
+    __m512 t = _mm512_mul_ps(_mm512_sub_ps(cos, one), vscale);
+    t = _mm512_min_ps(hi, _mm512_max_ps(lo, t));
+    const __m512 nf = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, nf);
+    __m512 p = _mm512_set1_ps(1.3400433e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6760373e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503272e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022107e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001f));
+    _mm512_mask_storeu_ps(w + j, m, _mm512_scalef_ps(p, nf));
+  }
+}
+#pragma GCC diagnostic pop
+
+// Whether WeightRowAvx512 may run: the CPU has it, and eps keeps q + eps a normal float.
+bool UseAvx512(float eps) {
+  static const bool cpu = __builtin_cpu_supports("x86-64-v4");
+  return cpu && eps >= FLT_MIN;
+}
+#endif
+
 // num[j] += sum_q w_q[j] g_q[j], den[j] += sum_q w_q[j] over G offsets in registers.
 template <typename T, int G>
 IAPDCNN_ALWAYS_INLINE void Accumulate(const T* const* w, const T* const* g, T* __restrict nu,
@@ -152,8 +212,13 @@ IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, in
   T* __restrict den = s->den.data();
   const T scale = WeightScale<T>(p.h);
   const T eps = static_cast<T>(p.eps);
-  auto E = [&](int64_t i, int64_t j) { return ext + (i + R) * EW + (j + R); };  // ext(i, j)
-  auto N = [&](int64_t i, int64_t j) {  // |P_(i,j)|, rows from r0 - s
+#if IAPDCNN_NLM_AVX512
+  const bool avx512 = std::is_same_v<T, float> && UseAvx512(static_cast<float>(eps));
+  (void)avx512;  // unused for double
+#endif
+  auto E = [&](int64_t i, int64_t j)
+               IAPDCNN_ALWAYS_INLINE_LAMBDA { return ext + (i + R) * EW + (j + R); };  // ext(i, j)
+  auto N = [&](int64_t i, int64_t j) IAPDCNN_ALWAYS_INLINE_LAMBDA {  // |P_(i,j)|, rows from r0 - s
     return norm + (i - r0 + sr) * NW + (j + sr);
   };
   // d = 0: the self weight, cos(a, a) = |P_a|^2 / (|P_a|^2 + eps).
@@ -205,8 +270,19 @@ IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, in
             const T* __restrict b_out = E(i - r - 1 + dy, c0 - r + dx);
             for (int64_t j = 0; j < vw; ++j) v[j] += a_in[j] * b_in[j] - a_out[j] * b_out[j];
           }
-          WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, s->pre.data(), cw, r, scale,
-                           eps);
+#if IAPDCNN_NLM_AVX512
+          if constexpr (std::is_same_v<T, float> && kR >= 0) {
+            if (avx512) {
+              WeightRowAvx512<kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, cw, scale, eps);
+            } else {
+              WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, nullptr, cw, r, scale, eps);
+            }
+          } else  // NOLINT(readability/braces): the generic row below
+#endif
+          {
+            WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, s->pre.data(), cw, r, scale,
+                             eps);
+          }
           wa[q] = w;
           ga[q] = E(i + dy, dx);
           wb[q] = w - dx;
@@ -274,7 +350,13 @@ void Prepare(const CosineNlmParams& p, const T* x, int64_t n, int64_t c, int64_t
   for (int64_t i = e0; i < e1; ++i) {
     const T* src = plane + ReflectIndex(i - R, H) * W * C;
     T* dst = s->ext.data() + i * EW;
-    for (int64_t j = 0; j < EW; ++j) dst[j] = src[s->cols[j]];
+    if (C == 1 && W > R) {  // the common case: the middle is a plain copy, only borders reflect
+      for (int64_t j = 0; j < R; ++j) dst[j] = src[s->cols[j]];
+      std::copy_n(src, W, dst + R);
+      for (int64_t j = W + R; j < EW; ++j) dst[j] = src[s->cols[j]];
+    } else {
+      for (int64_t j = 0; j < EW; ++j) dst[j] = src[s->cols[j]];
+    }
   }
   // Norms of the patches centred on rows [r0 - s, r1 + s), cols [-s, W + s): vertical then
   // horizontal box of squares, direct taps (once per unit, cheap next to the offsets).
@@ -356,7 +438,13 @@ Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const Parallel
       }
       // den >= w(a, a) = exp(-(1 - cos(a, a)) / h) > 0, so the division is always defined.
       T* o = out + n * H * W * C + r0 * W * C + c;
-      for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i * C] = s.num[i] / s.den[i];
+      const T* __restrict nu = s.num.data();
+      const T* __restrict de = s.den.data();
+      if (C == 1) {  // contiguous, so the division vectorises
+        for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i] = nu[i] / de[i];
+      } else {
+        for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i * C] = nu[i] / de[i];
+      }
     }
   });
   return Status::OK();
