@@ -115,21 +115,23 @@ IAPDCNN_ALWAYS_INLINE void WeightRow(const T* __restrict v, const T* __restrict 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized (their _mm512_undefined_* placeholders).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int kR>
+template <int kR, bool kClampT>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"), noinline)) void
 WeightRowAvx512(const float* __restrict v, const float* __restrict na, const float* __restrict nb,
                 float* __restrict w, int64_t n, float scale, float eps) {
   const __m512 vscale = _mm512_set1_ps(scale), veps = _mm512_set1_ps(eps);
   const __m512 one = _mm512_set1_ps(1.0f), lo = _mm512_set1_ps(-125.0f);
   const __m512 hi = _mm512_set1_ps(126.0f);
+  (void)lo, (void)hi;  // used only when kClampT
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
     __m512 dot = _mm512_maskz_loadu_ps(m, v + j);
     for (int l = 1; l <= 2 * kR; ++l) dot = _mm512_add_ps(dot, _mm512_maskz_loadu_ps(m, v + j + l));
     const __m512 q =
         _mm512_mul_ps(_mm512_maskz_loadu_ps(m, na + j), _mm512_maskz_loadu_ps(m, nb + j));
-    // Cauchy-Schwarz clamp; max/min return their second operand (dot) when it is NaN.
-    dot = _mm512_min_ps(q, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), q), dot));
+    // Cauchy-Schwarz clamp to [-q, q] in one vrangeps (imm 0b0010: the smaller magnitude of dot
+    // and q >= 0, with dot's sign): the same value as min/max, and a NaN dot stays NaN.
+    dot = _mm512_range_ps(dot, q, 0x2);
     const __m512 d = _mm512_add_ps(q, veps);
     const __m512 y = _mm512_rcp14_ps(d);
     const __m512 c0 = _mm512_mul_ps(dot, y);
@@ -137,7 +139,9 @@ WeightRowAvx512(const float* __restrict v, const float* __restrict na, const flo
     // FastExp2((cos - 1) * scale) as in nlm_impl.h; n = round-to-nearest-even(t), as the 1.5 * 2^23
     // trick there, and 2^n p by vscalefps, exact here as p 2^n is a normal float.
     __m512 t = _mm512_mul_ps(_mm512_sub_ps(cos, one), vscale);
-    t = _mm512_min_ps(hi, _mm512_max_ps(lo, t));
+    // |cos| <= 1 (up to an ulp), so t lies in [-2 scale, 0]: the clamp to [-125, 126] is a
+    // no-op unless scale (that is, 1 / h) is large, and is then skipped (identical results).
+    if constexpr (kClampT) t = _mm512_min_ps(hi, _mm512_max_ps(lo, t));
     const __m512 nf = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, nf);
     __m512 p = _mm512_set1_ps(1.3400433e-3f);
@@ -215,6 +219,9 @@ IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, in
 #if IAPDCNN_NLM_AVX512
   const bool avx512 = std::is_same_v<T, float> && UseAvx512(static_cast<float>(eps));
   (void)avx512;  // unused for double
+  // t = (cos - 1) scale >= -2 scale - ulps never needs FastExp2's clamp at -125 when scale <= 62.
+  const bool clamp_t = scale > T(62);
+  (void)clamp_t;
 #endif
   auto E = [&](int64_t i, int64_t j)
                IAPDCNN_ALWAYS_INLINE_LAMBDA { return ext + (i + R) * EW + (j + R); };  // ext(i, j)
@@ -273,7 +280,8 @@ IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, in
 #if IAPDCNN_NLM_AVX512
           if constexpr (std::is_same_v<T, float> && kR >= 0) {
             if (avx512) {
-              WeightRowAvx512<kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, cw, scale, eps);
+              auto* row = clamp_t ? WeightRowAvx512<kR, true> : WeightRowAvx512<kR, false>;
+              row(v, N(i, c0), N(i + dy, c0 + dx), w + c0, cw, scale, eps);
             } else {
               WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, nullptr, cw, r, scale, eps);
             }
