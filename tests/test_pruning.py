@@ -277,6 +277,26 @@ def test_callback_masks_then_strip(rng):
     assert pruning.count_flops(pruning.strip(m)).total == pruning.count_flops(small).total
 
 
+def test_callback_hard_keeps_final_mask(rng):
+    # hard=True: once the target is reached the mask is held to the end (no re-selection at
+    # train end, which could pick filters the network has not adapted to).
+    m = small_resnet(width=8)
+    m.compile("sgd", "sparse_categorical_crossentropy")
+    x = rng.uniform(size=(48, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, size=48)
+    cb = pruning.MDCVPruning(0.3, begin_step=0, end_step=2, frequency=1, hard=True, round_to=2)
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert [s for s, _ in cb.history] == [1, 2]
+    pruned = cb.current_plan.pruned
+    assert pruned and m._iapdcnn_pruned == pruned
+    for name, idx in pruned.items():
+        assert not np.any(m.get_layer(name).get_weights()[0][..., idx])
+    small = pruning.strip(m)
+    np.testing.assert_allclose(
+        small(x[:4], training=False), m(x[:4], training=False), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_bad_options_name_the_argument(rng):
     m = _toy(rng)
     with pytest.raises(ValueError, match="alpha"):

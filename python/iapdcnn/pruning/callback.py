@@ -118,7 +118,10 @@ class MDCVPruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         step = int(self.model.optimizer.iterations.numpy())
-        if self.current_plan is None or step >= self._end():
+        # A hard mask already at the final target stays as it is: re-selecting here could pick
+        # other filters than the ones the network has adapted to (soft mode re-selects, as SFP).
+        final = bool(self.history) and self.history[-1][0] >= self._end()
+        if self.current_plan is None or (step >= self._end() and not (self.hard and final)):
             if self.reduction_at(step) > 0:
                 self._update(step)
         else:
