@@ -277,15 +277,29 @@ def test_callback_masks_then_strip(rng):
     assert pruning.count_flops(pruning.strip(m)).total == pruning.count_flops(small).total
 
 
-def test_callback_hard_keeps_final_mask(rng):
-    # hard=True: once the target is reached the mask is held to the end (no re-selection at
-    # train end, which could pick filters the network has not adapted to).
+@pytest.mark.parametrize("hard", [True, False])
+def test_callback_keeps_final_mask(rng, hard):
+    # Once the target is reached (end_step) the mask is held to the end, in soft mode too: the
+    # zeroed filters stay zero through the remaining batches and there is no re-selection at
+    # train end, which could pick filters the network has been fine-tuned without.
     m = small_resnet(width=8)
     m.compile("sgd", "sparse_categorical_crossentropy")
     x = rng.uniform(size=(48, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, size=48)
-    cb = pruning.MDCVPruning(0.3, begin_step=0, end_step=2, frequency=1, hard=True, round_to=2)
-    m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    cb = pruning.MDCVPruning(0.3, begin_step=0, end_step=2, frequency=1, hard=hard, round_to=2)
+    held = []  # after each batch past end_step: are the selected filters still all zero?
+
+    def check(batch, logs):
+        if cb._final():
+            p = cb.current_plan  # every masked weight, BN beta included (it would regrow)
+            masks = p.graph.masks(p.removed)
+            held.append(
+                all(not np.any(v.numpy()[np.broadcast_to(k, v.shape) == 0]) for v, k in masks)
+            )
+
+    probe = keras.callbacks.LambdaCallback(on_train_batch_end=check)
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb, probe])
+    assert held == [True] * 5  # batches 2..6
     assert [s for s, _ in cb.history] == [1, 2]
     pruned = cb.current_plan.pruned
     assert pruned and m._iapdcnn_pruned == pruned

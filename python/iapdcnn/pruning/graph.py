@@ -316,32 +316,38 @@ class ChannelGraph:
             return [w[0][kin]] + w[1:]
         return w
 
-    def apply_masks(self, removed: set[int]) -> None:
-        """Soft pruning: zeroes, in place, every weight that the removed channels feed, so that the
-        model computes what ``rebuild(removed)`` would (BN gamma/beta too: 0 in, 0 out)."""
+    def masks(self, removed: set[int]) -> list[tuple[Any, np.ndarray]]:
+        """``(variable, 0/1 mask)`` for every weight that the removed channels feed: conv kernels
+        and biases of removed filters, depthwise kernels and biases of removed inputs, and the
+        BN gamma/beta they enter (0 in, 0 out), so that the masked model computes what
+        ``rebuild(removed)`` would. Masks broadcast against their variable."""
+        out = []
         for layer in self.model.layers:
             if layer.name not in self.handled or not layer.weights:
                 continue
-            w = layer.get_weights()
             if is_prunable_conv(layer):
-                kout = self.kept(layer.name, removed, "out")
-                w[0][..., ~kout] = 0
-                for b in w[1:]:
-                    b[~kout] = 0
+                keep = self.kept(layer.name, removed, "out").astype(np.float32)
+                out += [(v, keep) for v in layer.weights]  # kernel [..., out] and bias [out]
             elif isinstance(layer, L.DepthwiseConv2D):
-                kin = self.kept(layer.name, removed, "in")
-                w[0][:, :, ~kin, :] = 0
-                if len(w) > 1:
-                    w[1].reshape(len(kin), -1)[~kin] = 0
+                kin = self.kept(layer.name, removed, "in").astype(np.float32)
+                kern = layer.weights[0]
+                out.append((kern, kin[:, None]))  # kernel [kh, kw, in, mult]
+                if len(layer.weights) > 1:  # bias [in * mult], channel-major
+                    out.append((layer.weights[1], np.repeat(kin, kern.shape[-1])))
             elif isinstance(layer, L.BatchNormalization):
-                kin = self.kept(layer.name, removed, "in")
-                names = [v.name.split("/")[-1].split(":")[0] for v in layer.weights]
-                for v, n in zip(w, names, strict=False):
-                    if n in ("gamma", "beta"):
-                        v[~kin] = 0
-            else:
-                continue
-            layer.set_weights(w)
+                kin = self.kept(layer.name, removed, "in").astype(np.float32)
+                for v in layer.weights:
+                    if v.name.split("/")[-1].split(":")[0] in ("gamma", "beta"):
+                        out.append((v, kin))
+        return out
+
+    def apply_masks(self, removed: set[int]) -> None:
+        """Soft pruning: zeroes, in place, every weight that the removed channels feed (see
+        ``masks``)."""
+        for v, m in self.masks(removed):
+            w = v.numpy()
+            w[np.broadcast_to(m, w.shape) == 0] = 0
+            v.assign(w)
 
     def dead_roots(self) -> set[int]:
         """Classes whose filters (and biases, and following BN gamma/beta) are all exactly zero."""
