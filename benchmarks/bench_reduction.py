@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,17 +155,25 @@ def worker_robust(a) -> None:
         "--straggler-seconds",
         str(a.straggler_s),
     ]
+    seeds = [int(x) for x in a.seeds.split(",") if x]
     runs = [("clean", r, []) for r in reds]
     runs += [(k, r, ["--inject-fault", f"{faulty}:{k}"]) for k in kinds for r in reds]
-    for kind, red, extra in runs:
-        outdir = os.path.join(tmp, f"{kind}_{red}")
-        rep = main([*common, "--reduction", red, "--out", outdir, *extra])
-        acc = round(rep["test_accuracy"], 4)
+    # One 400-step run moves by ~4 points with the seed alone (initialisation and batch order):
+    # several seeds, averaged, make a 1-point comparison meaningful. Per-seed values are kept.
+    out["per_seed"] = {f"{kind}/{red}": [] for kind, red, _ in runs}
+    for seed in seeds:
+        for kind, red, extra in runs:
+            outdir = os.path.join(tmp, f"{kind}_{red}_{seed}")
+            rep = main([*common, "--seed", str(seed), "--reduction", red, "--out", outdir, *extra])
+            acc = round(rep["test_accuracy"], 4)
+            out["per_seed"][f"{kind}/{red}"].append(acc)
+            out["step_s"][f"{kind}/{red}"] = round(rep["history"][-1]["epoch_s"] / a.steps, 4)
+            out["workers_kept"][f"{kind}/{red}"] = round(rep["history"][-1]["workers_kept_mean"], 4)
+            if hvd.rank() == 0:
+                print(f"seed {seed} {kind:10s} {red:7s} acc={acc:.4f}", flush=True)
+    for kind, red, _ in runs:
+        acc = round(statistics.fmean(out["per_seed"][f"{kind}/{red}"]), 4)
         (out["clean"] if kind == "clean" else out["robust"][kind])[red] = acc
-        out["step_s"][f"{kind}/{red}"] = round(rep["history"][-1]["epoch_s"] / a.steps, 4)
-        out["workers_kept"][f"{kind}/{red}"] = round(rep["history"][-1]["workers_kept_mean"], 4)
-        if hvd.rank() == 0:
-            print(f"{kind:10s} {red:7s} acc={acc:.4f}", flush=True)
     if hvd.rank() == 0:
         print(json.dumps(out), flush=True)
 
@@ -191,6 +200,9 @@ def main() -> None:
     )
     p.add_argument("--kinds", default=",".join(KINDS), help="robust: fault kinds to run")
     p.add_argument("--reds", default=",".join(REDS), help="robust: reductions to compare")
+    p.add_argument(
+        "--seeds", default="0", help="robust: trainer seeds; accuracies are their mean (e.g. 0,1,2)"
+    )
     a = p.parse_args()
     if a.worker == "overhead":
         return worker_overhead(a)
@@ -216,6 +228,7 @@ def main() -> None:
         rob_args += ["--batch", str(a.batch or 32), "--steps", str(steps)]
         rob_args += ["--eval-limit", str(a.eval_limit or (1000 if q else 10000))]
         rob_args += ["--straggler-s", str(a.straggler_s), "--kinds", a.kinds, "--reds", a.reds]
+        rob_args += ["--seeds", a.seeds]
         print(f"robustness: np=4, one faulty rank, {steps} steps", flush=True)
         rob = _hvd(4, rob_args, timeout=3600)
         clean = rob["clean"].get("mean")
