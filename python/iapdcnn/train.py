@@ -580,15 +580,13 @@ def main(argv: list[str] | None = None) -> dict:
             res = train_step(x, y, tf.constant(gmul))
             if step_log is not None and "table" in res:
                 t, w = res.pop("table").numpy(), res.pop("weights").numpy()
-                rec_ = {"step": gstep, "loss": t[:, 0], "norm": t[:, 1], "se": t[:, 4], "law": w}
+                cols = {"loss": t[:, 0], "norm": t[:, 1], "se": t[:, 4], "law": w}
                 # Strict JSON: a faulty worker's NaN/inf scalars are written as null.
-                rec_ = {
-                    k: [float(x) if np.isfinite(x) else None for x in np.round(v, 5)]
-                    for k, v in rec_.items()
-                    if k != "step"
+                rec = {
+                    k: [float(u) if np.isfinite(u) else None for u in np.round(v, 5)]
+                    for k, v in cols.items()
                 }
-                step_log.write(json.dumps({"step": gstep, **rec_}, allow_nan=False))
-                step_log.write("\n")
+                step_log.write(json.dumps({"step": gstep, **rec}, allow_nan=False) + "\n")
             st = {k: float(v) for k, v in res.items() if k not in ("table", "weights")}
             acc_n += 1
             acc_kept += st["workers_kept"]
