@@ -106,8 +106,8 @@ IAPDCNN_ALWAYS_INLINE void WeightRow(const T* __restrict v, const T* __restrict 
 
 #if IAPDCNN_NLM_AVX512
 // WeightRow<float, kR> with AVX-512 intrinsics, the hot loop of the kernel. The same arithmetic
-// (FastExp2's steps, clamps as min/max with NaNs passed through as there; bit-identical weights
-// for the same cos), except the division dot / (q + eps): vdivps has a low throughput, so the
+// (FastExp2's steps, the same clamps with NaNs passed through as there; bit-identical weights for
+// the same cos), except the division dot / (q + eps): vdivps has a low throughput, so the
 // quotient is rcp14's estimate y of 1 / (q + eps) (relative error < 2^-14) times dot, corrected
 // once by the residual: c = c0 + y (dot - (q + eps) c0), relative error ~2^-28 before rounding,
 // i.e. within about one ulp of the exact float quotient. Requires q + eps to be a normal float (eps
@@ -120,9 +120,7 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"), noinline))
 WeightRowAvx512(const float* __restrict v, const float* __restrict na, const float* __restrict nb,
                 float* __restrict w, int64_t n, float scale, float eps) {
   const __m512 vscale = _mm512_set1_ps(scale), veps = _mm512_set1_ps(eps);
-  const __m512 one = _mm512_set1_ps(1.0f), lo = _mm512_set1_ps(-125.0f);
-  const __m512 hi = _mm512_set1_ps(126.0f);
-  (void)lo, (void)hi;  // used only when kClampT
+  const __m512 one = _mm512_set1_ps(1.0f);
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
     __m512 dot = _mm512_maskz_loadu_ps(m, v + j);
@@ -141,7 +139,9 @@ WeightRowAvx512(const float* __restrict v, const float* __restrict na, const flo
     __m512 t = _mm512_mul_ps(_mm512_sub_ps(cos, one), vscale);
     // |cos| <= 1 (up to an ulp), so t lies in [-2 scale, 0]: the clamp to [-125, 126] is a
     // no-op unless scale (that is, 1 / h) is large, and is then skipped (identical results).
-    if constexpr (kClampT) t = _mm512_min_ps(hi, _mm512_max_ps(lo, t));
+    if constexpr (kClampT) {
+      t = _mm512_min_ps(_mm512_set1_ps(126.0f), _mm512_max_ps(_mm512_set1_ps(-125.0f), t));
+    }
     const __m512 nf = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, nf);
     __m512 p = _mm512_set1_ps(1.3400433e-3f);
@@ -277,17 +277,17 @@ IAPDCNN_ALWAYS_INLINE void StripImpl(const CosineNlmParams& p, Scratch<T>* s, in
             const T* __restrict b_out = E(i - r - 1 + dy, c0 - r + dx);
             for (int64_t j = 0; j < vw; ++j) v[j] += a_in[j] * b_in[j] - a_out[j] * b_out[j];
           }
+          bool row_done = false;
 #if IAPDCNN_NLM_AVX512
           if constexpr (std::is_same_v<T, float> && kR >= 0) {
             if (avx512) {
               auto* row = clamp_t ? WeightRowAvx512<kR, true> : WeightRowAvx512<kR, false>;
               row(v, N(i, c0), N(i + dy, c0 + dx), w + c0, cw, scale, eps);
-            } else {
-              WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, nullptr, cw, r, scale, eps);
+              row_done = true;
             }
-          } else  // NOLINT(readability/braces): the generic row below
+          }
 #endif
-          {
+          if (!row_done) {
             WeightRow<T, kR>(v, N(i, c0), N(i + dy, c0 + dx), w + c0, s->pre.data(), cw, r, scale,
                              eps);
           }
