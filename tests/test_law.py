@@ -188,3 +188,9 @@ def test_bad_options():
         lsg_loss([1.0], [1.0], "all")
     with pytest.raises(ValueError, match="tau"):
         sample_law([1.0], tau=-1.0)
+    with pytest.raises(ValueError, match="se_kappa"):
+        worker_law([1.0, 1.0], [1.0, 1.0], [1.0, 1.0], loss_se=[0.1, 0.1], se_kappa=0)
+    from iapdcnn.distributed import LSGReduction
+
+    with pytest.raises(ValueError, match="se_kappa"):
+        LSGReduction(se_kappa=-1.0)

@@ -39,6 +39,7 @@ TINY = [
         (["--reduction", "mean", "--tau", "1"], "--tau applies to --reduction lsg"),
         (["--dataset", "cifar10"], "needs --data-path"),
         (["--kappa", "0"], "--kappa must be > 0"),
+        (["--se-kappa", "-1"], "--se-kappa must be > 0"),
     ],
 )
 def test_bad_flags(argv, needle, capsys):
