@@ -119,6 +119,42 @@ def test_forward_dtypes(rng, cfg, fmt, dtype):
         _assert_close(tf.nn.conv2d(x, f, s, pad, dilations=d).numpy(), want, dtype)
 
 
+# Float32 NHWC shapes for the forward's AVX-512 micro-kernel (csrc/conv/conv_direct_cpu.cc):
+# out_c a multiple of 16, every register-tile width (16..64 channels, and 64 + 16 in two blocks),
+# pixel counts that leave every row tail, and its own plan: padded-copy chunks that split the
+# batch and one image, segment passes whose accumulators go through the output, dilated taps.
+DIRECT_GRID = [
+    (2, 13, 11, 5, 3, 3, 16, 1, "SAME", 1, 1),
+    (1, 9, 10, 7, 3, 3, 48, 1, "VALID", 1, 1),
+    (3, 8, 7, 16, 3, 3, 80, 1, "SAME", 1, 1),  # two channel blocks: 64 + 16, packed filter
+    (2, 15, 13, 6, 5, 3, 32, (2, 1), "SAME", 1, 1),
+    (2, 12, 14, 8, 3, 3, 32, 1, "SAME", (2, 3), 1),  # dilated: one segment per tap
+    (1, 3, 3, 4, 7, 7, 16, 1, "SAME", 1, 1),  # kernel larger than the input
+    (2, 9, 8, 16, 3, 4, 32, 1, [[0, 0], [3, 1], [0, 4], [0, 0]], 1, 1),  # pad > kernel reach
+    (2, 17, 17, 3, 7, 7, 64, 2, "SAME", 1, 1),  # stem-like
+    (0, 7, 7, 16, 3, 3, 16, 1, "SAME", 1, 1),  # empty batch
+    (1, 6, 6, 256, 3, 3, 128, 1, "SAME", 1, 1),  # one segment per pass
+    (3, 40, 40, 448, 3, 3, 16, 1, "SAME", 1, 1),  # padded copy in two chunks (of images)
+    (1, 150, 150, 96, 3, 3, 16, 1, "SAME", 1, 1),  # one image split across chunks
+    (2, 12, 12, 32, 3, 3, 64, 2, "VALID", 1, 1),
+]
+
+
+@pytest.mark.parametrize("cfg", DIRECT_GRID, ids=_ids)
+def test_forward_float32_micro_kernel(rng, cfg):
+    x, f, s, pad, d, g = _make(cfg, rng, "float32")
+    want = _tf_conv(x, f, s, pad, "NHWC", d)
+    _assert_close(ops.im2col_conv2d(x, f, s, pad, "NHWC", d, g).numpy(), want, "float32")
+    _assert_close(_C.im2col_conv2d(x, f, s, pad, "NHWC", d, g), want, "float32")
+    if s == 1:  # the stride-1 gradient w.r.t. the input runs as a forward convolution
+        dy = rng.normal(size=want.shape).astype(np.float32)
+        _assert_close(
+            _C.im2col_conv2d_backprop_input(x.shape, f, dy, s, pad, "NHWC", d, g),
+            reference.im2col_conv2d_backprop_input(x.shape, f, dy, s, pad, "NHWC", d, g),
+            "float32",
+        )
+
+
 @pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("cfg", GRID, ids=_ids)
 def test_gradients_match_reference_and_tf(rng, cfg, fmt):

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "conv/conv.h"
+#include "conv/conv_direct.h"
 #include "conv/conv_impl.h"
 
 namespace iapdcnn {
@@ -686,23 +687,34 @@ Status CheckShapeIs(const char* what, const std::vector<int64_t>& got,
 
 // ---- scratch sizes ------------------------------------------------------------------------------
 
+namespace {
+// The forward's per-task scratch for p (also run as the stride-1 gradient w.r.t. the input).
+int64_t ForwardTaskBytes(const Im2colConv2DParams& p, int64_t elem_bytes) {
+  const int64_t cb = elem_bytes == 8 ? 8 : 4;
+  const bool packed = elem_bytes != cb;  // half / bfloat16
+  if (elem_bytes == 4 && conv_direct::Supported(p)) return conv_direct::TaskScratchBytes(p);
+  const RowViewPlan v = PlanRowView(p, cb);
+  if (!packed && v.ok) return RowViewScratchBytes(p, v, cb);
+  const FwdPlan f = PlanForward(p, cb);
+  int64_t fwd =
+      IsPointwise(p) && !packed ? 0 : f.tile_rows * p.k_h * p.k_w * (p.in_c / p.groups) * cb;
+  if (packed) fwd += f.tile_rows * f.oc_block * cb;
+  return fwd;
+}
+int64_t ForwardSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes) {
+  return elem_bytes == 4 && conv_direct::Supported(p) ? conv_direct::SharedScratchBytes(p) : 0;
+}
+}  // namespace
+
 int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t elem_bytes) {
   const int64_t cb = elem_bytes == 8 ? 8 : 4;
   const bool packed = elem_bytes != cb;  // half / bfloat16
-  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
-  const FwdPlan f = PlanForward(p, cb);
-  int64_t fwd = IsPointwise(p) && !packed ? 0 : f.tile_rows * p.k_h * p.k_w * cg * cb;
-  if (packed) fwd += f.tile_rows * f.oc_block * cb;
-  const RowViewPlan v = PlanRowView(p, cb);
-  if (!packed && v.ok) fwd = RowViewScratchBytes(p, v, cb);
+  const int64_t og = p.out_c / p.groups;
+  const int64_t fwd = ForwardTaskBytes(p, elem_bytes);
   int64_t bin = 0;
   Im2colConv2DParams q;
   if (TransposedForward(p, &q)) {
-    const FwdPlan fq = PlanForward(q, cb);
-    bin = IsPointwise(q) && !packed ? 0 : fq.tile_rows * q.k_h * q.k_w * (q.in_c / q.groups) * cb;
-    if (packed) bin += fq.tile_rows * fq.oc_block * cb;
-    const RowViewPlan vq = PlanRowView(q, cb);
-    if (!packed && vq.ok) bin = RowViewScratchBytes(q, vq, cb);
+    bin = ForwardTaskBytes(q, elem_bytes);
   } else {
     const BwdInPlan bi = PlanBackpropInput(p, cb);
     bin = bi.tile_rows * p.k_h * p.k_w * bi.ch_block * cb;
@@ -720,8 +732,13 @@ int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes)
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
   const BwdFilPlan bf = PlanBackpropFilter(p, cb);
   int64_t shared = bf.shards > 1 || elem_bytes != cb ? bf.shards * K * p.out_c * cb : 0;
+  shared = std::max(shared, ForwardSharedBytes(p, elem_bytes));
   Im2colConv2DParams q;
-  if (elem_bytes != cb || TransposedForward(p, &q)) shared = std::max(shared, K * p.out_c * cb);
+  if (TransposedForward(p, &q)) {
+    shared = std::max(shared, K * p.out_c * cb + ForwardSharedBytes(q, elem_bytes));
+  } else if (elem_bytes != cb) {
+    shared = std::max(shared, K * p.out_c * cb);
+  }
   return shared;
 }
 
@@ -781,6 +798,9 @@ void ForwardCore(const Im2colConv2DParams& p, const T* input, const C* w, T* out
   const int64_t K = p.k_h * p.k_w * cg;
   const Strides is = InputStrides(p);
   const bool pointwise = IsPointwise(p) && !kPacked;
+  if constexpr (std::is_same<T, float>::value) {
+    if (conv_direct::Supported(p)) return conv_direct::Forward(p, input, w, output, pf);
+  }
   if constexpr (!kPacked) {
     const RowViewPlan v = PlanRowView(p, sizeof(C));
     if (v.ok) return RowViewForward<C>(p, v, input, w, output, pf);

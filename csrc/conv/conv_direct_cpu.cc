@@ -1,0 +1,270 @@
+// Float32 NHWC forward with our own AVX-512 GEMM micro-kernel (see conv_direct.h for the idea).
+// Why a hand-written micro-kernel here, against the rule of using a GEMM library: Eigen's GEMM
+// must pack the im2col matrix (or the row view of the padded input) before it multiplies, and its
+// 48 x 8 register tile leaves 64-channel layers a 16-wide tail. bench_conv.py measured, on the
+// ResNet-50 3x3 layers at batch 8, this kernel against the Eigen path it replaces (see the
+// comment at kR). The gradients keep Eigen's GEMM.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "conv/conv_direct.h"
+
+namespace iapdcnn {
+namespace conv_direct {
+
+namespace {
+
+// Register tile: kR output pixels x V * 16 output channels, V <= 4. 6 x 64 keeps 24 accumulators,
+// 4 filter vectors and one broadcast in the 32 zmm registers; per depth step it issues 24 FMAs
+// against 4 + 6 loads, so FMA throughput, not loads, bounds it.
+constexpr int kR = 6;
+constexpr int kMaxV = 4;
+constexpr int64_t kCopyBudgetBytes = 8 << 20;  // the padded copy of one chunk of output rows
+constexpr int64_t kSegGroupBytes = 384 << 10;  // filter rows one pass keeps in L2 (1 MiB here)
+constexpr int64_t kMinTaskPixels = 8 * kR;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// out[j][0:16V] (=|+=) sum over segments s, depth k < len of x[j][xoff[s] + k] * w[woff[s] +
+// k * ldw][0:16V], for j < R. Row j of the output is out + j * ldo.
+template <int R, int V>
+__attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_t* xoff,
+                                             const int64_t* woff, int64_t nseg, int64_t len,
+                                             const float* w, int64_t ldw, float* out, int64_t ldo,
+                                             bool acc) {
+  __m512 c[R][V];
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      c[j][v] = acc ? _mm512_loadu_ps(out + j * ldo + 16 * v) : _mm512_setzero_ps();
+    }
+  }
+  for (int64_t s = 0; s < nseg; ++s) {
+    const float* xs[R];
+#pragma GCC unroll 8
+    for (int j = 0; j < R; ++j) xs[j] = x[j] + xoff[s];
+    const float* wp = w + woff[s];
+    for (int64_t k = 0; k < len; ++k, wp += ldw) {
+      __m512 b[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) b[v] = _mm512_loadu_ps(wp + 16 * v);
+#pragma GCC unroll 8
+      for (int j = 0; j < R; ++j) {
+        const __m512 a = _mm512_set1_ps(xs[j][k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) c[j][v] = _mm512_fmadd_ps(a, b[v], c[j][v]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < R; ++j) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + j * ldo + 16 * v, c[j][v]);
+  }
+}
+
+using TileFn = void (*)(const float* const*, const int64_t*, const int64_t*, int64_t, int64_t,
+                        const float*, int64_t, float*, int64_t, bool);
+
+template <int R>
+constexpr TileFn TileOf(int v) {
+  return v == 1 ? Tile<R, 1> : v == 2 ? Tile<R, 2> : v == 3 ? Tile<R, 3> : Tile<R, 4>;
+}
+TileFn TileFor(int r, int v) {
+  static const TileFn table[kR][kMaxV] = {
+      {TileOf<1>(1), TileOf<1>(2), TileOf<1>(3), TileOf<1>(4)},
+      {TileOf<2>(1), TileOf<2>(2), TileOf<2>(3), TileOf<2>(4)},
+      {TileOf<3>(1), TileOf<3>(2), TileOf<3>(3), TileOf<3>(4)},
+      {TileOf<4>(1), TileOf<4>(2), TileOf<4>(3), TileOf<4>(4)},
+      {TileOf<5>(1), TileOf<5>(2), TileOf<5>(3), TileOf<5>(4)},
+      {TileOf<6>(1), TileOf<6>(2), TileOf<6>(3), TileOf<6>(4)},
+  };
+  return table[r - 1][v - 1];
+}
+
+// The zero-padded input copy covers, for output rows oh of one image, padded rows
+// y = oh * stride_h + kh * dilation_h (y = ih + pad_top) and columns x = ow * stride_w + kw *
+// dilation_w; only the rows and columns some output pixel reads.
+int64_t PaddedWidth(const Im2colConv2DParams& p) {
+  return (p.out_w - 1) * p.stride_w + (p.k_w - 1) * p.dilation_w + 1;
+}
+int64_t PaddedRows(const Im2colConv2DParams& p, int64_t out_rows) {
+  return (out_rows - 1) * p.stride_h + (p.k_h - 1) * p.dilation_h + 1;
+}
+
+// A chunk: output rows [u0, u1) of the batch's row space u = n * out_h + oh, whose padded rows
+// fit kCopyBudgetBytes together (at least one output row).
+struct Chunk {
+  int64_t u0, u1, bytes;
+};
+std::vector<Chunk> Chunks(const Im2colConv2DParams& p) {
+  const int64_t row_bytes = PaddedWidth(p) * p.in_c * int64_t{sizeof(float)};
+  const int64_t units = p.batch * p.out_h;
+  std::vector<Chunk> out;
+  for (int64_t u = 0; u < units;) {
+    Chunk c{u, u, 0};
+    while (c.u1 < units) {
+      const int64_t oh = c.u1 % p.out_h;
+      const int64_t add = (oh == 0 || c.u1 == c.u0 ? PaddedRows(p, 1) : p.stride_h) * row_bytes;
+      if (c.u1 > c.u0 && c.bytes + add > kCopyBudgetBytes) break;
+      c.bytes += add;
+      ++c.u1;
+    }
+    out.push_back(c);
+    u = c.u1;
+  }
+  return out;
+}
+
+// Depth segments: runs of the im2col row that are contiguous in the padded copy. Undilated, a
+// kernel row's k_w * C values are one run; dilated, each tap's C values are. A pass handles
+// per_pass segments, keeping their filter rows (len * 64 floats each) in L2 while it sweeps the
+// task's pixels; the accumulators round-trip through the output between passes.
+struct Segments {
+  std::vector<int64_t> xoff, woff;  // offsets into the padded copy and into w (HWIO)
+  int64_t len, per_pass;
+};
+Segments SegmentsOf(const Im2colConv2DParams& p) {
+  const int64_t C = p.in_c, row = PaddedWidth(p) * C;
+  Segments sg;
+  sg.len = p.dilation_w == 1 ? p.k_w * C : C;
+  for (int64_t kh = 0; kh < p.k_h; ++kh) {
+    for (int64_t kw = 0; kw < (p.dilation_w == 1 ? 1 : p.k_w); ++kw) {
+      sg.xoff.push_back(kh * p.dilation_h * row + kw * p.dilation_w * C);
+      sg.woff.push_back((kh * p.k_w + kw) * C * p.out_c);
+    }
+  }
+  sg.per_pass =
+      std::max<int64_t>(1, kSegGroupBytes / (sg.len * kMaxV * 16 * int64_t{sizeof(float)}));
+  return sg;
+}
+
+int64_t TargetTasks() {
+  static const int64_t n = std::max<int64_t>(2, 4 * std::thread::hardware_concurrency());
+  return n;
+}
+
+}  // namespace
+
+bool Supported(const Im2colConv2DParams& p) {
+  static const bool cpu = __builtin_cpu_supports("avx512f");
+  return cpu && !p.nchw && p.groups == 1 && p.out_c % 16 == 0 && p.k_h * p.k_w > 1 && p.batch > 0 &&
+         p.out_h > 0 && p.out_w > 0 && p.in_c > 0;
+}
+
+int64_t SharedScratchBytes(const Im2colConv2DParams& p) {
+  int64_t m = 0;
+  for (const Chunk& c : Chunks(p)) m = std::max(m, c.bytes);
+  return m;
+}
+
+int64_t TaskScratchBytes(const Im2colConv2DParams& p) {
+  const Segments sg = SegmentsOf(p);
+  return p.out_c > kMaxV * 16 ? sg.per_pass * sg.len * kMaxV * 16 * int64_t{sizeof(float)} : 0;
+}
+
+void Forward(const Im2colConv2DParams& p, const float* input, const float* w, float* output,
+             const ParallelFor& pf) {
+  const int64_t C = p.in_c, oc = p.out_c, wpad = PaddedWidth(p);
+  const int64_t row = wpad * C;  // floats per padded row
+  const Segments sg = SegmentsOf(p);
+  const std::vector<int64_t>&xoff = sg.xoff, &woff = sg.woff;
+  const int64_t len = sg.len, per_pass = sg.per_pass, nseg = static_cast<int64_t>(xoff.size());
+  const int64_t oc_blocks = CeilDiv(oc, kMaxV * 16);
+  const int64_t lo = p.pad_left, hi = std::min(wpad, p.pad_left + p.in_w);  // copied columns
+
+  std::vector<float> buf;
+  std::vector<const float*> unit_row;  // padded row of output row u's kh = 0 taps
+  for (const Chunk& ch : Chunks(p)) {
+    buf.resize(static_cast<size_t>(ch.bytes / int64_t{sizeof(float)}));
+    // Padded rows of the chunk, image by image: (image, first padded row y, destination).
+    struct CopyRow {
+      int64_t n, y;
+      float* dst;
+    };
+    std::vector<CopyRow> rows;
+    unit_row.assign(static_cast<size_t>(ch.u1 - ch.u0), nullptr);
+    float* dst = buf.data();
+    for (int64_t u = ch.u0; u < ch.u1;) {
+      const int64_t n = u / p.out_h, oh0 = u % p.out_h;
+      const int64_t oh1 = std::min(p.out_h, oh0 + (ch.u1 - u));
+      const int64_t y0 = oh0 * p.stride_h, ny = PaddedRows(p, oh1 - oh0);
+      for (int64_t oh = oh0; oh < oh1; ++oh)
+        unit_row[u - ch.u0 + oh - oh0] = dst + (oh - oh0) * p.stride_h * row;
+      for (int64_t y = y0; y < y0 + ny; ++y, dst += row) rows.push_back({n, y, dst});
+      u += oh1 - oh0;
+    }
+    pf(static_cast<int64_t>(rows.size()), row, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const CopyRow& r = rows[i];
+        const int64_t ih = r.y - p.pad_top;
+        if (ih < 0 || ih >= p.in_h || lo >= hi) {
+          std::fill_n(r.dst, row, 0.0f);
+          continue;
+        }
+        std::fill_n(r.dst, lo * C, 0.0f);
+        std::memcpy(r.dst + lo * C, input + ((r.n * p.in_h + ih) * p.in_w + (lo - p.pad_left)) * C,
+                    sizeof(float) * (hi - lo) * C);
+        std::fill_n(r.dst + hi * C, (wpad - hi) * C, 0.0f);
+      }
+    });
+
+    // Tasks: (output-channel block, pixel group), channel-block major so that one thread's
+    // consecutive tasks reuse the same filter columns.
+    const int64_t pixels = (ch.u1 - ch.u0) * p.out_w;
+    const int64_t groups = std::max<int64_t>(
+        1, std::min(CeilDiv(pixels, kMinTaskPixels), CeilDiv(TargetTasks(), oc_blocks)));
+    const int64_t group_px = CeilDiv(pixels, groups);
+    float* out0 = output + ch.u0 * p.out_w * oc;
+    pf(oc_blocks * groups, group_px * nseg * len * kMaxV * 16 * 2, [&](int64_t b, int64_t e) {
+      const float* x[kR];
+      std::vector<float> wpack;
+      std::vector<int64_t> wpoff;
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t ob = t / groups, g = t % groups;
+        const int64_t o0 = ob * kMaxV * 16;
+        const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
+        const int64_t q0 = g * group_px, q1 = std::min(pixels, q0 + group_px);
+        for (int64_t s0 = 0; s0 < nseg; s0 += per_pass) {
+          const int64_t ns = std::min(per_pass, nseg - s0);
+          // Wider layers: the pass's filter columns [o0, o0 + 16v) packed contiguously, so the
+          // micro-kernel streams one dense block instead of 16v of every out_c values.
+          const float* wb = w + o0;
+          const int64_t* wo = woff.data() + s0;
+          int64_t ldw = oc;
+          if (oc > 16 * v) {
+            ldw = 16 * v;
+            wpack.resize(static_cast<size_t>(ns * len * ldw));
+            wpoff.resize(static_cast<size_t>(ns));
+            for (int64_t s = 0; s < ns; ++s) {
+              wpoff[s] = s * len * ldw;
+              const float* src = w + woff[s0 + s] + o0;
+              for (int64_t k = 0; k < len; ++k) {
+                std::memcpy(wpack.data() + wpoff[s] + k * ldw, src + k * oc, sizeof(float) * ldw);
+              }
+            }
+            wb = wpack.data();
+            wo = wpoff.data();
+          }
+          for (int64_t q = q0; q < q1; q += kR) {
+            const int r = static_cast<int>(std::min<int64_t>(kR, q1 - q));
+            for (int j = 0; j < r; ++j) {
+              const int64_t qj = q + j;
+              x[j] = unit_row[qj / p.out_w] + (qj % p.out_w) * p.stride_w * C;
+            }
+            TileFor(r, v)(x, xoff.data() + s0, wo, ns, len, wb, ldw, out0 + q * oc + o0, oc,
+                          s0 > 0);
+          }
+        }
+      }
+    });
+  }
+}
+
+}  // namespace conv_direct
+}  // namespace iapdcnn
