@@ -122,7 +122,8 @@ def test_forward_dtypes(rng, cfg, fmt, dtype):
 # Float32 NHWC shapes for the forward's AVX-512 micro-kernel (csrc/conv/conv_direct_cpu.cc):
 # out_c a multiple of 16, every register-tile width (16..64 channels, and 64 + 16 in two blocks),
 # pixel counts that leave every row tail, and its own plan: padded-copy chunks that split the
-# batch and one image, segment passes whose accumulators go through the output, dilated taps.
+# batch and one image, segment passes whose accumulators go through the output, dilated taps,
+# and the input read in place where no pixel reads padding.
 DIRECT_GRID = [
     (2, 13, 11, 5, 3, 3, 16, 1, "SAME", 1, 1),
     (1, 9, 10, 7, 3, 3, 48, 1, "VALID", 1, 1),
@@ -137,6 +138,10 @@ DIRECT_GRID = [
     (3, 40, 40, 448, 3, 3, 16, 1, "SAME", 1, 1),  # padded copy in two chunks (of images)
     (1, 150, 150, 96, 3, 3, 16, 1, "SAME", 1, 1),  # one image split across chunks
     (2, 12, 12, 32, 3, 3, 64, 2, "VALID", 1, 1),
+    # No pixel reads padding: the input is read in place, rows in_w * C apart.
+    (2, 9, 7, 24, 1, 1, 32, 1, "VALID", 1, 1),  # pointwise
+    (2, 9, 8, 24, 1, 1, 48, 2, "SAME", 1, 1),  # 1x1 stride 2
+    (1, 11, 10, 8, 3, 3, 16, (2, 3), "VALID", 1, 1),  # unread last rows and columns
 ]
 
 

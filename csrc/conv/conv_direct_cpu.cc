@@ -96,6 +96,15 @@ int64_t PaddedWidth(const Im2colConv2DParams& p) {
 int64_t PaddedRows(const Im2colConv2DParams& p, int64_t out_rows) {
   return (out_rows - 1) * p.stride_h + (p.k_h - 1) * p.dilation_h + 1;
 }
+// No output pixel reads padding (1x1 convolutions, VALID, ...): the input is read in place.
+bool InPlace(const Im2colConv2DParams& p) {
+  return p.pad_top == 0 && p.pad_left == 0 && PaddedRows(p, p.out_h) <= p.in_h &&
+         PaddedWidth(p) <= p.in_w;
+}
+// Floats from one row of the (padded or in-place) input to the next.
+int64_t RowFloats(const Im2colConv2DParams& p) {
+  return (InPlace(p) ? p.in_w : PaddedWidth(p)) * p.in_c;
+}
 
 // A chunk: output rows [u0, u1) of the batch's row space u = n * out_h + oh, whose padded rows
 // fit kCopyBudgetBytes together (at least one output row).
@@ -105,6 +114,7 @@ struct Chunk {
 std::vector<Chunk> Chunks(const Im2colConv2DParams& p) {
   const int64_t row_bytes = PaddedWidth(p) * p.in_c * int64_t{sizeof(float)};
   const int64_t units = p.batch * p.out_h;
+  if (InPlace(p)) return {{0, units, 0}};
   std::vector<Chunk> out;
   for (int64_t u = 0; u < units;) {
     Chunk c{u, u, 0};
@@ -130,7 +140,7 @@ struct Segments {
   int64_t len, per_pass;
 };
 Segments SegmentsOf(const Im2colConv2DParams& p) {
-  const int64_t C = p.in_c, row = PaddedWidth(p) * C;
+  const int64_t C = p.in_c, row = RowFloats(p);
   Segments sg;
   sg.len = p.dilation_w == 1 ? p.k_w * C : C;
   for (int64_t kh = 0; kh < p.k_h; ++kh) {
@@ -153,8 +163,8 @@ int64_t TargetTasks() {
 
 bool Supported(const Im2colConv2DParams& p) {
   static const bool cpu = __builtin_cpu_supports("avx512f");
-  return cpu && !p.nchw && p.groups == 1 && p.out_c % 16 == 0 && p.k_h * p.k_w > 1 && p.batch > 0 &&
-         p.out_h > 0 && p.out_w > 0 && p.in_c > 0;
+  return cpu && !p.nchw && p.groups == 1 && p.out_c % 16 == 0 && p.batch > 0 && p.out_h > 0 &&
+         p.out_w > 0 && p.in_c > 0;
 }
 
 int64_t SharedScratchBytes(const Im2colConv2DParams& p) {
@@ -168,101 +178,121 @@ int64_t TaskScratchBytes(const Im2colConv2DParams& p) {
   return p.out_c > kMaxV * 16 ? sg.per_pass * sg.len * kMaxV * 16 * int64_t{sizeof(float)} : 0;
 }
 
+namespace {
+
+// The chunk's padded rows, image by image, into *buf (zeros where they read padding); row_of[u -
+// ch.u0] is output row u's first padded row.
+void CopyPadded(const Im2colConv2DParams& p, const float* input, const Chunk& ch,
+                std::vector<float>* buf, std::vector<const float*>* row_of, const ParallelFor& pf) {
+  const int64_t C = p.in_c, wpad = PaddedWidth(p), row = RowFloats(p);
+  const int64_t lo = p.pad_left, hi = std::min(wpad, p.pad_left + p.in_w);  // copied columns
+  buf->resize(static_cast<size_t>(ch.bytes / int64_t{sizeof(float)}));
+  struct CopyRow {
+    int64_t n, y;  // image, padded row (y = ih + pad_top)
+    float* dst;
+  };
+  std::vector<CopyRow> rows;
+  float* dst = buf->data();
+  for (int64_t u = ch.u0; u < ch.u1;) {
+    const int64_t n = u / p.out_h, oh0 = u % p.out_h;
+    const int64_t oh1 = std::min(p.out_h, oh0 + (ch.u1 - u));
+    const int64_t y0 = oh0 * p.stride_h, ny = PaddedRows(p, oh1 - oh0);
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      (*row_of)[u - ch.u0 + oh - oh0] = dst + (oh - oh0) * p.stride_h * row;
+    }
+    for (int64_t y = y0; y < y0 + ny; ++y, dst += row) rows.push_back({n, y, dst});
+    u += oh1 - oh0;
+  }
+  pf(static_cast<int64_t>(rows.size()), row, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const CopyRow& r = rows[i];
+      const int64_t ih = r.y - p.pad_top;
+      if (ih < 0 || ih >= p.in_h || lo >= hi) {
+        std::fill_n(r.dst, row, 0.0f);
+        continue;
+      }
+      std::fill_n(r.dst, lo * C, 0.0f);
+      std::memcpy(r.dst + lo * C, input + ((r.n * p.in_h + ih) * p.in_w + (lo - p.pad_left)) * C,
+                  sizeof(float) * (hi - lo) * C);
+      std::fill_n(r.dst + hi * C, (wpad - hi) * C, 0.0f);
+    }
+  });
+}
+
+// out [pixels, out_c] = the chunk's output rows, whose first input rows are row_of.
+void Compute(const Im2colConv2DParams& p, const Segments& sg,
+             const std::vector<const float*>& row_of, const float* w, float* out, int64_t pixels,
+             const ParallelFor& pf) {
+  const int64_t C = p.in_c, oc = p.out_c, len = sg.len, per_pass = sg.per_pass;
+  const int64_t nseg = static_cast<int64_t>(sg.xoff.size());
+  const int64_t oc_blocks = CeilDiv(oc, kMaxV * 16);
+  // Tasks: (output-channel block, pixel group), channel-block major so that one thread's
+  // consecutive tasks reuse the same filter columns.
+  const int64_t groups = std::max<int64_t>(
+      1, std::min(CeilDiv(pixels, kMinTaskPixels), CeilDiv(TargetTasks(), oc_blocks)));
+  const int64_t group_px = CeilDiv(pixels, groups);
+  pf(oc_blocks * groups, group_px * nseg * len * kMaxV * 16 * 2, [&](int64_t b, int64_t e) {
+    const float* x[kR];
+    std::vector<float> wpack;
+    std::vector<int64_t> wpoff;
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t ob = t / groups, g = t % groups;
+      const int64_t o0 = ob * kMaxV * 16;
+      const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
+      const int64_t q0 = g * group_px, q1 = std::min(pixels, q0 + group_px);
+      for (int64_t s0 = 0; s0 < nseg; s0 += per_pass) {
+        const int64_t ns = std::min(per_pass, nseg - s0);
+        // Wider layers: the pass's filter columns [o0, o0 + 16v) packed contiguously, so the
+        // micro-kernel streams one dense block instead of 16v of every out_c values.
+        const float* wb = w + o0;
+        const int64_t* wo = sg.woff.data() + s0;
+        int64_t ldw = oc;
+        if (oc > 16 * v) {
+          ldw = 16 * v;
+          wpack.resize(static_cast<size_t>(ns * len * ldw));
+          wpoff.resize(static_cast<size_t>(ns));
+          for (int64_t s = 0; s < ns; ++s) {
+            wpoff[s] = s * len * ldw;
+            const float* src = w + sg.woff[s0 + s] + o0;
+            for (int64_t k = 0; k < len; ++k) {
+              std::memcpy(wpack.data() + wpoff[s] + k * ldw, src + k * oc, sizeof(float) * ldw);
+            }
+          }
+          wb = wpack.data();
+          wo = wpoff.data();
+        }
+        for (int64_t q = q0; q < q1; q += kR) {
+          const int r = static_cast<int>(std::min<int64_t>(kR, q1 - q));
+          for (int j = 0; j < r; ++j) {
+            const int64_t qj = q + j;
+            x[j] = row_of[qj / p.out_w] + (qj % p.out_w) * p.stride_w * C;
+          }
+          TileFor(r, v)(x, sg.xoff.data() + s0, wo, ns, len, wb, ldw, out + q * oc + o0, oc,
+                        s0 > 0);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void Forward(const Im2colConv2DParams& p, const float* input, const float* w, float* output,
              const ParallelFor& pf) {
-  const int64_t C = p.in_c, oc = p.out_c, wpad = PaddedWidth(p);
-  const int64_t row = wpad * C;  // floats per padded row
   const Segments sg = SegmentsOf(p);
-  const std::vector<int64_t>&xoff = sg.xoff, &woff = sg.woff;
-  const int64_t len = sg.len, per_pass = sg.per_pass, nseg = static_cast<int64_t>(xoff.size());
-  const int64_t oc_blocks = CeilDiv(oc, kMaxV * 16);
-  const int64_t lo = p.pad_left, hi = std::min(wpad, p.pad_left + p.in_w);  // copied columns
-
   std::vector<float> buf;
-  std::vector<const float*> unit_row;  // padded row of output row u's kh = 0 taps
+  std::vector<const float*> row_of;  // per output row of a chunk: the input row of its kh = 0
   for (const Chunk& ch : Chunks(p)) {
-    buf.resize(static_cast<size_t>(ch.bytes / int64_t{sizeof(float)}));
-    // Padded rows of the chunk, image by image: (image, first padded row y, destination).
-    struct CopyRow {
-      int64_t n, y;
-      float* dst;
-    };
-    std::vector<CopyRow> rows;
-    unit_row.assign(static_cast<size_t>(ch.u1 - ch.u0), nullptr);
-    float* dst = buf.data();
-    for (int64_t u = ch.u0; u < ch.u1;) {
-      const int64_t n = u / p.out_h, oh0 = u % p.out_h;
-      const int64_t oh1 = std::min(p.out_h, oh0 + (ch.u1 - u));
-      const int64_t y0 = oh0 * p.stride_h, ny = PaddedRows(p, oh1 - oh0);
-      for (int64_t oh = oh0; oh < oh1; ++oh)
-        unit_row[u - ch.u0 + oh - oh0] = dst + (oh - oh0) * p.stride_h * row;
-      for (int64_t y = y0; y < y0 + ny; ++y, dst += row) rows.push_back({n, y, dst});
-      u += oh1 - oh0;
+    row_of.resize(static_cast<size_t>(ch.u1 - ch.u0));
+    if (InPlace(p)) {
+      for (int64_t u = ch.u0; u < ch.u1; ++u) {
+        row_of[u - ch.u0] =
+            input + (u / p.out_h * p.in_h + u % p.out_h * p.stride_h) * RowFloats(p);
+      }
+    } else {
+      CopyPadded(p, input, ch, &buf, &row_of, pf);
     }
-    pf(static_cast<int64_t>(rows.size()), row, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const CopyRow& r = rows[i];
-        const int64_t ih = r.y - p.pad_top;
-        if (ih < 0 || ih >= p.in_h || lo >= hi) {
-          std::fill_n(r.dst, row, 0.0f);
-          continue;
-        }
-        std::fill_n(r.dst, lo * C, 0.0f);
-        std::memcpy(r.dst + lo * C, input + ((r.n * p.in_h + ih) * p.in_w + (lo - p.pad_left)) * C,
-                    sizeof(float) * (hi - lo) * C);
-        std::fill_n(r.dst + hi * C, (wpad - hi) * C, 0.0f);
-      }
-    });
-
-    // Tasks: (output-channel block, pixel group), channel-block major so that one thread's
-    // consecutive tasks reuse the same filter columns.
-    const int64_t pixels = (ch.u1 - ch.u0) * p.out_w;
-    const int64_t groups = std::max<int64_t>(
-        1, std::min(CeilDiv(pixels, kMinTaskPixels), CeilDiv(TargetTasks(), oc_blocks)));
-    const int64_t group_px = CeilDiv(pixels, groups);
-    float* out0 = output + ch.u0 * p.out_w * oc;
-    pf(oc_blocks * groups, group_px * nseg * len * kMaxV * 16 * 2, [&](int64_t b, int64_t e) {
-      const float* x[kR];
-      std::vector<float> wpack;
-      std::vector<int64_t> wpoff;
-      for (int64_t t = b; t < e; ++t) {
-        const int64_t ob = t / groups, g = t % groups;
-        const int64_t o0 = ob * kMaxV * 16;
-        const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
-        const int64_t q0 = g * group_px, q1 = std::min(pixels, q0 + group_px);
-        for (int64_t s0 = 0; s0 < nseg; s0 += per_pass) {
-          const int64_t ns = std::min(per_pass, nseg - s0);
-          // Wider layers: the pass's filter columns [o0, o0 + 16v) packed contiguously, so the
-          // micro-kernel streams one dense block instead of 16v of every out_c values.
-          const float* wb = w + o0;
-          const int64_t* wo = woff.data() + s0;
-          int64_t ldw = oc;
-          if (oc > 16 * v) {
-            ldw = 16 * v;
-            wpack.resize(static_cast<size_t>(ns * len * ldw));
-            wpoff.resize(static_cast<size_t>(ns));
-            for (int64_t s = 0; s < ns; ++s) {
-              wpoff[s] = s * len * ldw;
-              const float* src = w + woff[s0 + s] + o0;
-              for (int64_t k = 0; k < len; ++k) {
-                std::memcpy(wpack.data() + wpoff[s] + k * ldw, src + k * oc, sizeof(float) * ldw);
-              }
-            }
-            wb = wpack.data();
-            wo = wpoff.data();
-          }
-          for (int64_t q = q0; q < q1; q += kR) {
-            const int r = static_cast<int>(std::min<int64_t>(kR, q1 - q));
-            for (int j = 0; j < r; ++j) {
-              const int64_t qj = q + j;
-              x[j] = unit_row[qj / p.out_w] + (qj % p.out_w) * p.stride_w * C;
-            }
-            TileFor(r, v)(x, xoff.data() + s0, wo, ns, len, wb, ldw, out0 + q * oc + o0, oc,
-                          s0 > 0);
-          }
-        }
-      }
-    });
+    Compute(p, sg, row_of, w, output + ch.u0 * p.out_w * p.out_c, (ch.u1 - ch.u0) * p.out_w, pf);
   }
 }
 
