@@ -1,6 +1,7 @@
 // CPU Im2col + GEMM convolution (SPEC 2b). The paper's "map" is a tile of output pixels (forward,
 // grad-input) or a block of im2col columns (grad-filter) handed to one task of the ParallelFor;
 // each task packs its tile with im2col into a bounded buffer and multiplies it with Eigen's GEMM.
+// The float32 NHWC forward on AVX-512 CPUs is conv_direct_cpu.cc's micro-kernel instead.
 //
 // Why Eigen's GEMM (header-only, from TensorFlow's include dir; no TensorFlow code): measured
 // single-threaded on this 2-core AVX-512 machine against OpenBLAS 0.3.34 (scipy-openblas32) on
