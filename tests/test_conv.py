@@ -160,6 +160,28 @@ def test_forward_float32_micro_kernel(rng, cfg):
         )
 
 
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_random_configs_float32_micro_kernel(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    oc = 16 * data.draw(st.integers(1, 9))
+    c = data.draw(st.integers(1, 40))
+    kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    h, w = data.draw(st.integers(1, 24)), data.draw(st.integers(1, 24))
+    strides = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    dil = (
+        (1, 1) if max(strides) > 1 else (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    )
+    padding = data.draw(st.sampled_from(["SAME", "VALID"]))
+    if padding == "VALID" and (h < (kh - 1) * dil[0] + 1 or w < (kw - 1) * dil[1] + 1):
+        padding = "SAME"
+    n = data.draw(st.integers(0, 3))
+    x = rng.normal(size=(n, h, w, c)).astype(np.float32)
+    f = rng.normal(size=(kh, kw, c, oc)).astype(np.float32)
+    want = _tf_conv(x, f, strides, padding, "NHWC", dil)
+    _assert_close(ops.im2col_conv2d(x, f, strides, padding, dilations=dil).numpy(), want, "float32")
+
+
 @pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("cfg", GRID, ids=_ids)
 def test_gradients_match_reference_and_tf(rng, cfg, fmt):
