@@ -2,7 +2,9 @@
 on ResNet-50's distinct convolution shapes at batch 8 and 1: forward, gradient w.r.t. input and
 w.r.t. filter, interleaved in one process. Ratio = TF time / our time (> 1: we are faster).
 Ratios are medians of per-pair ratios of interleaved runs. Last stdout line: one JSON object
-with the figures, including the shapes whose ratio is under 0.6.
+with the figures, including the shapes whose ratio is under 0.6, the 3x3 layers' fraction of the
+SGEMM rate, and (microkernel_vs_eigen_3x3) our float32 forward's AVX-512 micro-kernel against
+the Eigen GEMM path it replaced, interleaved in the same run.
 
 Usage: python benchmarks/bench_conv.py [--quick] [--batches 8 1] [--reps N]
 """
@@ -93,6 +95,20 @@ def _functions(lib, x, w, dy, xs, ws, st, attrs) -> dict:
     }
 
 
+def _eigen_path(f):
+    """f run with the float32 forward's micro-kernel switched off (IAPDCNN_CONV_MICROKERNEL=0):
+    the Eigen GEMM path it replaces."""
+
+    def run():
+        os.environ["IAPDCNN_CONV_MICROKERNEL"] = "0"
+        try:
+            return f().numpy()
+        finally:
+            del os.environ["IAPDCNN_CONV_MICROKERNEL"]
+
+    return run
+
+
 def sgemm_rate(reps: int) -> float:
     """This machine's SGEMM rate (GFLOP/s) through TensorFlow's matmul, all threads."""
     n = 2048
@@ -123,6 +139,7 @@ def main() -> None:
     ratios = {"fwd": [], "bwd_input": [], "bwd_filter": []}
     cpu_ratios = {k: [] for k in ratios}
     rates_3x3, best_rates_3x3 = [], []  # GF/s from our median and our best time
+    micro_vs_eigen = []  # 3x3 forward: Eigen-path time / micro-kernel time (> 1: the kernel wins)
     sgemm_runs = [peak]
     worst = (math.inf, "")
     under = []  # shapes below 0.6, for the closing note
@@ -165,6 +182,11 @@ def main() -> None:
                     best_rates_3x3.append(flops / best_ours / 1e9)
                     # SGEMM again right after each 3x3 layer: same moment, same load.
                     sgemm_runs.append(sgemm_rate(5))
+                    # The hand-written micro-kernel against the Eigen GEMM path it replaces
+                    # (same op, switched off by its environment variable), interleaved.
+                    eig = _eigen_path(f_ours)
+                    assert np.abs(eig() - b).max() / scale < 1e-4, f"{name}: Eigen path differs"
+                    micro_vs_eigen.append(_pair(eig, lambda f=f_ours: f().numpy(), warmup, reps)[2])
                 line.append(
                     f"{kind} {ratio:5.2f}x cpu {cpu_ratio:4.2f}x"
                     f" ({gf:6.1f} vs {flops / t_tf / 1e9:6.1f} GF/s)"
@@ -200,6 +222,8 @@ def main() -> None:
         "peak_fraction_3x3": round(geo(best_rates_3x3) / peak, 3) if best_rates_3x3 else None,
         "peak_fraction_3x3_median": round(geo(rates_3x3) / peak, 3) if rates_3x3 else None,
         "peak_fraction_3x3_per_layer": [round(r / peak, 3) for r in best_rates_3x3],
+        "microkernel_vs_eigen_3x3": round(geo(micro_vs_eigen), 3) if micro_vs_eigen else None,
+        "microkernel_vs_eigen_3x3_per_layer": [round(r, 3) for r in micro_vs_eigen],
         "cpu_time_geomean_ratios": {k: round(geo(v), 3) for k, v in cpu_ratios.items()},
         "sgemm_gflops": round(peak, 1),
         "peak_extra_mib": round(extra / 2**20, 2),

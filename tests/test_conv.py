@@ -160,6 +160,17 @@ def test_forward_float32_micro_kernel(rng, cfg):
         )
 
 
+def test_micro_kernel_switch_selects_the_eigen_path(rng, monkeypatch):
+    # IAPDCNN_CONV_MICROKERNEL=0 (what bench_conv.py compares against) gives the same answer.
+    x, f, s, pad, d, g = _make(DIRECT_GRID[2], rng, "float32")
+    want = _tf_conv(x, f, s, pad, "NHWC", d)
+    micro = _C.im2col_conv2d(x, f, s, pad, "NHWC", d, g)
+    monkeypatch.setenv("IAPDCNN_CONV_MICROKERNEL", "0")
+    eigen = _C.im2col_conv2d(x, f, s, pad, "NHWC", d, g)
+    _assert_close(micro, want, "float32")
+    _assert_close(eigen, want, "float32")
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_random_configs_float32_micro_kernel(data):

@@ -13,8 +13,9 @@
 namespace iapdcnn {
 namespace conv_direct {
 
-// True when p is float32-eligible (NHWC, groups 1, out_c a multiple of 16, not pointwise) and
-// this CPU has AVX-512F. Checked by the caller; Forward assumes it.
+// True when p suits the kernel (NHWC, groups 1, out_c a multiple of 16, a non-empty output), this
+// CPU has AVX-512F and IAPDCNN_CONV_MICROKERNEL is not "0". Checked by the caller (float32
+// only); Forward assumes it.
 bool Supported(const Im2colConv2DParams& p);
 
 // Bytes Forward allocates for p: the zero-padded input copy, shared by all tasks (bounded: the

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -167,6 +168,9 @@ int64_t TargetTasks() {
 
 bool Supported(const Im2colConv2DParams& p) {
   static const bool cpu = __builtin_cpu_supports("avx512f");
+  // IAPDCNN_CONV_MICROKERNEL=0 selects the Eigen path instead (bench_conv.py compares the two).
+  const char* env = std::getenv("IAPDCNN_CONV_MICROKERNEL");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   return cpu && !p.nchw && p.groups == 1 && p.out_c % 16 == 0 && p.batch > 0 && p.out_h > 0 &&
          p.out_w > 0 && p.in_c > 0;
 }
