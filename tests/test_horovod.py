@@ -23,3 +23,21 @@ def test_allreduce_and_allgather_np2():
         re.findall(r"COLLECTIVES_OK rank=(\d) size=2 sum=\[3.0, 6.0\] " r"gathered_rows=3", out)
     )
     assert ranks == ["0", "1"], out
+
+
+def _pruned_per_rank(mode: str) -> dict[str, tuple[str, str]]:
+    p = run_hvd(2, [os.path.join(HERE, "horovod", "pruning_sync.py"), mode], timeout=240)
+    out = p.stdout + p.stderr
+    found = re.findall(r"PRUNE_SYNC rank=(\d) pruned=(\[[\d, ]*\]) zeroed=(\[[\d, ]*\])", out)
+    assert len(found) == 2, out
+    return {rank: (pruned, zeroed) for rank, pruned, zeroed in found}
+
+
+def test_pruning_masks_rank0_selection_on_every_rank():
+    # fmp on rank-local data: alone, the ranks pick opposite filters (the "off" run shows it);
+    # under Horovod the callback masks rank 0's selection everywhere, so the models stay equal.
+    off = _pruned_per_rank("off")
+    assert off["0"][0] != off["1"][0], off
+    synced = _pruned_per_rank("default")
+    assert synced["0"] == synced["1"] == off["0"], synced
+    assert synced["0"][0] == synced["0"][1] and synced["0"][0] != "[]", synced

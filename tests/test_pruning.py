@@ -333,3 +333,24 @@ def test_bad_options_name_the_argument(rng):
         pruning.prune(m, ratio=0.5, ignored_layers=["nope"])
     with pytest.raises(ValueError, match="every filter"):
         pruning.prune_channels(m, {"c1": [0, 1, 2, 3]})
+
+
+def test_sync_ranks_needs_horovod_and_names_the_argument(rng, monkeypatch):
+    import sys
+    import types
+
+    with pytest.raises(ValueError, match="sync_ranks"):
+        pruning.MDCVPruning(0.3, sync_ranks="yes")
+    fake = types.SimpleNamespace(is_initialized=lambda: False)  # imported, not initialised
+    monkeypatch.setitem(sys.modules, "horovod.tensorflow", fake)
+    m = small_resnet(width=4)
+    m.compile("sgd", "sparse_categorical_crossentropy")
+    x = rng.uniform(size=(8, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, size=8)
+    cb = pruning.MDCVPruning(0.3, begin_step=0, end_step=1, frequency=1, sync_ranks=True)
+    with pytest.raises(RuntimeError, match=r"sync_ranks=True\) needs horovod"):
+        m.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+    # The default leaves a single process alone.
+    cb = pruning.MDCVPruning(0.3, begin_step=0, end_step=1, frequency=1)
+    m.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+    assert cb.history

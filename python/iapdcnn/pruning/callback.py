@@ -7,10 +7,16 @@ masked model already computes what the pruned one will. While the target ramps u
 filters may grow back between updates (soft filter pruning; ``hard=True`` re-zeroes them after
 every batch). From ``end_step`` on the final mask is held after every batch, so the rest of
 training fine-tunes the network that ``strip(model)`` will then cut out physically.
+
+Under Horovod every rank runs the callback (as it runs Horovod's own callbacks) and masks the
+filters rank 0 selected: criteria that read local data (``fmp``, ``fm_redundancy``) would
+otherwise pick different filters on different ranks, and the ranks' models would drift apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +40,9 @@ class MDCVPruning(keras.callbacks.Callback):
       initial_flops_reduction: reduction at begin_step.
       power: exponent of the polynomial ramp (3, as TF-MOT's PolynomialDecay).
       hard: re-apply the current mask after every batch during the ramp too (no regrowth).
+      sync_ranks: broadcast rank 0's selection to every rank at each update. None (default):
+        when Horovod (``horovod.tensorflow``) is initialised with more than one rank. Every rank
+        must then run the callback at the same steps.
       criterion, data, ignored_layers, round_to, min_channels, prune_residual, flops_mode,
         criterion_kwargs: as for ``iapdcnn.pruning.prune``.
     """
@@ -47,6 +56,7 @@ class MDCVPruning(keras.callbacks.Callback):
         initial_flops_reduction: float = 0.0,
         power: float = 3.0,
         hard: bool = False,
+        sync_ranks: bool | None = None,
         criterion: str = "mdcv",
         data: Any = None,
         ignored_layers: Iterable[Any] = (),
@@ -80,6 +90,9 @@ class MDCVPruning(keras.callbacks.Callback):
             flops_mode=flops_mode,
             criterion_kwargs=criterion_kwargs,
         )
+        if sync_ranks is not None and not isinstance(sync_ranks, bool):
+            raise ValueError(f"sync_ranks must be True, False or None, got {sync_ranks!r}")
+        self.sync_ranks = sync_ranks
         self.verbose = verbose
         self.current_plan = None
         self._hold = None  # tf.function re-zeroing the current plan's masked weights
@@ -103,7 +116,9 @@ class MDCVPruning(keras.callbacks.Callback):
         r = self.reduction_at(step)
         if r <= 0.0:
             return
-        self.current_plan = plan(self.model, target_flops_reduction=r, **self.plan_kwargs)
+        self.current_plan = _agree_across_ranks(
+            plan(self.model, target_flops_reduction=r, **self.plan_kwargs), self.sync_ranks
+        )
         masks = [
             (v, tf.constant(m > 0))
             for v, m in self.current_plan.graph.masks(self.current_plan.removed)
@@ -140,6 +155,29 @@ class MDCVPruning(keras.callbacks.Callback):
             self._hold()
         elif self.reduction_at(step) > 0:
             self._update(step)
+
+
+def _agree_across_ranks(p: Any, sync: bool | None) -> Any:
+    """The plan with rank 0's selection on every rank (see the module docstring)."""
+    if sync is False:
+        return p
+    hvd = sys.modules.get("horovod.tensorflow")
+    ready = hvd is not None and hvd.is_initialized()
+    if not ready and sync:
+        raise RuntimeError(
+            "MDCVPruning(sync_ranks=True) needs horovod.tensorflow imported and initialised "
+            "(hvd.init())"
+        )
+    if not ready or hvd.size() < 2:
+        return p
+    removed, pruned, before, after = hvd.broadcast_object(
+        (sorted(p.removed), p.pruned, p.flops_before, p.flops_after),
+        root_rank=0,
+        name="iapdcnn_mdcv_pruning_plan",
+    )
+    return dataclasses.replace(
+        p, removed=set(removed), pruned=pruned, flops_before=before, flops_after=after
+    )
 
 
 def strip(model: Any) -> Any:
