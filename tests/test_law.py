@@ -194,3 +194,30 @@ def test_bad_options():
 
     with pytest.raises(ValueError, match="se_kappa"):
         LSGReduction(se_kappa=-1.0)
+
+
+def test_loss_with_standard_error_publishes_and_serialises(rng, tmp_path):
+    # The Keras way in: the wrapped loss equals the plain one, stores the batch's standard error
+    # for the optimizer's reduction, and a model compiled with it saves and loads.
+    from iapdcnn.distributed import DistributedOptimizer, LossWithStandardError
+
+    opt = DistributedOptimizer(tf.keras.optimizers.SGD(0.1), reduction="lsg")
+    plain = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss = opt.loss_with_standard_error(plain)
+    y = rng.integers(0, 3, 16)
+    logits = tf.constant(rng.normal(size=(16, 3)).astype(np.float32))
+    np.testing.assert_allclose(loss(y, logits).numpy(), plain(y, logits).numpy(), rtol=1e-6)
+    per = tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+    se = opt.reduction_stats["loss_se"].numpy()
+    assert se > 0
+    np.testing.assert_allclose(se, loss_standard_error(per).numpy(), rtol=1e-6)
+    by_name = opt.loss_with_standard_error("mse")
+    np.testing.assert_allclose(by_name([[1.0, 2.0]], [[1.0, 4.0]]).numpy(), 2.0)
+    with pytest.raises(ValueError, match="optimizer must come from"):
+        LossWithStandardError("mse", tf.keras.optimizers.SGD(0.1))
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+    model.compile("sgd", loss)
+    model.save(tmp_path / "m.keras")
+    back = tf.keras.models.load_model(tmp_path / "m.keras")
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    np.testing.assert_allclose(back.loss(y, back(x)).numpy(), plain(y, model(x)).numpy(), rtol=1e-6)

@@ -177,4 +177,28 @@ check(logs["lsg_workers_kept_mean"][-1] == want, f"keras stats {logs}")
 w = flat(model.trainable_variables)
 check(np.all(np.isfinite(w)), "keras: NaN reached the weights")
 check(np.all(hvd.allgather(w[None]).numpy() == w), "keras: weights differ across ranks")
+
+# 9. Keras path with each batch's standard error (loss_with_standard_error): same rejections.
+model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+opt = DistributedOptimizer(tf.keras.optimizers.Adam(0.01), reduction="lsg")
+model.compile(
+    opt,
+    opt.loss_with_standard_error(tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+)
+hist = model.fit(
+    x,
+    y,
+    batch_size=8,
+    epochs=2,
+    verbose=0,
+    shuffle=False,
+    callbacks=[hvdk.callbacks.BroadcastGlobalVariablesCallback(0), ReductionStatsCallback()],
+)
+logs = hist.history
+check(logs["lsg_workers_kept_mean"][-1] == want, f"keras+se stats {logs}")
+se = opt.reduction_stats["loss_se"].numpy()
+check(np.isfinite(se) and se > 0 if R != 1 or K == 1 else True, f"keras: loss_se {se}")
+w = flat(model.trainable_variables)
+check(np.all(np.isfinite(w)), "keras+se: NaN reached the weights")
+check(np.all(hvd.allgather(w[None]).numpy() == w), "keras+se: weights differ across ranks")
 print(f"RANK {R} OK", flush=True)

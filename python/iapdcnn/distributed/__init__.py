@@ -3,7 +3,7 @@ alternatives behind the same interface. Ways in: ``DistributedGradientTape`` (cu
 ``DistributedOptimizer`` + ``ReductionStatsCallback`` (``model.fit``). Importing this package
 imports TensorFlow; Horovod is imported on the first collective."""
 
-from .keras import DistributedOptimizer, ReductionStatsCallback
+from .keras import DistributedOptimizer, LossWithStandardError, ReductionStatsCallback
 from .law import law_mask, loss_standard_error, lsg_loss, masked_median, sample_law, worker_law
 from .reduction import (
     REDUCTIONS,
@@ -24,6 +24,7 @@ __all__ = [
     "DistributedGradientTape",
     "DistributedOptimizer",
     "LSGReduction",
+    "LossWithStandardError",
     "MeanReduction",
     "MedianReduction",
     "Reduction",

@@ -1,7 +1,9 @@
 """The Keras way in for ``model.fit``: ``DistributedOptimizer`` wraps any Keras optimizer like
 ``horovod.tensorflow.keras.DistributedOptimizer`` does, but reduces with LSG (or any reduction by
 name) and skips the update when every worker was rejected; ``ReductionStatsCallback`` puts the
-per-step statistics into the callbacks' ``logs``."""
+per-step statistics into the callbacks' ``logs``. ``model.fit`` hands the optimizer only the
+mean loss; compiling with ``opt.loss_with_standard_error(loss)`` also gives it the standard
+error of that mean, which LSG's loss screen uses as its floor (as in custom loops)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from .law import loss_standard_error
 from .reduction import Reduction, make_reduction
 
 # samples_kept is not here: the optimizer does not see the batch size (the custom loop has it).
@@ -19,14 +22,60 @@ class _StatsBox:
     """Plain holder (not trackable), so the stats variables stay out of checkpoints."""
 
 
+@tf.keras.utils.register_keras_serializable("iapdcnn")
+class LossWithStandardError(tf.keras.losses.Loss):
+    """``loss`` per sample, also storing the standard error of the batch's mean loss
+    (``loss_standard_error``, sample weights not applied) in ``optimizer``'s statistics for its
+    reduction. Made by ``DistributedOptimizer(...).loss_with_standard_error``; loaded from a
+    saved model it is the plain loss (no optimizer to publish to)."""
+
+    def __init__(self, loss: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        inner = tf.keras.losses.get(loss)
+        kwargs.setdefault("name", getattr(inner, "name", None) or getattr(inner, "__name__", None))
+        super().__init__(**kwargs)
+        self.inner = inner
+        self._box = getattr(optimizer, "_iapdcnn_stats", None)
+        if optimizer is not None and self._box is None:
+            raise ValueError(
+                "optimizer must come from iapdcnn.distributed.DistributedOptimizer, got "
+                f"{type(optimizer).__name__}"
+            )
+
+    def call(self, y_true, y_pred):
+        inner = self.inner
+        per = (
+            inner.call(y_true, y_pred)
+            if isinstance(inner, tf.keras.losses.Loss)
+            else inner(y_true, y_pred)
+        )
+        if self._box is not None:
+            self._box.loss_se.assign(loss_standard_error(per))
+        return per
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "loss": tf.keras.losses.serialize(self.inner)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> LossWithStandardError:
+        config = dict(config)
+        return cls(tf.keras.losses.deserialize(config.pop("loss")), **config)
+
+
 class _LSGOptimizerMixin:
+    def loss_with_standard_error(self, loss: Any) -> LossWithStandardError:
+        """``loss`` (a Keras loss, its name or function) for ``model.compile`` that also gives
+        this optimizer's reduction the standard error of each batch's loss."""
+        self._iapdcnn_se_tracked = True
+        return LossWithStandardError(loss, self)
+
     def compute_gradients(self, loss, var_list, tape=None):
         grads_and_vars = super().compute_gradients(loss, var_list, tape)
         grads, variables = zip(*grads_and_vars, strict=False)
-        reduced, stats = self._iapdcnn_reduction(
-            list(grads), loss, samples=None, variables=list(variables)
-        )
         box = self._iapdcnn_stats
+        se = box.loss_se if getattr(self, "_iapdcnn_se_tracked", False) else None
+        reduced, stats = self._iapdcnn_reduction(
+            list(grads), loss, samples=None, variables=list(variables), loss_se=se
+        )
         for k in STAT_KEYS:
             getattr(box, k).assign(tf.cast(stats[k], tf.float32))
         self._iapdcnn_skip = stats["skipped"] > 0
@@ -58,7 +107,9 @@ def DistributedOptimizer(  # noqa: N802 - named like Horovod's factory
     Same use as Horovod's: ``model.compile(optimizer=DistributedOptimizer(Adam(lr * size)))``,
     with ``hvd.callbacks.BroadcastGlobalVariablesCallback(0)``. The class keeps the wrapped
     optimizer's name, so saved models load without iapdcnn. Statistics of the last step are in
-    ``optimizer.reduction_stats`` (dict of variables); see ``ReductionStatsCallback``.
+    ``optimizer.reduction_stats`` (dict of variables); see ``ReductionStatsCallback``. Compile
+    with ``loss=opt.loss_with_standard_error(loss)`` to give LSG each batch's standard error
+    (``reduction_stats["loss_se"]``); without it the loss screen falls back to ``tau_floor``.
 
     Args:
       optimizer: a Keras 2 (TF 2.11+) optimizer instance.
@@ -69,11 +120,12 @@ def DistributedOptimizer(  # noqa: N802 - named like Horovod's factory
     cls = type(optimizer.__class__.__name__, (_LSGOptimizerMixin, optimizer.__class__), {})
     opt = cls.from_config(optimizer.get_config())
     box = _StatsBox()
-    for k in STAT_KEYS:
+    for k in (*STAT_KEYS, "loss_se"):
         setattr(box, k, tf.Variable(0.0, trainable=False, name=f"iapdcnn_{k}"))
     opt._iapdcnn_reduction = red
     opt._iapdcnn_stats = box
-    object.__setattr__(opt, "reduction_stats", {k: getattr(box, k) for k in STAT_KEYS})
+    stats = {k: getattr(box, k) for k in (*STAT_KEYS, "loss_se")}
+    object.__setattr__(opt, "reduction_stats", stats)
     return opt
 
 
