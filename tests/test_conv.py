@@ -160,6 +160,30 @@ def test_forward_float32_micro_kernel(rng, cfg):
         )
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        (2, 9, 7, 24, 1, 1, 32, 1, "VALID", 1, 1),
+        (3, 20, 20, 13, 1, 1, 80, 1, "SAME", 1, 1),  # pixel shards with their own dW; packed dY
+        (1, 5, 5, 70, 1, 1, 144, 1, "VALID", 1, 1),  # channel tiles split over tasks
+        (4, 16, 16, 64, 1, 1, 16, 1, "VALID", 1, 1),
+        (1, 32, 40, 1024, 1, 1, 528, 1, "VALID", 1, 1),  # large dW: tiles over three chunks
+    ],
+    ids=_ids,
+)
+def test_filter_gradient_float32_pointwise_micro_kernel(rng, cfg):
+    x, f, s, pad, d, g = _make(cfg, rng, "float32")
+    dy = rng.normal(size=x.shape[:3] + (f.shape[3],)).astype(np.float32)
+    want = reference.im2col_conv2d_backprop_filter(x, f.shape, dy, s, pad, "NHWC", d, g)
+    got = _C.im2col_conv2d_backprop_filter(x, f.shape, dy, s, pad, "NHWC", d, g)
+    _assert_close(got, want, "float32")
+    xt, ft = tf.constant(x), tf.constant(f)
+    with tf.GradientTape() as tape:
+        tape.watch(ft)
+        loss = tf.reduce_sum(ops.im2col_conv2d(xt, ft, s, pad) * dy)
+    _assert_close(tape.gradient(loss, ft).numpy(), want, "float32")
+
+
 def test_micro_kernel_switch_selects_the_eigen_path(rng, monkeypatch):
     # IAPDCNN_CONV_MICROKERNEL=0 (what bench_conv.py compares against) gives the same answer.
     x, f, s, pad, d, g = _make(DIRECT_GRID[2], rng, "float32")

@@ -1,7 +1,8 @@
 // CPU Im2col + GEMM convolution (SPEC 2b). The paper's "map" is a tile of output pixels (forward,
 // grad-input) or a block of im2col columns (grad-filter) handed to one task of the ParallelFor;
 // each task packs its tile with im2col into a bounded buffer and multiplies it with Eigen's GEMM.
-// The float32 NHWC forward on AVX-512 CPUs is conv_direct_cpu.cc's micro-kernel instead.
+// The float32 NHWC forward (and pointwise filter gradient) on AVX-512 CPUs is conv_direct_cpu.cc's
+// micro-kernel instead.
 //
 // Why Eigen's GEMM (header-only, from TensorFlow's include dir; no TensorFlow code): measured
 // single-threaded on this 2-core AVX-512 machine against OpenBLAS 0.3.34 (scipy-openblas32) on
@@ -725,6 +726,9 @@ int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t ele
   const BwdFilPlan bf = PlanBackpropFilter(p, cb);
   int64_t bfil = IsPointwise(p) && !packed ? 0 : bf.tile_rows * bf.k_block * cb;
   if (packed) bfil += bf.tile_rows * og * cb;
+  if (elem_bytes == 4 && conv_direct::FilterSupported(p)) {
+    bfil = conv_direct::FilterTaskScratchBytes(p);
+  }
   return std::max({fwd, bin, bfil});
 }
 
@@ -733,6 +737,8 @@ int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes)
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
   const BwdFilPlan bf = PlanBackpropFilter(p, cb);
   int64_t shared = bf.shards > 1 || elem_bytes != cb ? bf.shards * K * p.out_c * cb : 0;
+  if (elem_bytes == 4 && conv_direct::FilterSupported(p))
+    shared = conv_direct::FilterSharedBytes(p);
   shared = std::max(shared, ForwardSharedBytes(p, elem_bytes));
   Im2colConv2DParams q;
   if (TransposedForward(p, &q)) {
@@ -989,6 +995,12 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
                                      const ParallelFor& pf) {
   using C = typename ComputeOf<T>::type;
   constexpr bool kPacked = !std::is_same<T, C>::value;
+  if constexpr (std::is_same<T, float>::value) {
+    if (conv_direct::FilterSupported(p)) {
+      conv_direct::BackpropFilterPointwise(p, input, out_backprop, filter_backprop, pf);
+      return Status::OK();
+    }
+  }
   const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
   const int64_t K = p.k_h * p.k_w * cg;
   const Strides is = InputStrides(p);

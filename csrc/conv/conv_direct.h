@@ -27,5 +27,16 @@ int64_t TaskScratchBytes(const Im2colConv2DParams& p);
 void Forward(const Im2colConv2DParams& p, const float* input, const float* w, float* output,
              const ParallelFor& pf);
 
+// The filter gradient of a pointwise convolution (1x1, stride 1, no padding) with the same
+// micro-kernel: dW [in_c, out_c] = input^T x out_backprop, the batch's pixels as the depth.
+// FilterSupported: Supported(p) and pointwise. FilterTaskScratchBytes: each task's packed
+// out_backprop block; FilterSharedBytes: the pixel shards' dW accumulators.
+bool FilterSupported(const Im2colConv2DParams& p);
+int64_t FilterTaskScratchBytes(const Im2colConv2DParams& p);
+int64_t FilterSharedBytes(const Im2colConv2DParams& p);
+void BackpropFilterPointwise(const Im2colConv2DParams& p, const float* input,
+                             const float* out_backprop, float* filter_backprop,
+                             const ParallelFor& pf);
+
 }  // namespace conv_direct
 }  // namespace iapdcnn

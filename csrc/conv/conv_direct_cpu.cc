@@ -6,8 +6,10 @@
 // path it replaced (row view / im2col + Eigen), single thread: 220 / 224 / 228 / 207 GFLOP/s
 // against 199 / 216 / 205 / 195 for c2..c5 (SGEMM ~240); in bench_conv.py the 3x3 forward went
 // from 0.70-0.74 of the SGEMM rate to 0.89-0.91, the stem from 0.65x to ~1.0x TensorFlow, and
-// c2's 1x1 layers from 0.74-0.85x to ~0.95x. The gradients keep Eigen's GEMM (a flipped-filter
-// forward for c4/c5's input gradient measured slower: the 9 MiB filter copy).
+// c2's 1x1 layers from 0.74-0.85x to ~0.95x. The pointwise filter gradient uses it too (c2's
+// 256 -> 64 layer at batch 8: 0.67x TensorFlow with Eigen, 0.94-1.0x); the other gradients keep
+// Eigen's GEMM (a flipped-filter forward for c4/c5's input gradient measured slower: the 9 MiB
+// filter copy).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -34,13 +36,14 @@ constexpr int64_t kMinTaskPixels = 8 * kR;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// out[j][0:16V] (=|+=) sum over segments s, depth k < len of x[j][xoff[s] + k] * w[woff[s] +
-// k * ldw][0:16V], for j < R. Row j of the output is out + j * ldo.
+// out[j][0:16V] (=|+=) sum over segments s, depth k < len of x[j][xoff[s] + k * xstep] *
+// w[woff[s] + k * ldw][0:16V], for j < R. Row j of the output is out + j * ldo. The forward
+// reads im2col rows (xstep 1); the pointwise filter gradient reads input columns (xstep C).
 template <int R, int V>
 __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_t* xoff,
                                              const int64_t* woff, int64_t nseg, int64_t len,
-                                             const float* w, int64_t ldw, float* out, int64_t ldo,
-                                             bool acc) {
+                                             int64_t xstep, const float* w, int64_t ldw, float* out,
+                                             int64_t ldo, bool acc) {
   __m512 c[R][V];
 #pragma GCC unroll 8
   for (int j = 0; j < R; ++j) {
@@ -54,13 +57,13 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
 #pragma GCC unroll 8
     for (int j = 0; j < R; ++j) xs[j] = x[j] + xoff[s];
     const float* wp = w + woff[s];
-    for (int64_t k = 0; k < len; ++k, wp += ldw) {
+    for (int64_t k = 0, xk = 0; k < len; ++k, xk += xstep, wp += ldw) {
       __m512 b[V];
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) b[v] = _mm512_loadu_ps(wp + 16 * v);
 #pragma GCC unroll 8
       for (int j = 0; j < R; ++j) {
-        const __m512 a = _mm512_set1_ps(xs[j][k]);
+        const __m512 a = _mm512_set1_ps(xs[j][xk]);
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) c[j][v] = _mm512_fmadd_ps(a, b[v], c[j][v]);
       }
@@ -74,7 +77,7 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
 }
 
 using TileFn = void (*)(const float* const*, const int64_t*, const int64_t*, int64_t, int64_t,
-                        const float*, int64_t, float*, int64_t, bool);
+                        int64_t, const float*, int64_t, float*, int64_t, bool);
 
 template <int R>
 constexpr TileFn TileOf(int v) {
@@ -275,7 +278,7 @@ void Compute(const Im2colConv2DParams& p, const Segments& sg,
             const int64_t qj = q + j;
             x[j] = row_of[qj / p.out_w] + (qj % p.out_w) * p.stride_w * C;
           }
-          TileFor(r, v)(x, sg.xoff.data() + s0, wo, ns, len, wb, ldw, out + q * oc + o0, oc,
+          TileFor(r, v)(x, sg.xoff.data() + s0, wo, ns, len, 1, wb, ldw, out + q * oc + o0, oc,
                         s0 > 0);
         }
       }
@@ -301,6 +304,103 @@ void Forward(const Im2colConv2DParams& p, const float* input, const float* w, fl
       CopyPadded(p, input, ch, &buf, &row_of, pf);
     }
     Compute(p, sg, row_of, w, output + ch.u0 * p.out_w * p.out_c, (ch.u1 - ch.u0) * p.out_w, pf);
+  }
+}
+
+constexpr int64_t kFilterChunkPixels = 512;               // out_backprop rows one sweep keeps in L2
+constexpr int64_t kFilterShardBytes = int64_t{16} << 20;  // all tasks' dW accumulators together
+constexpr int64_t kMinShardPixels = 128;
+
+bool FilterSupported(const Im2colConv2DParams& p) {
+  return Supported(p) && p.k_h == 1 && p.k_w == 1 && p.stride_h == 1 && p.stride_w == 1 &&
+         p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
+}
+
+namespace {
+// A small dW (64 x 256 for ResNet's c2) is computed by pixel shards, each sweeping its pixels
+// once for every output tile into its own dW (shard 0 into dW itself), summed at the end: one
+// pass over the input and out_backprop in all. Splitting the output tiles instead had every task
+// stream the whole input and out_backprop (0.93x TensorFlow on c2's 64 -> 256 layer against
+// 1.3x). A large dW (c5: 4 MiB) splits its output tiles: no accumulators to sum.
+int64_t FilterShards(const Im2colConv2DParams& p) {
+  const int64_t pixels = p.batch * p.out_h * p.out_w;
+  const int64_t dw_bytes = p.in_c * p.out_c * int64_t{sizeof(float)};
+  const int64_t data_bytes = pixels * (p.in_c + p.out_c) * int64_t{sizeof(float)};
+  const int64_t shards = std::min(TargetTasks(), pixels / kMinShardPixels);
+  // Accumulators worth it only when small next to the data the tile split would re-read (c4's
+  // 1 MiB dW at batch 8: 8 shards measured 0.64x TensorFlow, the tile split 1.07x).
+  if (shards < 2 || dw_bytes * shards > kFilterShardBytes || 4 * dw_bytes * shards > data_bytes) {
+    return 1;
+  }
+  return shards;
+}
+}  // namespace
+
+int64_t FilterTaskScratchBytes(const Im2colConv2DParams& p) {
+  return p.out_c > kMaxV * 16 ? kFilterChunkPixels * kMaxV * 16 * int64_t{sizeof(float)} : 0;
+}
+
+int64_t FilterSharedBytes(const Im2colConv2DParams& p) {
+  return (FilterShards(p) - 1) * p.in_c * p.out_c * int64_t{sizeof(float)};
+}
+
+void BackpropFilterPointwise(const Im2colConv2DParams& p, const float* input,
+                             const float* out_backprop, float* filter_backprop,
+                             const ParallelFor& pf) {
+  const int64_t C = p.in_c, oc = p.out_c, pixels = p.batch * p.out_h * p.out_w;
+  const int64_t oc_blocks = CeilDiv(oc, kMaxV * 16), tiles = CeilDiv(C, kR);
+  const int64_t shards = FilterShards(p);
+  // Tile mode (one shard): tasks are (output-channel block, group of input-channel tiles),
+  // disjoint rows of dW. Shard mode: tasks are pixel ranges, each over every tile.
+  const int64_t per_group =
+      shards > 1 ? tiles : CeilDiv(tiles, std::min(tiles, CeilDiv(TargetTasks(), oc_blocks)));
+  const int64_t groups = CeilDiv(tiles, per_group);
+  const int64_t shard_px = CeilDiv(pixels, shards);
+  std::vector<float> acc(static_cast<size_t>((shards - 1) * C * oc));
+  const int64_t zero = 0;
+  const int64_t tasks = shards > 1 ? shards : oc_blocks * groups;
+  pf(tasks, shard_px * per_group * kR * oc * 2 / (shards > 1 ? 1 : oc_blocks),
+     [&](int64_t b, int64_t e) {
+       const float* x[kR];
+       std::vector<float> pack;
+       for (int64_t t = b; t < e; ++t) {
+         const int64_t sh = shards > 1 ? t : 0;
+         const int64_t q0 = sh * shard_px, q1 = std::min(pixels, q0 + shard_px);
+         float* dw = sh == 0 ? filter_backprop : acc.data() + (sh - 1) * C * oc;
+         const int64_t ob0 = shards > 1 ? 0 : t / groups, ob1 = shards > 1 ? oc_blocks : ob0 + 1;
+         const int64_t g = shards > 1 ? 0 : t % groups;
+         const int64_t c0 = g * per_group * kR, c1 = std::min(C, c0 + per_group * kR);
+         for (int64_t p0 = q0; p0 < q1; p0 += kFilterChunkPixels) {
+           const int64_t n = std::min(kFilterChunkPixels, q1 - p0);
+           for (int64_t ob = ob0; ob < ob1; ++ob) {
+             const int64_t o0 = ob * kMaxV * 16;
+             const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
+             const float* wb = out_backprop + p0 * oc + o0;
+             int64_t ldw = oc;
+             if (oc > 16 * v) {  // this block's columns of the chunk, contiguous (as in Compute)
+               ldw = 16 * v;
+               pack.resize(static_cast<size_t>(n * ldw));
+               for (int64_t i = 0; i < n; ++i) {
+                 std::memcpy(pack.data() + i * ldw, wb + i * oc, sizeof(float) * ldw);
+               }
+               wb = pack.data();
+             }
+             for (int64_t c = c0; c < c1; c += kR) {
+               const int r = static_cast<int>(std::min<int64_t>(kR, c1 - c));
+               for (int j = 0; j < r; ++j) x[j] = input + p0 * C + c + j;
+               TileFor(r, v)(x, &zero, &zero, 1, n, C, wb, ldw, dw + c * oc + o0, oc, p0 > q0);
+             }
+           }
+         }
+       }
+     });
+  if (shards > 1) {
+    pf(C, oc * shards, [&](int64_t b, int64_t e) {
+      for (int64_t sh = 1; sh < shards; ++sh) {
+        const float* a = acc.data() + (sh - 1) * C * oc;
+        for (int64_t i = b * oc; i < e * oc; ++i) filter_backprop[i] += a[i];
+      }
+    });
   }
 }
 
