@@ -723,11 +723,13 @@ int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t ele
     if (bi.ch_blocks > 1) bin += p.k_h * p.k_w * bi.ch_block * og * cb;
     if (packed) bin += bi.tile_rows * og * cb + bi.band_h * p.in_w * bi.ch_block * cb;
   }
-  const BwdFilPlan bf = PlanBackpropFilter(p, cb);
-  int64_t bfil = IsPointwise(p) && !packed ? 0 : bf.tile_rows * bf.k_block * cb;
-  if (packed) bfil += bf.tile_rows * og * cb;
+  int64_t bfil = 0;
   if (elem_bytes == 4 && conv_direct::FilterSupported(p)) {
     bfil = conv_direct::FilterTaskScratchBytes(p);
+  } else {
+    const BwdFilPlan bf = PlanBackpropFilter(p, cb);
+    bfil = IsPointwise(p) && !packed ? 0 : bf.tile_rows * bf.k_block * cb;
+    if (packed) bfil += bf.tile_rows * og * cb;
   }
   return std::max({fwd, bin, bfil});
 }
@@ -735,10 +737,13 @@ int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t ele
 int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes) {
   const int64_t cb = elem_bytes == 8 ? 8 : 4;
   const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
-  const BwdFilPlan bf = PlanBackpropFilter(p, cb);
-  int64_t shared = bf.shards > 1 || elem_bytes != cb ? bf.shards * K * p.out_c * cb : 0;
-  if (elem_bytes == 4 && conv_direct::FilterSupported(p))
+  int64_t shared = 0;  // the filter gradient's accumulators
+  if (elem_bytes == 4 && conv_direct::FilterSupported(p)) {
     shared = conv_direct::FilterSharedBytes(p);
+  } else {
+    const BwdFilPlan bf = PlanBackpropFilter(p, cb);
+    shared = bf.shards > 1 || elem_bytes != cb ? bf.shards * K * p.out_c * cb : 0;
+  }
   shared = std::max(shared, ForwardSharedBytes(p, elem_bytes));
   Im2colConv2DParams q;
   if (TransposedForward(p, &q)) {
@@ -805,7 +810,7 @@ void ForwardCore(const Im2colConv2DParams& p, const T* input, const C* w, T* out
   const int64_t K = p.k_h * p.k_w * cg;
   const Strides is = InputStrides(p);
   const bool pointwise = IsPointwise(p) && !kPacked;
-  if constexpr (std::is_same<T, float>::value) {
+  if constexpr (std::is_same<T, float>::value) {  // float32 NHWC on AVX-512: the micro-kernel
     if (conv_direct::Supported(p)) return conv_direct::Forward(p, input, w, output, pf);
   }
   if constexpr (!kPacked) {

@@ -162,6 +162,14 @@ Segments SegmentsOf(const Im2colConv2DParams& p) {
   return sg;
 }
 
+// dst [rows, width] = columns [0, width) of src [rows, ld]: a channel block of the filter or of
+// out_backprop, contiguous for the micro-kernel instead of width of every ld values.
+void PackColumns(const float* src, int64_t ld, int64_t rows, int64_t width, float* dst) {
+  for (int64_t i = 0; i < rows; ++i) {
+    std::memcpy(dst + i * width, src + i * ld, sizeof(float) * width);
+  }
+}
+
 int64_t TargetTasks() {
   static const int64_t n = std::max<int64_t>(2, 4 * std::thread::hardware_concurrency());
   return n;
@@ -253,8 +261,7 @@ void Compute(const Im2colConv2DParams& p, const Segments& sg,
       const int64_t q0 = g * group_px, q1 = std::min(pixels, q0 + group_px);
       for (int64_t s0 = 0; s0 < nseg; s0 += per_pass) {
         const int64_t ns = std::min(per_pass, nseg - s0);
-        // Wider layers: the pass's filter columns [o0, o0 + 16v) packed contiguously, so the
-        // micro-kernel streams one dense block instead of 16v of every out_c values.
+        // Wider layers: the pass's filter columns [o0, o0 + 16v) packed.
         const float* wb = w + o0;
         const int64_t* wo = sg.woff.data() + s0;
         int64_t ldw = oc;
@@ -264,10 +271,7 @@ void Compute(const Im2colConv2DParams& p, const Segments& sg,
           wpoff.resize(static_cast<size_t>(ns));
           for (int64_t s = 0; s < ns; ++s) {
             wpoff[s] = s * len * ldw;
-            const float* src = w + sg.woff[s0 + s] + o0;
-            for (int64_t k = 0; k < len; ++k) {
-              std::memcpy(wpack.data() + wpoff[s] + k * ldw, src + k * oc, sizeof(float) * ldw);
-            }
+            PackColumns(w + sg.woff[s0 + s] + o0, oc, len, ldw, wpack.data() + wpoff[s]);
           }
           wb = wpack.data();
           wo = wpoff.data();
@@ -293,12 +297,13 @@ void Forward(const Im2colConv2DParams& p, const float* input, const float* w, fl
   const Segments sg = SegmentsOf(p);
   std::vector<float> buf;
   std::vector<const float*> row_of;  // per output row of a chunk: the input row of its kh = 0
+  const bool in_place = InPlace(p);
+  const int64_t row = RowFloats(p);
   for (const Chunk& ch : Chunks(p)) {
     row_of.resize(static_cast<size_t>(ch.u1 - ch.u0));
-    if (InPlace(p)) {
+    if (in_place) {
       for (int64_t u = ch.u0; u < ch.u1; ++u) {
-        row_of[u - ch.u0] =
-            input + (u / p.out_h * p.in_h + u % p.out_h * p.stride_h) * RowFloats(p);
+        row_of[u - ch.u0] = input + (u / p.out_h * p.in_h + u % p.out_h * p.stride_h) * row;
       }
     } else {
       CopyPadded(p, input, ch, &buf, &row_of, pf);
@@ -377,12 +382,10 @@ void BackpropFilterPointwise(const Im2colConv2DParams& p, const float* input,
              const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
              const float* wb = out_backprop + p0 * oc + o0;
              int64_t ldw = oc;
-             if (oc > 16 * v) {  // this block's columns of the chunk, contiguous (as in Compute)
+             if (oc > 16 * v) {
                ldw = 16 * v;
                pack.resize(static_cast<size_t>(n * ldw));
-               for (int64_t i = 0; i < n; ++i) {
-                 std::memcpy(pack.data() + i * ldw, wb + i * oc, sizeof(float) * ldw);
-               }
+               PackColumns(wb, oc, n, ldw, pack.data());
                wb = pack.data();
              }
              for (int64_t c = c0; c < c1; c += kR) {

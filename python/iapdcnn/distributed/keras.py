@@ -65,16 +65,15 @@ class _LSGOptimizerMixin:
     def loss_with_standard_error(self, loss: Any) -> LossWithStandardError:
         """``loss`` (a Keras loss, its name or function) for ``model.compile`` that also gives
         this optimizer's reduction the standard error of each batch's loss."""
-        self._iapdcnn_se_tracked = True
         return LossWithStandardError(loss, self)
 
     def compute_gradients(self, loss, var_list, tape=None):
         grads_and_vars = super().compute_gradients(loss, var_list, tape)
         grads, variables = zip(*grads_and_vars, strict=False)
         box = self._iapdcnn_stats
-        se = box.loss_se if getattr(self, "_iapdcnn_se_tracked", False) else None
+        # 0 (unknown to the reduction) unless a LossWithStandardError has written it.
         reduced, stats = self._iapdcnn_reduction(
-            list(grads), loss, samples=None, variables=list(variables), loss_se=se
+            list(grads), loss, samples=None, variables=list(variables), loss_se=box.loss_se
         )
         for k in STAT_KEYS:
             getattr(box, k).assign(tf.cast(stats[k], tf.float32))
