@@ -1,12 +1,12 @@
 """The program users launch: `horovodrun -np N -H localhost:N --gloo python train.py ...` or plain
-`python train.py ...`. The trainer itself is iapdcnn.train (python/iapdcnn/train.py); run
+`python train.py ...`. The trainer itself is the package iapdcnn.training; run
 `python train.py --help` for the flags."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from iapdcnn.train import main  # noqa: E402
+from iapdcnn.training import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -122,7 +122,7 @@ def worker_overhead(a) -> None:
 
 def worker_robust(a) -> None:
     import horovod.tensorflow as hvd
-    from iapdcnn.train import main
+    from iapdcnn.training import main
 
     hvd.init()
     faulty = hvd.size() - 1  # not rank 0

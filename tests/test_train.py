@@ -1,4 +1,4 @@
-"""The trainer (train.py -> iapdcnn.train): bad flags get clear errors, a short run under
+"""The trainer (train.py -> iapdcnn.training): bad flags get clear errors, a short run under
 `horovodrun -np 2` works end to end with a NaN-injecting rank, and a run killed mid-epoch and
 resumed ends with exactly the weights of an uninterrupted run (deterministic mode)."""
 
@@ -43,12 +43,58 @@ TINY = [
     ],
 )
 def test_bad_flags(argv, needle, capsys):
-    from iapdcnn.train import parse_args
+    from iapdcnn.training import parse_args
 
     with pytest.raises(SystemExit) as e:
         parse_args(argv)
     assert e.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_config_errors_name_the_flag():
+    from iapdcnn.training import ConfigError, TrainConfig
+
+    assert TrainConfig().check() == TrainConfig()
+    for kwargs, needle in [
+        (dict(batch_size=0), "--batch-size must be >= 1"),
+        (dict(lr=-1.0), "--lr must be > 0"),
+        (dict(reduction="avg"), "--reduction must be one of"),
+        (dict(dataset="tfrecord"), "--dataset tfrecord needs --data-path"),
+        (dict(steps_per_epoch=0), "--steps-per-epoch must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            TrainConfig(**kwargs).check()
+
+
+def test_reduction_options_follow_the_reduction():
+    from iapdcnn.distributed import make_reduction
+    from iapdcnn.training import TrainConfig
+
+    for name in ("mean", "lsg", "dis_cnn", "median", "trimmed_mean"):
+        red = make_reduction(name, **TrainConfig(reduction=name).reduction_options())
+        assert red.name == name
+    assert TrainConfig(reduction="lsg", se_kappa=3.0).reduction_options()["se_kappa"] == 3.0
+
+
+def test_warmup_schedule_values_and_config():
+    from iapdcnn.training.schedules import WarmupScaled
+
+    s = WarmupScaled(0.1, 4, 10)
+    assert [round(float(s(k)), 6) for k in (0, 5, 10, 50)] == [0.1, 0.25, 0.4, 0.4]
+    again = WarmupScaled.from_config(s.get_config())
+    assert float(again(5)) == pytest.approx(0.25)
+
+
+def test_fault_on_a_missing_rank_is_refused(tmp_path):
+    p = subprocess.run(
+        [sys.executable, TRAIN, *TINY, "--inject-fault", "3:nan", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(),
+    )
+    assert p.returncode != 0
+    assert "--inject-fault rank 3 does not exist (world size 1)" in p.stderr
 
 
 @pytest.mark.parametrize(
@@ -120,7 +166,7 @@ def test_end_to_end_np2_with_nan_rank(tmp_path):
     assert steps[2]["norm"][1] is None and steps[2]["norm"][0] is not None
     assert [s["step"] for s in steps] == list(range(12))
     assert [s["law"] for s in steps[:3]] == [[1, 1], [1, 1], [1, 0]]
-    assert all(se > 0 for s in steps[:2] for se in s["se"])
+    assert all(se > 0 for s in steps[:2] for se in s["loss_se"])
 
 
 def _weights(path):

@@ -7,6 +7,7 @@ from .keras import DistributedOptimizer, LossWithStandardError, ReductionStatsCa
 from .law import law_mask, loss_standard_error, lsg_loss, masked_median, sample_law, worker_law
 from .reduction import (
     REDUCTIONS,
+    TABLE_COLUMNS,
     DisCNNReduction,
     LSGReduction,
     MeanReduction,
@@ -15,11 +16,13 @@ from .reduction import (
     TrimmedMeanReduction,
     apply_unless_skipped,
     make_reduction,
+    worker_table,
 )
 from .tape import DistributedGradientTape
 
 __all__ = [
     "REDUCTIONS",
+    "TABLE_COLUMNS",
     "DisCNNReduction",
     "DistributedGradientTape",
     "DistributedOptimizer",
@@ -38,4 +41,5 @@ __all__ = [
     "masked_median",
     "sample_law",
     "worker_law",
+    "worker_table",
 ]

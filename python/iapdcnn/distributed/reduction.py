@@ -16,6 +16,19 @@ REDUCTIONS = ("mean", "lsg", "dis_cnn", "median", "trimmed_mean")
 
 Stats = dict[str, tf.Tensor]
 
+# Columns of the ``[K, 5]`` per-worker table that screening reductions put in ``stats["table"]``.
+TABLE_COLUMNS = ("loss", "norm", "finite", "samples", "loss_se")
+
+
+def worker_table(stats: Stats) -> dict[str, tf.Tensor] | None:
+    """The per-worker ``[K]`` columns of a step (``TABLE_COLUMNS`` plus ``law``, the weight
+    each worker got), or None for a reduction that gathers no table (``mean``)."""
+    if "table" not in stats:
+        return None
+    cols = {name: stats["table"][:, i] for i, name in enumerate(TABLE_COLUMNS)}
+    cols["law"] = stats["weights"]
+    return cols
+
 
 def _hvd() -> Any:
     import horovod.tensorflow as hvd
@@ -86,8 +99,9 @@ class Reduction:
         raise NotImplementedError
 
     def _gather_scalars(self, grads, loss, samples, loss_se) -> tf.Tensor:
-        """One allgather of ``[loss, grad_norm, finite, samples, loss_se]`` per worker ->
-        ``[K, 5]`` (loss_se: the standard error of the worker's loss, 0 when unknown)."""
+        """One allgather of ``[loss, grad_norm, finite, samples, loss_se]`` (``TABLE_COLUMNS``)
+        per worker -> ``[K, 5]`` (loss_se: the standard error of the worker's loss, 0 when
+        unknown)."""
         norm, ok = _finite_norm(grads)
         ok = tf.logical_and(ok, tf.math.is_finite(loss))
         row = tf.stack([loss, norm, tf.cast(ok, tf.float32), samples, loss_se])[None, :]

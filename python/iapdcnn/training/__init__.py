@@ -1,0 +1,73 @@
+"""The iapdcnn trainer (``train.py`` at the repository root calls ``main``): IA-PDCNNOA on one
+machine or under ``horovodrun -np N``.
+
+Read it in this order: ``config`` (the flags and their rules) -> ``build`` (data, model,
+optimizer, reduction, pruner) -> ``loop`` (the ``Trainer``: steps through
+``DistributedGradientTape``, epochs, evaluation) -> ``checkpoint`` and ``output`` (what a run
+leaves in ``--out``); ``faults`` injects the faults of ``--inject-fault``."""
+
+from __future__ import annotations
+
+import os
+
+from .config import DATASETS, REDUCTIONS, TrainConfig, build_parser, parse_args
+from .errors import ConfigError
+from .faults import FAULT_KINDS, Fault, parse_fault
+
+__all__ = [
+    "ConfigError",
+    "DATASETS",
+    "FAULT_KINDS",
+    "REDUCTIONS",
+    "Fault",
+    "TrainConfig",
+    "build_parser",
+    "main",
+    "parse_args",
+    "parse_fault",
+    "run",
+]
+
+
+def _init_horovod(cfg: TrainConfig):
+    """``horovod.tensorflow``, initialised, with TensorFlow's threads and seeds set."""
+    import tensorflow as tf
+
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError as e:
+        raise SystemExit(
+            "train.py needs Horovod (horovod.tensorflow), which is not available in this "
+            f"installation ({type(e).__name__}: {e})."
+        ) from None
+    hvd.init()
+    if cfg.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(cfg.seed)
+    return hvd
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Trains as ``cfg`` says; returns (on every rank) the final report dict."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .build import load_arrays
+    from .loop import Trainer
+
+    try:
+        hvd = _init_horovod(cfg.check())
+        trainer = Trainer(cfg, hvd, load_arrays(cfg))
+    except ConfigError as e:  # also the settings that only the data or world size show wrong
+        raise SystemExit(f"train.py: {e}") from None
+    trainer.restore_or_broadcast()
+    trainer.log.say(trainer.describe())
+    for epoch in range(trainer.start_epoch, cfg.epochs):
+        trainer.train_epoch(epoch)
+    return trainer.finish()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``train.py``: parses the flags (errors name the flag) and runs."""
+    return run(parse_args(argv))

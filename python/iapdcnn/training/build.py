@@ -1,0 +1,127 @@
+"""What one training run is made of, built from its ``TrainConfig``: the data as NumPy arrays,
+the Keras model (with the MHO-PFES layers in front under ``--features``), the optimizer with its
+warm-up schedule, the reduction and the MDCV pruning callback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .config import TrainConfig
+
+
+def synthetic(n: int, seed: int, shape=(28, 28, 1), classes: int = 10):
+    """A tiny learnable test set: class c is a bright square at a class-specific place + noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.int64)
+    x = rng.uniform(0, 0.3, (n, *shape)).astype(np.float32)
+    h, w = shape[0], shape[1]
+    for c in range(classes):
+        r0, c0 = (c // 4) * (h // 4), (c % 4) * (w // 4)
+        x[y == c, r0 : r0 + h // 4, c0 : c0 + w // 4, :] += 0.7
+    return x, y
+
+
+def load_arrays(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Whole train and test splits as NumPy (the loop shards them per epoch itself, so that a
+    resumed run sees exactly the batches an uninterrupted run would)."""
+    if cfg.dataset == "synthetic":
+        xtr, ytr = synthetic(2048, cfg.seed)
+        xte, yte = synthetic(512, cfg.seed + 1)
+        return xtr, ytr, xte, yte
+    from iapdcnn import data
+
+    kw = dict(as_numpy=True, shard=False, shuffle=False, path=cfg.data_path)
+    xtr, ytr = data.load(cfg.dataset, "train", **kw)
+    xte, yte = data.load(cfg.dataset, "test", **kw)
+    return xtr, ytr, xte, yte
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def build_model(cfg: TrainConfig, input_shape, num_classes: int, train_xy) -> Any:
+    """The network ``--model`` names; MHO-PFES's EdgeFeatures + FCIFilter (SPEC 1) in front
+    under ``--features``, the FCI statistics adapted on the first 4096 training images."""
+    import tensorflow as tf
+
+    from iapdcnn import models
+
+    kind = cfg.model
+    if kind == "auto":
+        kind = "small_resnet" if max(input_shape[:2]) < 64 else "resnet50"
+    preprocessing = []
+    if cfg.features:
+        from iapdcnn.layers import EdgeFeatures, FCIFilter
+
+        # They sit inside the one flat model, so --prune still sees every conv.
+        edges, fci = EdgeFeatures(), FCIFilter(epsilon=cfg.fci_epsilon)
+        x, y = train_xy
+        ds = tf.data.Dataset.from_tensor_slices((x[:4096], y[:4096])).batch(256)
+        fci.adapt(ds.map(lambda a, b: (edges(a), b)))
+        preprocessing = [edges, fci]
+    if kind == "small_resnet":
+        model = models.small_resnet(
+            input_shape,
+            num_classes,
+            width=cfg.width,
+            blocks_per_stage=cfg.blocks,
+            conv=cfg.conv,
+            preprocessing=preprocessing,
+        )
+    else:
+        model = models.resnet50(
+            input_shape, num_classes, conv=cfg.conv, preprocessing=preprocessing
+        )
+    if cfg.bn_momentum is not None:
+        for layer in _all_layers(model):
+            if isinstance(layer, tf.keras.layers.BatchNormalization):
+                layer.momentum = cfg.bn_momentum
+    return model
+
+
+def build_schedule(cfg: TrainConfig, world_size: int, steps_per_epoch: int) -> Any:
+    """The learning rate per optimizer step (``schedules.WarmupScaled``)."""
+    from .schedules import WarmupScaled
+
+    return WarmupScaled(cfg.lr, world_size, cfg.warmup_epochs * steps_per_epoch)
+
+
+def build_optimizer(cfg: TrainConfig, schedule: Any) -> Any:
+    """SGD with momentum, or Adam, on ``schedule``."""
+    import tensorflow as tf
+
+    if cfg.optimizer == "sgd":
+        return tf.keras.optimizers.SGD(schedule, momentum=cfg.momentum)
+    return tf.keras.optimizers.Adam(schedule)
+
+
+def build_reduction(cfg: TrainConfig, faulty_gradients: bool) -> Any:
+    """``--reduction`` with its options; behind ``faults.gradient_fault`` when a rank corrupts
+    its gradients."""
+    from iapdcnn.distributed import make_reduction
+
+    from .faults import gradient_fault
+
+    reduction = make_reduction(cfg.reduction, **cfg.reduction_options())
+    return gradient_fault(reduction) if faulty_gradients else reduction
+
+
+def build_pruner(cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """MDCV soft pruning on a schedule (SPEC 2a): masks ramp up to the ``--prune`` FLOPs target
+    over the first two thirds of training, then ``strip`` makes them physical."""
+    from iapdcnn.pruning import MDCVPruning
+
+    total = max(2, cfg.epochs * steps_per_epoch)
+    return MDCVPruning(
+        target_flops_reduction=cfg.prune,
+        begin_step=0,
+        end_step=max(1, (2 * total) // 3),
+        frequency=max(1, steps_per_epoch // 4),
+    )

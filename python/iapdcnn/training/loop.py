@@ -1,0 +1,266 @@
+"""The training loop: one ``Trainer`` per run holds the model, optimizer, reduction and data of
+this rank. A step is the package's own way in for custom loops, as a user would write it:
+``DistributedGradientTape`` reduces the gradients (LSG by default), ``apply_unless_skipped``
+applies them unless every worker was rejected. Epochs shard a seeded permutation by rank, so a
+resumed run sees exactly the batches an uninterrupted one would."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from iapdcnn.distributed import (
+    DistributedGradientTape,
+    apply_unless_skipped,
+    loss_standard_error,
+    lsg_loss,
+    sample_law,
+    worker_table,
+)
+
+from . import build, checkpoint
+from .config import TrainConfig
+from .errors import ConfigError
+from .faults import FaultInjector
+from .output import RunLog
+
+STEP_STATS = ("workers_kept", "samples_kept", "skipped", "loss", "loss_min", "loss_max")
+
+
+class Trainer:
+    """One rank's part of a run.
+
+    Args:
+      cfg: the checked configuration.
+      hvd: ``horovod.tensorflow``, initialised.
+      arrays: ``(x_train, y_train, x_test, y_test)`` (whole splits).
+    """
+
+    def __init__(self, cfg: TrainConfig, hvd: Any, arrays: tuple[np.ndarray, ...]) -> None:
+        from iapdcnn.pruning import count_flops
+
+        self.cfg, self.hvd = cfg, hvd
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.xtr, self.ytr, self.xte, self.yte = arrays
+        self.faults = FaultInjector(
+            cfg.inject_fault, self.rank, self.size, cfg.seed, cfg.straggler_seconds
+        )
+        steps = len(self.xtr) // (self.size * cfg.batch_size)
+        if steps < 1:
+            raise ConfigError(
+                f"--batch-size {cfg.batch_size} x {self.size} ranks exceeds the "
+                f"{len(self.xtr)} training examples"
+            )
+        self.steps = min(steps, cfg.steps_per_epoch or steps)
+        num_classes = int(max(self.ytr.max(), self.yte.max())) + 1
+        self.model = build.build_model(cfg, self.xtr.shape[1:], num_classes, (self.xtr, self.ytr))
+        self.flops_before = count_flops(self.model).total
+        self.schedule = build.build_schedule(cfg, self.size, self.steps)
+        self.opt = build.build_optimizer(cfg, self.schedule)
+        self.opt.build(self.model.trainable_variables)
+        self.reduction = build.build_reduction(cfg, self.faults.corrupts_gradients)
+        self.per_sample = tf.keras.losses.SparseCategoricalCrossentropy(
+            reduction=tf.keras.losses.Reduction.NONE
+        )
+        self.log = RunLog(cfg.out, self.rank == 0, not cfg.no_progress, cfg.log_every, cfg.step_log)
+        self.ckpt_path = os.path.join(cfg.out, checkpoint.CKPT)
+        self.start_epoch, self.history = 0, []
+        self.pruner = None
+        self.images, self.train_time = 0, 0.0
+        self._train_step = tf.function(self._step, reduce_retracing=True)
+        self._eval_step = tf.function(self._eval, reduce_retracing=True)
+
+    # ------------------------------------------------------------------------- state
+
+    def restore_or_broadcast(self) -> None:
+        """Resumes from ``--out``'s checkpoint under ``--resume``, then makes every rank hold
+        rank 0's model and optimizer state."""
+        if self.cfg.resume and os.path.exists(self.ckpt_path):
+            meta = checkpoint.load(self.ckpt_path, self.model, self.opt)
+            self.start_epoch, self.history = meta["epoch"] + 1, meta["history"]
+            if meta["size"] != self.size:
+                self.log.say(
+                    f"note: checkpoint was written with {meta['size']} ranks, now {self.size}: "
+                    "the batches differ, so the continuation is not exact"
+                )
+            self.log.say(f"resumed from {self.ckpt_path} after epoch {meta['epoch'] + 1}")
+        elif self.cfg.resume:
+            self.log.say(f"--resume: no checkpoint at {self.ckpt_path}, starting from scratch")
+        self.hvd.broadcast_variables(self.model.variables, root_rank=0)
+        self.hvd.broadcast_variables(self.opt.variables, root_rank=0)
+        if self.cfg.prune > 0:
+            self.pruner = build.build_pruner(self.cfg, self.steps)
+            self.model.optimizer = self.opt  # the callback reads the step from it, as under fit
+            self.pruner.set_model(self.model)
+            self.pruner.on_train_begin()
+
+    def describe(self) -> str:
+        c = self.cfg
+        return (
+            f"iapdcnn train: {c.dataset} {self.xtr.shape[1:]} x{len(self.xtr)}, model "
+            f"{self.model.name} ({self.model.count_params()} params, "
+            f"{self.flops_before / 1e6:.1f} MFLOPs), ranks={self.size}, "
+            f"reduction={c.reduction}, {self.steps} steps/epoch x {c.batch_size}/rank"
+        )
+
+    # ------------------------------------------------------------------------- steps
+
+    def _step(self, x, y):
+        cfg, model = self.cfg, self.model
+        with tf.GradientTape() as tape:
+            probs = model(x, training=True)
+            losses = self.per_sample(y, probs)
+            if cfg.sample_law:
+                law = sample_law(losses, kappa=cfg.sample_kappa)
+                loss = lsg_loss(losses, law, cfg.normalise)
+                kept = tf.reduce_sum(law)
+            else:
+                loss = tf.reduce_mean(losses)
+                kept = tf.cast(tf.shape(losses)[0], tf.float32)
+            total = loss + tf.add_n(model.losses) if model.losses else loss
+        variables = model.trainable_variables
+        tape = DistributedGradientTape(tape, self.reduction)
+        grads = tape.gradient(
+            total, variables, loss=loss, samples=kept, loss_se=loss_standard_error(losses)
+        )
+        apply_unless_skipped(self.opt, zip(grads, variables, strict=True), tape.stats)
+        out = {k: tape.stats[k] for k in STEP_STATS}
+        out["correct"] = self._correct(y, probs)
+        if self.cfg.step_log:
+            out["workers"] = worker_table(tape.stats)
+        return {k: v for k, v in out.items() if v is not None}
+
+    @staticmethod
+    def _correct(y, probs):
+        hit = tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64))
+        return tf.reduce_sum(tf.cast(hit, tf.float32))
+
+    def _eval(self, x, y):
+        probs = self.model(x, training=False)
+        return tf.reduce_sum(self.per_sample(y, probs)), self._correct(y, probs)
+
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy over the first ``--eval-limit`` test images, split by rank."""
+        n = min(len(self.xte), self.cfg.eval_limit or len(self.xte))
+        xs, ys = self.xte[self.rank : n : self.size], self.yte[self.rank : n : self.size]
+        loss_sum = correct = 0.0
+        for i in range(0, len(xs), 256):
+            l_, c_ = self._eval_step(xs[i : i + 256], ys[i : i + 256])
+            loss_sum, correct = loss_sum + float(l_), correct + float(c_)
+        tot = self.hvd.allreduce(
+            tf.constant([loss_sum, correct, float(len(xs))], tf.float64),
+            op=self.hvd.Sum,
+            name="eval_sums",
+        ).numpy()
+        return tot[0] / max(tot[2], 1), tot[1] / max(tot[2], 1)
+
+    def sync_non_trainable(self) -> None:
+        """BatchNorm statistics are rank-local: replace them by their median across ranks
+        (robust to one faulty rank of three or more), so every rank evaluates and checkpoints
+        the same model."""
+        vs = self.model.non_trainable_variables
+        if self.size == 1 or not vs:
+            return
+        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in vs], 0)
+        table = self.hvd.allgather(flat[None], name="sync_non_trainable").numpy()
+        med = np.median(table, axis=0)
+        start = 0
+        for v in vs:
+            n = int(np.prod(v.shape))
+            v.assign(med[start : start + n].reshape(v.shape).astype(v.dtype.as_numpy_dtype))
+            start += n
+
+    # ------------------------------------------------------------------------- epochs
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch; returns its record (also appended to ``history`` and written out)."""
+        cfg, size, bs = self.cfg, self.size, self.cfg.batch_size
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.xtr))
+        self.log.begin_epoch(self.steps)
+        if self.pruner is not None:
+            self.pruner.on_epoch_begin(epoch)
+        n = kept = samples = skipped = loss_sum = correct = 0.0
+        t0 = time.perf_counter()
+        for i in range(self.steps):
+            gstep = epoch * self.steps + i
+            if cfg.crash_at_step is not None and gstep == cfg.crash_at_step:
+                print(f"rank {self.rank}: simulated crash at step {gstep}", flush=True)
+                os._exit(3)  # test hook (--crash-at-step): dies like a killed process
+            idx = perm[(i * size + self.rank) * bs : (i * size + self.rank + 1) * bs]
+            x, y, factor = self.faults.batch(self.xtr[idx], self.ytr[idx], gstep)
+            if self.faults.corrupts_gradients:
+                self.reduction.factor.assign(factor)
+            res = self._train_step(x, y)
+            workers = res.pop("workers", None)
+            workers = None if workers is None else {k: v.numpy() for k, v in workers.items()}
+            st = {k: float(v) for k, v in res.items()}
+            n, kept, samples = n + 1, kept + st["workers_kept"], samples + st["samples_kept"]
+            skipped, correct = skipped + st["skipped"], correct + st["correct"]
+            loss_sum += 0.0 if st["skipped"] else st["loss"]
+            self.log.step(i, gstep, st, workers)
+            if self.pruner is not None:
+                self.pruner.on_train_batch_end(i)
+        epoch_time = time.perf_counter() - t0
+        self.train_time += epoch_time
+        self.images += self.steps * bs * size
+        self.sync_non_trainable()
+        if self.pruner is not None:
+            self.pruner.on_epoch_end(epoch)
+        train_acc = float(
+            self.hvd.allreduce(
+                tf.constant(correct / (self.steps * bs)), op=self.hvd.Average, name="train_acc"
+            )
+        )
+        val_loss, val_acc = self.evaluate()
+        rec = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / (n - skipped) if n > skipped else float("nan"),
+            "acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "workers_kept_mean": kept / n,
+            "samples_kept_mean": samples / n,
+            "skipped_steps": int(skipped),
+            "lr": float(self.schedule(self.opt.iterations)),
+            "epoch_s": epoch_time,
+            "images_per_s": self.steps * bs * size / epoch_time,
+        }
+        self.history.append(rec)
+        self.log.end_epoch(rec, self.history, cfg.epochs, size)
+        if self.rank == 0:
+            meta = {"epoch": epoch, "history": self.history, "size": size}
+            checkpoint.save(self.ckpt_path, self.model, self.opt, meta)
+        return rec
+
+    def finish(self) -> dict[str, Any]:
+        """Strips the pruned filters physically, evaluates once more and writes the report."""
+        from iapdcnn.pruning import count_flops, strip
+
+        flops_after = self.flops_before
+        if self.pruner is not None:
+            self.pruner.on_train_end()
+            self.model = strip(self.model)  # fewer filters, the same function as the masked one
+            flops_after = count_flops(self.model).total
+            self._eval_step = tf.function(self._eval, reduce_retracing=True)
+        val_loss, val_acc = self.evaluate()
+        cfg = self.cfg
+        report = {
+            "dataset": cfg.dataset,
+            "ranks": self.size,
+            "reduction": cfg.reduction,
+            "epochs": cfg.epochs,
+            "test_loss": val_loss,
+            "test_accuracy": val_acc,
+            "train_images_per_s": self.images / self.train_time if self.train_time else None,
+            "flops_before": self.flops_before,
+            "flops_after": flops_after,
+            "flops_saved": 1.0 - flops_after / self.flops_before if self.flops_before else 0.0,
+            "faults": [str(f) for f in cfg.inject_fault],
+            "history": self.history,
+        }
+        self.log.finish(report)
+        return report
