@@ -354,3 +354,70 @@ def test_sync_ranks_needs_horovod_and_names_the_argument(rng, monkeypatch):
     cb = pruning.MDCVPruning(0.3, begin_step=0, end_step=1, frequency=1)
     m.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
     assert cb.history
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_rebuild_with_optimizer_continues_as_if_never_there(rng, opt_name):
+    # Early physical pruning: the cut model with the cut optimizer must take the same step as the
+    # uncut model whose removed filters (and their slots) are zero, on every kept weight.
+    m = small_resnet(width=8)
+    x = rng.uniform(size=(16, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, size=16)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    def make_opt():
+        if opt_name == "sgd":
+            return keras.optimizers.SGD(0.05, momentum=0.9)
+        return keras.optimizers.Adam(0.01)
+
+    def step(model, opt):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+    opt = make_opt()
+    opt.build(m.trainable_variables)
+    for _ in range(3):
+        step(m, opt)
+    p = pruning.plan(m, "l1", ratio=0.5)
+    small, small_opt = pruning.rebuild_with_optimizer(p, opt)
+    assert int(small_opt.iterations.numpy()) == 3
+    assert pruning.count_flops(small).total < 0.6 * pruning.count_flops(m).total
+    # the reference: zero the removed filters' weights and every slot of them in the big model
+    for v, k in p.graph.masks(p.removed):
+        keep = np.broadcast_to(k, v.shape)
+        v.assign(np.where(keep, v.numpy(), 0))
+        for s in opt.variables[1:]:
+            if s.name.split(":")[0].partition("/")[2] == v.name.split(":")[0]:
+                s.assign(np.where(keep, s.numpy(), 0))
+    # the slots were cut exactly as the weights (checked on the first conv's momentum / m)
+    name = next(iter(p.pruned))
+    kept = np.setdiff1d(np.arange(m.get_layer(name).filters), p.pruned[name])
+    big_slot = next(s for s in opt.variables if f"/{name}/kernel" in s.name)
+    small_slot = next(s for s in small_opt.variables if f"/{name}/kernel" in s.name)
+    np.testing.assert_array_equal(small_slot.numpy(), big_slot.numpy()[..., kept])
+    step(m, opt)
+    step(small, small_opt)
+    np.testing.assert_allclose(
+        small(x[:4], training=False), m(x[:4], training=False), rtol=2e-4, atol=2e-5
+    )
+    np.testing.assert_allclose(
+        small.get_layer(name).get_weights()[0],
+        m.get_layer(name).get_weights()[0][..., kept],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_callback_traces_its_hold_once(rng):
+    # MDCVPruning keeps its masks in variables: one tf.function for the whole run, so fit does
+    # not retrace (and warn) at every mask update.
+    m = small_resnet(width=4)
+    m.compile("sgd", "sparse_categorical_crossentropy")
+    x = rng.uniform(size=(64, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, size=64)
+    cb = pruning.MDCVPruning(0.3, begin_step=0, end_step=6, frequency=2, hard=True)
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert len(cb.history) >= 3
+    assert cb._hold.experimental_get_tracing_count() == 1

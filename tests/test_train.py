@@ -40,6 +40,15 @@ TINY = [
         (["--dataset", "cifar10"], "needs --data-path"),
         (["--kappa", "0"], "--kappa must be > 0"),
         (["--se-kappa", "-1"], "--se-kappa must be > 0"),
+        (["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice"),
+        (["--prune-at", "1.2"], "--prune-at is a fraction of the run's steps in [0, 1)"),
+        (
+            ["--prune-mode", "soft", "--prune-at", "0.7", "--prune-end", "0.5"],
+            "--prune-at (0.7) must come before --prune-end (0.5)",
+        ),
+        (["--eval-every", "0"], "--eval-every must be >= 1"),
+        (["--targets", "0.9,x"], "--targets wants numbers"),
+        (["--targets", "1.5"], "--targets must be accuracies in (0, 1]"),
     ],
 )
 def test_bad_flags(argv, needle, capsys):
@@ -76,13 +85,34 @@ def test_reduction_options_follow_the_reduction():
     assert TrainConfig(reduction="lsg", se_kappa=3.0).reduction_options()["se_kappa"] == 3.0
 
 
-def test_warmup_schedule_values_and_config():
-    from iapdcnn.training.schedules import WarmupScaled
+@pytest.mark.parametrize(
+    "decay, expected",
+    [
+        # warm-up 0.1 -> 0.4 over 10 steps, then the decay over steps 10..100
+        ("constant", [0.1, 0.25, 0.4, 0.4, 0.4, 0.4]),
+        ("cosine", [0.1, 0.25, 0.4, 0.2, 0.0, 0.0]),
+        ("step", [0.1, 0.25, 0.4, 0.04, 0.004, 0.004]),
+    ],
+)
+def test_lr_schedules(decay, expected):
+    from iapdcnn.training.schedules import WarmupDecay
 
-    s = WarmupScaled(0.1, 4, 10)
-    assert [round(float(s(k)), 6) for k in (0, 5, 10, 50)] == [0.1, 0.25, 0.4, 0.4]
-    again = WarmupScaled.from_config(s.get_config())
-    assert float(again(5)) == pytest.approx(0.25)
+    s = WarmupDecay(0.1, 4, 10, total_steps=100, decay=decay)
+    got = [round(float(s(k)), 6) for k in (0, 5, 10, 55, 100, 150)]
+    assert got == pytest.approx(expected, abs=1e-6)
+    again = WarmupDecay.from_config(s.get_config())
+    assert float(again(55)) == pytest.approx(float(s(55)))
+    with pytest.raises(ValueError, match="--lr-schedule"):
+        WarmupDecay(0.1, 4, 10, 100, decay="linear")
+
+
+def test_flag_lists_match_the_package():
+    from iapdcnn import distributed, pruning
+    from iapdcnn.training import config, schedules
+
+    assert config.REDUCTIONS == distributed.REDUCTIONS
+    assert set(config.PRUNE_CRITERIA) == set(pruning.CRITERIA)
+    assert schedules.SCHEDULES is config.SCHEDULES
 
 
 def test_fault_on_a_missing_rank_is_refused(tmp_path):
@@ -202,3 +232,53 @@ def test_kill_and_resume_is_exact(tmp_path):
     ha = json.loads((a / "metrics.json").read_text())
     hb = json.loads((b / "metrics.json").read_text())
     assert [h["val_acc"] for h in ha] == [h["val_acc"] for h in hb]
+
+
+def test_early_pruning_cuts_once_and_resumes_exactly(tmp_path):
+    common = [
+        *TINY,
+        "--epochs",
+        "3",
+        "--steps-per-epoch",
+        "5",
+        "--deterministic",
+        "--prune",
+        "0.3",
+        "--prune-at",
+        "0.2",  # step 3, in the first epoch
+        "--eval-every",
+        "2",
+    ]
+
+    def run(out, *extra):
+        return subprocess.run(
+            [sys.executable, TRAIN, *common, "--out", str(out), *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=child_env(),
+        )
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    p = run(a)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert p.stdout.count("pruned to") == 1
+    rep = json.loads((a / "report.json").read_text())
+    assert 0.2 < rep["flops_saved"] < 0.6, rep["flops_saved"]
+    # every epoch after the cut trains the smaller model; the curve has the mid-epoch points
+    assert [h["mflops"] < rep["flops_before"] / 1e6 for h in rep["history"]] == [True] * 3
+    assert [e["step"] for e in rep["evals"]] == [2, 4, 5, 6, 8, 10, 12, 14, 15]
+    assert all(
+        e2["train_s"] >= e1["train_s"]
+        for e1, e2 in zip(rep["evals"], rep["evals"][1:], strict=False)
+    )
+    assert set(rep["time_to_accuracy"]) == {"0.88", "0.90", "0.91"}
+    p = run(b, "--crash-at-step", "7")
+    assert p.returncode != 0 and "simulated crash at step 7" in p.stdout
+    p = run(b, "--resume")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert "pruned to" not in p.stdout  # the checkpoint's cut is re-applied, not re-selected
+    wa, wb = _weights(a / "checkpoint.npz"), _weights(b / "checkpoint.npz")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)

@@ -7,8 +7,15 @@ FMP and Dis-CNN's feature-map redundancy behind the same interface.
 During training, ``MDCVPruning`` masks filters on a schedule and ``strip`` makes it physical.
 """
 
-from .callback import MDCVPruning, strip, strip_pruning
-from .core import PruningPlan, plan, prune, prune_channels, score_layers
+from .callback import MDCVPruning, broadcast_plan, strip, strip_pruning
+from .core import (
+    PruningPlan,
+    plan,
+    prune,
+    prune_channels,
+    rebuild_with_optimizer,
+    score_layers,
+)
 from .criteria import CRITERIA
 from .flops import FlopsCount, count_flops
 from .graph import ChannelGraph
@@ -19,10 +26,12 @@ __all__ = [
     "FlopsCount",
     "MDCVPruning",
     "PruningPlan",
+    "broadcast_plan",
     "count_flops",
     "plan",
     "prune",
     "prune_channels",
+    "rebuild_with_optimizer",
     "score_layers",
     "strip",
     "strip_pruning",

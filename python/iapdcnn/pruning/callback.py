@@ -98,6 +98,11 @@ class MDCVPruning(keras.callbacks.Callback):
         self._hold = None  # tf.function re-zeroing the current plan's masked weights
         self.history: list[tuple[int, float]] = []  # (step, reduction) at each update
 
+    def set_model(self, model: Any) -> None:
+        if model is not getattr(self, "model", None):
+            self._hold = None  # the masked variables belong to the model
+        super().set_model(model)
+
     def reduction_at(self, step: int) -> float:
         """The scheduled FLOPs reduction at optimizer step ``step``."""
         end = self._end()
@@ -116,19 +121,23 @@ class MDCVPruning(keras.callbacks.Callback):
         r = self.reduction_at(step)
         if r <= 0.0:
             return
-        self.current_plan = _agree_across_ranks(
+        self.current_plan = broadcast_plan(
             plan(self.model, target_flops_reduction=r, **self.plan_kwargs), self.sync_ranks
         )
-        masks = [
-            (v, tf.constant(m > 0))
-            for v, m in self.current_plan.graph.masks(self.current_plan.removed)
-        ]
-        # Zeroing is one graph call, so holding the mask after every batch is cheap (numpy round
-        # trips per variable cost ~5 ms a batch on the small ResNet; this is well under 1 ms).
-        # tf.where, not w * 0, so the zeros are exact even for a non-finite weight.
-        self._hold = tf.function(
-            lambda: [v.assign(tf.where(k, v, tf.zeros_like(v))) for v, k in masks]
-        )
+        masks = self.current_plan.graph.masks(self.current_plan.removed)
+        if self._hold is None:
+            # The masks live in variables and one tf.function zeroes with them: holding the mask
+            # after every batch is one graph call (numpy round trips per variable cost ~5 ms a
+            # batch on the small ResNet; this is well under 1 ms), traced once for the run. The
+            # list of masked variables depends on the model only, not on the selection.
+            # tf.where, not w * 0, so the zeros are exact even for a non-finite weight.
+            self._masks = [(v, tf.Variable(m > 0, trainable=False)) for v, m in masks]
+            self._hold = tf.function(
+                lambda: [v.assign(tf.where(k, v, tf.zeros_like(v))) for v, k in self._masks]
+            )
+        else:
+            for (_, k), (_, m) in zip(self._masks, masks, strict=True):
+                k.assign(m > 0)
         self._hold()
         self.model._iapdcnn_pruned = dict(self.current_plan.pruned)
         self.history.append((step, self.current_plan.flops_reduction))
@@ -157,8 +166,10 @@ class MDCVPruning(keras.callbacks.Callback):
             self._update(step)
 
 
-def _agree_across_ranks(p: Any, sync: bool | None) -> Any:
-    """The plan with rank 0's selection on every rank (see the module docstring)."""
+def broadcast_plan(p: Any, sync: bool | None = None) -> Any:
+    """The plan with rank 0's selection on every rank (see the module docstring). ``sync``:
+    False returns ``p``; None broadcasts when Horovod runs with more than one rank; True
+    also requires Horovod to be initialised."""
     if sync is False:
         return p
     hvd = sys.modules.get("horovod.tensorflow")

@@ -324,3 +324,57 @@ def _check_not_all(graph: ChannelGraph, removed: set[int]) -> None:
     for name in graph.convs:
         if not graph.kept(name, removed, "out").any():
             raise ValueError(f"the request would prune every filter of {name!r}")
+
+
+def _slot_key(v: Any) -> str:
+    return v.name.split(":")[0]
+
+
+def rebuild_with_optimizer(p: PruningPlan, optimizer: Any) -> tuple[Any, Any]:
+    """Physical pruning in the middle of training: the smaller model of ``p`` and a fresh copy of
+    ``optimizer`` built on it, whose slots (momentum, Adam's m and v, ...) are the old slots cut
+    exactly as the weights are, and whose step count continues. Training the pair goes on as if
+    the removed filters had never been there.
+
+    Args:
+      p: a plan of the model ``optimizer`` trains (``plan(model, ...)``).
+      optimizer: a built Keras optimizer of that model (slots named ``<slot>/<variable>``).
+
+    Returns:
+      ``(new_model, new_optimizer)``.
+    """
+    graph = p.graph
+    new = graph.rebuild(p.removed)
+    new_opt = type(optimizer).from_config(optimizer.get_config())
+    new_opt.build(new.trainable_variables)
+    # old slot values by (slot name, variable name), e.g. ("m", "s0b0_a_conv/kernel")
+    old_slots: dict[tuple[str, str], Any] = {}
+    for v in optimizer.variables:
+        prefix, _, var = _slot_key(v).partition("/")
+        if var:
+            old_slots[(prefix, var)] = v
+    new_slots = {}
+    for v in new_opt.variables:
+        prefix, _, var = _slot_key(v).partition("/")
+        if var:
+            new_slots[(prefix, var)] = v
+    prefixes = sorted({k[0] for k in old_slots})
+    for layer in graph.model.layers:
+        names = [_slot_key(w) for w in layer.weights]
+        for prefix in prefixes:
+            if not any((prefix, n) in old_slots for n in names):
+                continue
+            # the layer's weights with each slotted one replaced by its slot, cut as weights are
+            values = [
+                old_slots[(prefix, n)].numpy() if (prefix, n) in old_slots else w.numpy()
+                for n, w in zip(names, layer.weights, strict=True)
+            ]
+            if layer.name in graph.handled:
+                values = graph._slice(layer, values, p.removed)
+            for n, val in zip(names, values, strict=True):
+                if (prefix, n) in old_slots:
+                    if (prefix, n) not in new_slots:
+                        raise ValueError(f"optimizer slot {prefix}/{n} has no counterpart")
+                    new_slots[(prefix, n)].assign(val)
+    new_opt.iterations.assign(optimizer.iterations)
+    return new, new_opt

@@ -87,10 +87,17 @@ def build_model(cfg: TrainConfig, input_shape, num_classes: int, train_xy) -> An
 
 
 def build_schedule(cfg: TrainConfig, world_size: int, steps_per_epoch: int) -> Any:
-    """The learning rate per optimizer step (``schedules.WarmupScaled``)."""
-    from .schedules import WarmupScaled
+    """The learning rate per optimizer step: warm-up to ``lr * world_size``, then
+    ``--lr-schedule`` to the end of the run (``schedules.WarmupDecay``)."""
+    from .schedules import WarmupDecay
 
-    return WarmupScaled(cfg.lr, world_size, cfg.warmup_epochs * steps_per_epoch)
+    return WarmupDecay(
+        cfg.lr,
+        world_size,
+        cfg.warmup_epochs * steps_per_epoch,
+        total_steps=cfg.epochs * steps_per_epoch,
+        decay=cfg.lr_schedule,
+    )
 
 
 def build_optimizer(cfg: TrainConfig, schedule: Any) -> Any:
@@ -114,14 +121,24 @@ def build_reduction(cfg: TrainConfig, faulty_gradients: bool) -> Any:
 
 
 def build_pruner(cfg: TrainConfig, steps_per_epoch: int) -> Any:
-    """MDCV soft pruning on a schedule (SPEC 2a): masks ramp up to the ``--prune`` FLOPs target
-    over the first two thirds of training, then ``strip`` makes them physical."""
+    """``--prune-mode soft``: masks ramp up to the ``--prune`` FLOPs target between
+    ``--prune-at`` and ``--prune-end`` (SPEC 2a's criterion by default), then ``strip`` makes them
+    physical at the end."""
     from iapdcnn.pruning import MDCVPruning
 
     total = max(2, cfg.epochs * steps_per_epoch)
+    begin = int(cfg.prune_at * total)
     return MDCVPruning(
         target_flops_reduction=cfg.prune,
-        begin_step=0,
-        end_step=max(1, (2 * total) // 3),
+        begin_step=begin,
+        end_step=max(begin + 1, int(cfg.prune_end * total)),
         frequency=max(1, steps_per_epoch // 4),
+        criterion=cfg.prune_criterion,
     )
+
+
+def prune_step(cfg: TrainConfig, steps_per_epoch: int) -> int | None:
+    """``--prune-mode early``: the global step before which the model is cut, or None."""
+    if cfg.prune <= 0 or cfg.prune_mode != "early":
+        return None
+    return int(cfg.prune_at * cfg.epochs * steps_per_epoch)

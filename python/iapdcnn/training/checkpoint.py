@@ -37,6 +37,12 @@ def save(path: str, model: Any, optimizer: Any, meta: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
+def read_meta(path: str) -> dict[str, Any]:
+    """The metadata of the checkpoint at ``path`` (without loading its arrays)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))
+
+
 def load(path: str, model: Any, optimizer: Any) -> dict[str, Any]:
     """Restores what ``save`` wrote into ``model`` and ``optimizer``; returns the metadata."""
     with np.load(path, allow_pickle=False) as z:

@@ -24,6 +24,9 @@ DATASETS = (
     "synthetic",
 )
 NEEDS_PATH = ("cifar10", "cifar100", "image_folder", "tfrecord")
+SCHEDULES = ("cosine", "step", "constant")  # = schedules.SCHEDULES (no TensorFlow here)
+PRUNE_MODES = ("early", "soft")
+PRUNE_CRITERIA = ("mdcv", "l1", "fpgm", "fmp", "fm_redundancy", "random")  # = pruning.CRITERIA
 
 
 @dataclass
@@ -42,6 +45,10 @@ class TrainConfig:
     features: bool = False
     fci_epsilon: float = 0.02
     prune: float = 0.0
+    prune_mode: str = "early"
+    prune_at: float = 0.1
+    prune_end: float = 2 / 3
+    prune_criterion: str = "mdcv"
     # reduction (SPEC 3)
     reduction: str = "lsg"
     tau: float | None = None
@@ -63,10 +70,13 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     warmup_epochs: float = 1.0
+    lr_schedule: str = "cosine"
     seed: int = 0
     deterministic: bool = False
     threads: int = 0
     eval_limit: int | None = None
+    eval_every: int | None = None
+    targets: tuple[float, ...] = (0.88, 0.90, 0.91)
     # output
     out: str = "runs/train"
     resume: bool = False
@@ -98,6 +108,29 @@ class TrainConfig:
             raise bad("bn-momentum", "must be in [0, 1)", self.bn_momentum)
         if not 0 <= self.prune < 1:
             raise bad("prune", "is a ratio in [0, 1)", self.prune)
+        if self.prune_mode not in PRUNE_MODES:
+            raise bad("prune-mode", f"must be one of {', '.join(PRUNE_MODES)}", self.prune_mode)
+        if not 0 <= self.prune_at < 1:
+            raise bad("prune-at", "is a fraction of the run's steps in [0, 1)", self.prune_at)
+        if not 0 < self.prune_end <= 1:
+            raise bad("prune-end", "is a fraction of the run's steps in (0, 1]", self.prune_end)
+        if self.prune_mode == "soft" and self.prune_at >= self.prune_end:
+            raise ConfigError(
+                f"--prune-at ({self.prune_at}) must come before --prune-end ({self.prune_end}): "
+                "soft pruning ramps its masks up between the two"
+            )
+        if self.prune_criterion not in PRUNE_CRITERIA:
+            raise bad(
+                "prune-criterion",
+                f"must be one of {', '.join(PRUNE_CRITERIA)}",
+                self.prune_criterion,
+            )
+        if self.lr_schedule not in SCHEDULES:
+            raise bad("lr-schedule", f"must be one of {', '.join(SCHEDULES)}", self.lr_schedule)
+        if self.eval_every is not None and self.eval_every < 1:
+            raise bad("eval-every", "must be >= 1", self.eval_every)
+        if not self.targets or any(not 0 < t <= 1 for t in self.targets):
+            raise bad("targets", "must be accuracies in (0, 1]", list(self.targets))
         if not 0.0 <= self.fci_epsilon <= 0.5:
             raise bad("fci-epsilon", "must be in [0, 0.5] (FCI's maximum is 0.5)", self.fci_epsilon)
         for name in ("kappa", "grad_kappa", "sample_kappa", "se_kappa"):
@@ -133,6 +166,15 @@ class TrainConfig:
         if self.reduction == "trimmed_mean":
             return dict(trim=self.trim)
         return {}
+
+
+def _accuracies(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--targets wants numbers like 0.9,0.91, got {text!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +223,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=D.prune,
         metavar="RATIO",
-        help="MDCV pruning target ratio in [0, 1); 0 = off",
+        help="filter pruning: the fraction of the model's FLOPs to remove, in [0, 1); 0 = off",
+    )
+    d.add_argument(
+        "--prune-mode",
+        default=D.prune_mode,
+        choices=PRUNE_MODES,
+        help="early: cut the filters physically once, at --prune-at, and train the smaller model "
+        "from there (default); soft: mask them on a schedule from --prune-at to --prune-end "
+        "and cut at the end (TF-MOT's way)",
+    )
+    d.add_argument(
+        "--prune-at",
+        type=float,
+        default=D.prune_at,
+        metavar="FRACTION",
+        help="when pruning starts, as a fraction of the run's steps",
+    )
+    d.add_argument(
+        "--prune-end",
+        type=float,
+        default=D.prune_end,
+        metavar="FRACTION",
+        help="soft mode: when the masks reach the target, as a fraction of the run's steps",
+    )
+    d.add_argument(
+        "--prune-criterion",
+        default=D.prune_criterion,
+        choices=PRUNE_CRITERIA,
+        help="filter score (mdcv: the paper's Mahalanobis distance, SPEC 2a)",
     )
     r = p.add_argument_group("reduction (SPEC 3)")
     r.add_argument("--reduction", default=D.reduction, choices=REDUCTIONS)
@@ -216,12 +286,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.warmup_epochs,
         help="linear warm-up from lr to lr*world_size",
     )
+    t.add_argument(
+        "--lr-schedule",
+        default=D.lr_schedule,
+        choices=SCHEDULES,
+        help="after the warm-up: cosine decay to 0 (default), step (x0.1 at 50%% and 75%%), or "
+        "constant",
+    )
     t.add_argument("--seed", type=int, default=D.seed)
     t.add_argument("--deterministic", action="store_true", help="TF op determinism")
     t.add_argument(
         "--threads", type=int, default=D.threads, help="TF intra-op threads (0: TF default)"
     )
     t.add_argument("--eval-limit", type=int, default=None, help="evaluate on this many examples")
+    t.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="also evaluate every STEPS steps (time-to-accuracy curves; evaluation time is "
+        "kept off the training clock)",
+    )
+    t.add_argument(
+        "--targets",
+        type=_accuracies,
+        default=D.targets,
+        metavar="ACC,ACC,...",
+        help="test accuracies whose time to reach the report gives (default 0.88,0.90,0.91)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--out", default=D.out, help="logs, metrics, plot and checkpoint")
     o.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
@@ -270,4 +362,5 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     """The settings as JSON-ready values (faults as their ``RANK:KIND:FROM_STEP`` text)."""
     d = dataclasses.asdict(cfg)
     d["inject_fault"] = [str(f) for f in cfg.inject_fault]
+    d["targets"] = list(cfg.targets)
     return d

@@ -23,7 +23,7 @@ from iapdcnn.distributed import (
 )
 
 from . import build, checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, config_dict
 from .errors import ConfigError
 from .faults import FaultInjector
 from .output import RunLog
@@ -68,9 +68,16 @@ class Trainer:
         )
         self.log = RunLog(cfg.out, self.rank == 0, not cfg.no_progress, cfg.log_every, cfg.step_log)
         self.ckpt_path = os.path.join(cfg.out, checkpoint.CKPT)
-        self.start_epoch, self.history = 0, []
+        self.start_epoch, self.history, self.evals = 0, [], []
         self.pruner = None
+        self.prune_step = build.prune_step(cfg, self.steps)
+        self.pruned: dict[str, list[int]] = {}  # early pruning's cut: layer -> removed filters
         self.images, self.train_time = 0, 0.0
+        self._compile()
+
+    def _compile(self) -> None:
+        """Fresh step functions for the current model (after a cut, the old traces hold the old
+        variables)."""
         self._train_step = tf.function(self._step, reduce_retracing=True)
         self._eval_step = tf.function(self._eval, reduce_retracing=True)
 
@@ -80,8 +87,12 @@ class Trainer:
         """Resumes from ``--out``'s checkpoint under ``--resume``, then makes every rank hold
         rank 0's model and optimizer state."""
         if self.cfg.resume and os.path.exists(self.ckpt_path):
+            pruned = checkpoint.read_meta(self.ckpt_path).get("pruned")
+            if pruned:  # the run was cut early: cut the fresh model the same way first
+                self._cut(pruned)
             meta = checkpoint.load(self.ckpt_path, self.model, self.opt)
             self.start_epoch, self.history = meta["epoch"] + 1, meta["history"]
+            self.evals, self.train_time = meta.get("evals", []), meta.get("train_s", 0.0)
             if meta["size"] != self.size:
                 self.log.say(
                     f"note: checkpoint was written with {meta['size']} ranks, now {self.size}: "
@@ -92,7 +103,7 @@ class Trainer:
             self.log.say(f"--resume: no checkpoint at {self.ckpt_path}, starting from scratch")
         self.hvd.broadcast_variables(self.model.variables, root_rank=0)
         self.hvd.broadcast_variables(self.opt.variables, root_rank=0)
-        if self.cfg.prune > 0:
+        if self.cfg.prune > 0 and self.prune_step is None:
             self.pruner = build.build_pruner(self.cfg, self.steps)
             self.model.optimizer = self.opt  # the callback reads the step from it, as under fit
             self.pruner.set_model(self.model)
@@ -106,6 +117,34 @@ class Trainer:
             f"{self.flops_before / 1e6:.1f} MFLOPs), ranks={self.size}, "
             f"reduction={c.reduction}, {self.steps} steps/epoch x {c.batch_size}/rank"
         )
+
+    def _cut(self, pruned: dict[str, list[int]] | None = None) -> None:
+        """Early pruning: cuts the model physically (the filters ``pruned`` names, or a new
+        selection for the ``--prune`` FLOPs target, rank 0's on every rank) and goes on with the
+        smaller model and an optimizer whose slots are cut alike."""
+        from iapdcnn import pruning
+
+        if pruned is None:
+            kw = {}
+            if self.cfg.prune_criterion in ("fmp", "fm_redundancy"):
+                kw["data"] = self.xtr[:256]
+            p = pruning.plan(
+                self.model,
+                self.cfg.prune_criterion,
+                target_flops_reduction=self.cfg.prune,
+                **kw,
+            )
+            p = pruning.broadcast_plan(p)
+        else:
+            graph = pruning.ChannelGraph.build(self.model)
+            removed = set()
+            for name, idx in pruned.items():
+                roots = graph.roots(graph.layer_out[name])
+                removed.update(int(roots[int(i)]) for i in idx)
+            p = pruning.PruningPlan(graph, removed, {k: np.asarray(v) for k, v in pruned.items()})
+        self.model, self.opt = pruning.rebuild_with_optimizer(p, self.opt)
+        self.pruned = {k: [int(i) for i in v] for k, v in p.pruned.items()}
+        self._compile()
 
     # ------------------------------------------------------------------------- steps
 
@@ -176,6 +215,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------- epochs
 
+    def _record_eval(self, epoch: float, step: int) -> tuple[float, float]:
+        """Evaluates (BatchNorm statistics agreed first) and keeps the point of the
+        time-to-accuracy curve: training seconds so far (evaluation excluded) -> accuracy."""
+        self.sync_non_trainable()
+        val_loss, val_acc = self.evaluate()
+        point = {"epoch": round(epoch, 4), "step": step, "train_s": self.train_time}
+        self.evals.append({**point, "val_loss": val_loss, "val_acc": val_acc})
+        return val_loss, val_acc
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch; returns its record (also appended to ``history`` and written out)."""
         cfg, size, bs = self.cfg, self.size, self.cfg.batch_size
@@ -184,12 +232,15 @@ class Trainer:
         if self.pruner is not None:
             self.pruner.on_epoch_begin(epoch)
         n = kept = samples = skipped = loss_sum = correct = 0.0
-        t0 = time.perf_counter()
+        epoch_time, t0 = 0.0, time.perf_counter()
         for i in range(self.steps):
             gstep = epoch * self.steps + i
             if cfg.crash_at_step is not None and gstep == cfg.crash_at_step:
                 print(f"rank {self.rank}: simulated crash at step {gstep}", flush=True)
                 os._exit(3)  # test hook (--crash-at-step): dies like a killed process
+            if gstep == self.prune_step:
+                self._cut()
+                self.log.say(f"step {gstep}: pruned to {self.flops_now() / 1e6:.1f} MFLOPs")
             idx = perm[(i * size + self.rank) * bs : (i * size + self.rank + 1) * bs]
             x, y, factor = self.faults.batch(self.xtr[idx], self.ytr[idx], gstep)
             if self.faults.corrupts_gradients:
@@ -204,10 +255,14 @@ class Trainer:
             self.log.step(i, gstep, st, workers)
             if self.pruner is not None:
                 self.pruner.on_train_batch_end(i)
-        epoch_time = time.perf_counter() - t0
-        self.train_time += epoch_time
+            if cfg.eval_every and (gstep + 1) % cfg.eval_every == 0 and i + 1 < self.steps:
+                dt = time.perf_counter() - t0  # the clock stops while evaluating
+                epoch_time, self.train_time = epoch_time + dt, self.train_time + dt
+                self._record_eval(epoch + (i + 1) / self.steps, gstep + 1)
+                t0 = time.perf_counter()
+        dt = time.perf_counter() - t0
+        epoch_time, self.train_time = epoch_time + dt, self.train_time + dt
         self.images += self.steps * bs * size
-        self.sync_non_trainable()
         if self.pruner is not None:
             self.pruner.on_epoch_end(epoch)
         train_acc = float(
@@ -215,7 +270,7 @@ class Trainer:
                 tf.constant(correct / (self.steps * bs)), op=self.hvd.Average, name="train_acc"
             )
         )
-        val_loss, val_acc = self.evaluate()
+        val_loss, val_acc = self._record_eval(epoch + 1, (epoch + 1) * self.steps)
         rec = {
             "epoch": epoch + 1,
             "loss": loss_sum / (n - skipped) if n > skipped else float("nan"),
@@ -227,25 +282,47 @@ class Trainer:
             "skipped_steps": int(skipped),
             "lr": float(self.schedule(self.opt.iterations)),
             "epoch_s": epoch_time,
+            "train_s": self.train_time,
             "images_per_s": self.steps * bs * size / epoch_time,
+            "mflops": self.flops_now() / 1e6,
         }
         self.history.append(rec)
         self.log.end_epoch(rec, self.history, cfg.epochs, size)
         if self.rank == 0:
-            meta = {"epoch": epoch, "history": self.history, "size": size}
+            meta = {
+                "epoch": epoch,
+                "history": self.history,
+                "evals": self.evals,
+                "train_s": self.train_time,
+                "size": size,
+                "pruned": self.pruned,
+            }
             checkpoint.save(self.ckpt_path, self.model, self.opt, meta)
         return rec
+
+    def flops_now(self) -> int:
+        """Multiply-adds of one image through the current model (masks not counted)."""
+        from iapdcnn.pruning import count_flops
+
+        return count_flops(self.model).total
+
+    def time_to_accuracy(self) -> dict[str, float | None]:
+        """Training seconds until the test accuracy first reached each of ``--targets``."""
+        out = {}
+        for t in self.cfg.targets:
+            hit = [e["train_s"] for e in self.evals if e["val_acc"] >= t]
+            out[f"{t:.2f}"] = min(hit) if hit else None
+        return out
 
     def finish(self) -> dict[str, Any]:
         """Strips the pruned filters physically, evaluates once more and writes the report."""
         from iapdcnn.pruning import count_flops, strip
 
-        flops_after = self.flops_before
         if self.pruner is not None:
             self.pruner.on_train_end()
             self.model = strip(self.model)  # fewer filters, the same function as the masked one
-            flops_after = count_flops(self.model).total
             self._eval_step = tf.function(self._eval, reduce_retracing=True)
+        flops_after = count_flops(self.model).total
         val_loss, val_acc = self.evaluate()
         cfg = self.cfg
         report = {
@@ -260,7 +337,11 @@ class Trainer:
             "flops_after": flops_after,
             "flops_saved": 1.0 - flops_after / self.flops_before if self.flops_before else 0.0,
             "faults": [str(f) for f in cfg.inject_fault],
+            "train_s": self.train_time,
+            "time_to_accuracy": self.time_to_accuracy(),
+            "config": config_dict(cfg),
             "history": self.history,
+            "evals": self.evals,
         }
         self.log.finish(report)
         return report

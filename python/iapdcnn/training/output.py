@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,8 @@ class RunLog:
     Args:
       out: the output folder (created).
       chief: whether this is rank 0.
-      progress: show a progress bar per epoch.
+      progress: show a tqdm bar per epoch when stdout is a terminal (under ``horovodrun`` or
+        into a file it is not: one line per epoch, no bar fragments).
       log_every: TensorBoard step-scalar interval.
       step_log: write ``steps.jsonl``.
     """
@@ -49,7 +51,8 @@ class RunLog:
     def __init__(self, out: str, chief: bool, progress: bool, log_every: int, step_log: bool):
         import tensorflow as tf
 
-        self.out, self.chief, self.progress, self.log_every = out, chief, progress, log_every
+        self.out, self.chief, self.log_every = out, chief, log_every
+        self.progress = progress and sys.stdout.isatty()
         os.makedirs(out, exist_ok=True)
         self._tb = tf.summary.create_file_writer(os.path.join(out, "tb")) if chief else None
         self._steps = None
@@ -63,9 +66,9 @@ class RunLog:
 
     def begin_epoch(self, steps: int) -> None:
         if self.chief and self.progress:
-            import tensorflow as tf
+            from tqdm import tqdm
 
-            self._bar = tf.keras.utils.Progbar(steps, stateful_metrics=["loss", "kept"])
+            self._bar = tqdm(total=steps, leave=False, unit="step", dynamic_ncols=True)
 
     def step(self, i: int, gstep: int, st: dict[str, float], workers: dict | None) -> None:
         """Step ``i`` of the epoch (global ``gstep``): scalars ``st``, and per-worker columns
@@ -78,7 +81,8 @@ class RunLog:
                 f"{st['loss_min']:.4g}..{st['loss_max']:.4g})"
             )
         if self._bar is not None:
-            self._bar.update(i + 1, [("loss", st["loss"]), ("kept", st["workers_kept"])])
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{st['loss']:.4f}", kept=st["workers_kept"], refresh=False)
         if gstep % self.log_every == 0:
             import tensorflow as tf
 
@@ -95,11 +99,14 @@ class RunLog:
 
     def end_epoch(self, rec: dict[str, Any], history: list[dict], epochs: int, size: int) -> None:
         """The epoch's line, TensorBoard scalars, ``metrics.json`` and ``curves.png``."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         self.say(
             f"epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.4f} acc {rec['acc']:.4f} "
             f"val_loss {rec['val_loss']:.4f} val_acc {rec['val_acc']:.4f} workers_kept "
             f"{rec['workers_kept_mean']:.2f}/{size} skipped {rec['skipped_steps']} "
-            f"{rec['images_per_s']:.0f} img/s"
+            f"{rec['images_per_s']:.0f} img/s, {rec['train_s']:.0f} s"
         )
         if not self.chief:
             return
