@@ -73,6 +73,8 @@ class Trainer:
         self.prune_step = build.prune_step(cfg, self.steps)
         self.pruned: dict[str, list[int]] = {}  # early pruning's cut: layer -> removed filters
         self.images, self.train_time = 0, 0.0
+        self.step_macs = self.flops_before  # per image, of the model the steps train
+        self.train_macs = 0.0  # forward multiply-adds of all training images so far
         self._compile()
 
     def _compile(self) -> None:
@@ -93,6 +95,7 @@ class Trainer:
             meta = checkpoint.load(self.ckpt_path, self.model, self.opt)
             self.start_epoch, self.history = meta["epoch"] + 1, meta["history"]
             self.evals, self.train_time = meta.get("evals", []), meta.get("train_s", 0.0)
+            self.train_macs = meta.get("train_macs", 0.0)
             if meta["size"] != self.size:
                 self.log.say(
                     f"note: checkpoint was written with {meta['size']} ranks, now {self.size}: "
@@ -144,6 +147,7 @@ class Trainer:
             p = pruning.PruningPlan(graph, removed, {k: np.asarray(v) for k, v in pruned.items()})
         self.model, self.opt = pruning.rebuild_with_optimizer(p, self.opt)
         self.pruned = {k: [int(i) for i in v] for k, v in p.pruned.items()}
+        self.step_macs = self.flops_now()
         self._compile()
 
     # ------------------------------------------------------------------------- steps
@@ -246,6 +250,7 @@ class Trainer:
             if self.faults.corrupts_gradients:
                 self.reduction.factor.assign(factor)
             res = self._train_step(x, y)
+            self.train_macs += self.step_macs * bs * size
             workers = res.pop("workers", None)
             workers = None if workers is None else {k: v.numpy() for k, v in workers.items()}
             st = {k: float(v) for k, v in res.items()}
@@ -294,6 +299,7 @@ class Trainer:
                 "history": self.history,
                 "evals": self.evals,
                 "train_s": self.train_time,
+                "train_macs": self.train_macs,
                 "size": size,
                 "pruned": self.pruned,
             }
@@ -338,6 +344,8 @@ class Trainer:
             "flops_saved": 1.0 - flops_after / self.flops_before if self.flops_before else 0.0,
             "faults": [str(f) for f in cfg.inject_fault],
             "train_s": self.train_time,
+            # forward + backward ~ 3 forwards, 2 FLOPs a multiply-add (masked filters count)
+            "train_flops": 6.0 * self.train_macs,
             "time_to_accuracy": self.time_to_accuracy(),
             "config": config_dict(cfg),
             "history": self.history,

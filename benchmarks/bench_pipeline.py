@@ -1,0 +1,369 @@
+"""Time to accuracy of the IA-PDCNNOA pipeline against the plain Keras + Horovod it replaces, the
+way MLPerf Training measures it: wall-clock training time until the test accuracy first reaches
+a target, on the real Fashion-MNIST, under `horovodrun -np 2`, with the same model, data, seeds
+and step budget for every run. Evaluation runs every --eval-every steps with the clock stopped;
+preparation that a method needs (computing features) is added to its clock.
+
+Runs: `keras_fit` (what a user has: model.fit with horovod.tensorflow.keras.DistributedOptimizer),
+`baseline` (iapdcnn's trainer with Keras's Conv2D and Horovod's Average: the same loop as every
+stage below, so a stage's effect is measured against it), each stage of the paper added alone, in
+the form that won here and in the paper's form, and the `pipeline` (the main job's defaults).
+
+Correctness: every accuracy is measured on the real test split (all 10,000 images by default),
+split between the ranks and summed, with the model every rank holds; a run whose accuracy is not
+finite fails the benchmark. Last stdout line: one JSON object.
+
+    python benchmarks/bench_pipeline.py                  # full: 3 seeds, every run
+    python benchmarks/bench_pipeline.py --quick          # smoke run (accuracies meaningless)
+    python benchmarks/bench_pipeline.py --runs baseline,pipeline --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TRAIN = os.path.join(ROOT, "train.py")
+
+# name -> (trainer flags on top of the common ones, what it is). keras_fit is this file's worker.
+RUNS: dict[str, tuple[list[str], str]] = {
+    "keras_fit": ([], "plain Keras model.fit + Horovod DistributedOptimizer (Average)"),
+    "baseline": (["--conv", "keras", "--reduction", "mean"], "iapdcnn loop, Conv2D, Average"),
+    "im2col": (["--conv", "im2col", "--reduction", "mean"], "+ Im2col convolution"),
+    "lsg": (["--conv", "keras", "--reduction", "lsg"], "+ LSG reduction"),
+    "prune_early": (
+        ["--conv", "keras", "--reduction", "mean", "--prune", "0.3", "--prune-mode", "early"],
+        "+ MDCV pruning, cut physically after warm-up",
+    ),
+    "prune_soft": (
+        ["--conv", "keras", "--reduction", "mean", "--prune", "0.3", "--prune-mode", "soft"],
+        "+ MDCV pruning, soft masks then strip (paper / TF-MOT form)",
+    ),
+    "features_paper": (
+        ["--conv", "keras", "--reduction", "mean", "--features"],
+        "+ MHO-PFES inside the model, every step (paper form)",
+    ),
+    "pipeline": (
+        ["--conv", "im2col", "--reduction", "lsg", "--prune", "0.3", "--prune-mode", "early"],
+        "the main job's configuration",
+    ),
+}
+STAGES = ("im2col", "lsg", "prune_early", "prune_soft", "features_paper")
+
+
+def _hvd_cmd(np_: int) -> list[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    return [exe, "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable]
+
+
+def _env() -> dict[str, str]:
+    import iapdcnn  # the ranks import the iapdcnn this process imports
+
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(iapdcnn.__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (parent, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def common_flags(a) -> list[str]:
+    return [
+        "--dataset",
+        "fashion_mnist",
+        "--width",
+        str(a.width),
+        "--epochs",
+        str(a.epochs),
+        "--batch-size",
+        str(a.batch),
+        "--threads",
+        str(a.threads),
+        "--eval-every",
+        str(a.eval_every),
+        "--eval-limit",
+        str(a.eval_limit),
+        "--lr-schedule",
+        a.lr_schedule,
+        "--no-progress",
+        "--targets",
+        ",".join(str(t) for t in a.targets),
+    ] + (["--steps-per-epoch", str(a.steps)] if a.steps else [])
+
+
+# ------------------------------------------------------------------------------ keras_fit worker
+
+
+def worker_fit(a) -> None:
+    """Plain Keras + Horovod on the same model, data split, schedule and budget as the trainer;
+    the same clock (evaluation off it) through a callback."""
+    import numpy as np
+    import tensorflow as tf
+
+    import horovod.tensorflow.keras as hvd
+    from iapdcnn import models
+    from iapdcnn.training import TrainConfig
+    from iapdcnn.training.build import build_schedule, load_arrays
+
+    hvd.init()
+    tf.config.threading.set_intra_op_parallelism_threads(a.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(a.threads)
+    tf.keras.utils.set_random_seed(a.seed)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch, lr_schedule=a.lr_schedule, seed=a.seed)
+    xtr, ytr, xte, yte = load_arrays(cfg)
+    rank, size = hvd.rank(), hvd.size()
+    steps = min(len(xtr) // (size * a.batch), a.steps or 10**9)
+    model = models.small_resnet(xtr.shape[1:], 10, width=a.width)
+    opt = hvd.DistributedOptimizer(
+        tf.keras.optimizers.SGD(build_schedule(cfg, size, steps), momentum=cfg.momentum)
+    )
+    model.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    n_eval = min(len(xte), a.eval_limit)
+    xe, ye = xte[rank:n_eval:size], yte[rank:n_eval:size]
+
+    class Clock(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.train_s, self.step, self.evals = 0.0, 0, []
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.perf_counter()
+
+        def evaluate(self):
+            self.train_s += time.perf_counter() - self.t0
+            probs = self.model.predict(xe, batch_size=256, verbose=0)
+            sums = np.array([np.sum(np.argmax(probs, -1) == ye), len(ye)], np.float64)
+            tot = hvd.allreduce(sums, op=hvd.Sum, name="eval").numpy()
+            self.evals.append(
+                {"step": self.step, "train_s": self.train_s, "val_acc": tot[0] / tot[1]}
+            )
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
+            if self.step % a.eval_every == 0 or self.step % steps == 0:
+                self.evaluate()
+
+    clock = Clock()
+
+    def epoch_data(epoch):  # the trainer's sharding: a seeded permutation per epoch, by rank
+        perm = np.random.default_rng([a.seed, epoch]).permutation(len(xtr))[
+            : steps * size * a.batch
+        ]
+        idx = perm.reshape(steps, size, a.batch)[:, rank].ravel()
+        return xtr[idx], ytr[idx]
+
+    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), clock]
+    t_all = time.perf_counter()
+    for epoch in range(a.epochs):
+        x, y = epoch_data(epoch)
+        model.fit(x, y, batch_size=a.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+        callbacks = [clock]  # broadcast once, before the first step
+    wall = time.perf_counter() - t_all
+    if rank == 0:
+        final = clock.evals[-1]["val_acc"]
+        print(
+            json.dumps(
+                {
+                    "test_accuracy": final,
+                    "train_s": clock.train_s,
+                    "evals": clock.evals,
+                    "train_images_per_s": steps * a.epochs * size * a.batch / clock.train_s,
+                    "wall_s": wall,
+                }
+            ),
+            flush=True,
+        )
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+def run_one(name: str, a, seed: int, out: str) -> dict:
+    """One run under horovodrun -np 2; returns its report (time to accuracy from its evals)."""
+    if name == "keras_fit":
+        args = [__file__, "--worker", "fit", "--seed", str(seed), "--width", str(a.width)]
+        args += ["--epochs", str(a.epochs), "--batch", str(a.batch), "--threads", str(a.threads)]
+        args += ["--eval-every", str(a.eval_every), "--eval-limit", str(a.eval_limit)]
+        args += ["--lr-schedule", a.lr_schedule] + (["--steps", str(a.steps)] if a.steps else [])
+    else:
+        args = [TRAIN, *common_flags(a), *RUNS[name][0], "--seed", str(seed), "--out", out]
+    p = subprocess.run(
+        _hvd_cmd(a.np) + args, capture_output=True, text=True, timeout=a.timeout, env=_env()
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"{name} seed {seed} failed:\n{(p.stdout + p.stderr)[-4000:]}")
+    if name == "keras_fit":
+        line = [ln for ln in p.stdout.splitlines() if "{" in ln][-1]
+        rep = json.loads(line[line.index("{") :])
+    else:
+        with open(os.path.join(out, "report.json")) as f:
+            rep = json.load(f)
+    rep["time_to"] = {
+        f"{t:.2f}": next((e["train_s"] for e in rep["evals"] if e["val_acc"] >= t), None)
+        for t in a.targets
+    }
+    return rep
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarise(reports: dict[str, list[dict]], targets: list[float]) -> dict:
+    out: dict = {}
+    for name, reps in reports.items():
+        acc = _mean_sd([r["test_accuracy"] for r in reps])
+        row = {
+            "final_acc": round(acc[0], 4),
+            "final_acc_sd": round(acc[1], 4),
+            "per_seed_acc": [round(r["test_accuracy"], 4) for r in reps],
+            "images_per_s": round(statistics.fmean(r["train_images_per_s"] for r in reps), 1),
+            "train_s": round(statistics.fmean(r["train_s"] for r in reps), 1),
+        }
+        if all("train_flops" in r for r in reps):
+            row["train_pflop"] = round(statistics.fmean(r["train_flops"] for r in reps) / 1e15, 3)
+        if all("flops_saved" in r for r in reps):
+            row["flops_saved"] = round(statistics.fmean(r["flops_saved"] for r in reps), 3)
+        for t in targets:
+            key = f"{t:.2f}"
+            hits = [r["time_to"][key] for r in reps]
+            reached = [h for h in hits if h is not None]
+            row[f"reached_{key}"] = f"{len(reached)}/{len(hits)}"
+            # the mean only when every seed reached it (a run that never gets there has no time)
+            if len(reached) == len(hits):
+                m, sd = _mean_sd(reached)
+                row[f"s_to_{key}"], row[f"s_to_{key}_sd"] = round(m, 1), round(sd, 1)
+            else:
+                row[f"s_to_{key}"] = None
+        out[name] = row
+    return out
+
+
+def plot(reports: dict[str, list[dict]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, reps in reports.items():
+        for i, r in enumerate(reps):
+            ev = r["evals"]
+            ax.plot(
+                [e["train_s"] for e in ev],
+                [e["val_acc"] for e in ev],
+                color=f"C{list(reports).index(name)}",
+                alpha=0.9 if i == 0 else 0.35,
+                label=name if i == 0 else None,
+            )
+    ax.set_xlabel("training wall time, s (evaluation excluded)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0.8, 0.94)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Fashion-MNIST, horovodrun -np 2, one line per run and seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: few steps, small eval")
+    p.add_argument("--worker", choices=("fit",), help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--runs", default=",".join(RUNS), help="comma-separated, of: " + ", ".join(RUNS))
+    p.add_argument("--np", type=int, default=2)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="steps per epoch (default: all)")
+    p.add_argument("--batch", type=int, default=64, help="per rank")
+    p.add_argument("--threads", type=int, default=1, help="TF threads per rank")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-limit", type=int, default=10000)
+    p.add_argument("--lr-schedule", default="cosine")
+    p.add_argument("--targets", default="0.88,0.90,0.91")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    p.add_argument("--out", default=None, help="folder for the runs and the plot")
+    a = p.parse_args()
+    a.targets = [float(t) for t in a.targets.split(",") if t]
+    if a.worker == "fit":
+        return worker_fit(a)
+    if a.quick:
+        a.epochs, a.steps, a.eval_every, a.eval_limit = 2, a.steps or 12, 6, 500
+        a.seeds = a.seeds if a.seeds != "0,1,2" else "0"
+    runs = [r for r in a.runs.split(",") if r]
+    bad = [r for r in runs if r not in RUNS]
+    if bad:
+        p.error(f"--runs: unknown {bad}; choose from {', '.join(RUNS)}")
+    seeds = [int(s) for s in a.seeds.split(",") if s]
+    out = a.out or tempfile.mkdtemp(prefix="bench_pipeline_")
+    os.makedirs(out, exist_ok=True)
+    print(f"bench_pipeline: np={a.np}, runs={runs}, seeds={seeds}, out={out}", flush=True)
+
+    reports: dict[str, list[dict]] = {r: [] for r in runs}
+    for seed in seeds:  # seed-major: machine noise falls on every run alike
+        for name in runs:
+            rep = run_one(name, a, seed, os.path.join(out, f"{name}_s{seed}"))
+            reports[name].append(rep)
+            print(
+                f"seed {seed} {name:15s} acc={rep['test_accuracy']:.4f} "
+                f"train_s={rep['train_s']:.1f} img/s={rep['train_images_per_s']:.0f} "
+                f"time_to={rep['time_to']}",
+                flush=True,
+            )
+    table = summarise(reports, a.targets)
+    png = os.path.join(out, "time_to_accuracy.png")
+    plot(reports, png)
+    result: dict = {"quick": a.quick, "np": a.np, "seeds": seeds, "epochs": a.epochs, "runs": table}
+    key = "0.90"
+    ref_name = "baseline" if "baseline" in table else None
+    if ref_name and "pipeline" in table:
+        ref, pipe = table[ref_name], table["pipeline"]
+        result[f"baseline_s_to_{key}"] = ref.get(f"s_to_{key}")
+        result[f"pipeline_s_to_{key}"] = pipe.get(f"s_to_{key}")
+        if ref.get(f"s_to_{key}") and pipe.get(f"s_to_{key}"):
+            result[f"ratio_to_{key}"] = round(pipe[f"s_to_{key}"] / ref[f"s_to_{key}"], 3)
+        result["final_acc"] = {n: r["final_acc"] for n, r in table.items()}
+        result["final_acc_delta_pts"] = round(100 * (pipe["final_acc"] - ref["final_acc"]), 2)
+    if "keras_fit" in table and "pipeline" in table:
+        kf = table["keras_fit"].get(f"s_to_{key}")
+        if kf and table["pipeline"].get(f"s_to_{key}"):
+            result[f"ratio_to_{key}_vs_keras_fit"] = round(table["pipeline"][f"s_to_{key}"] / kf, 3)
+    if ref_name:
+        effects = {}
+        for s in STAGES:
+            if s in table:
+                r, b = table[s], table[ref_name]
+                t_s, t_b = r.get(f"s_to_{key}"), b.get(f"s_to_{key}")
+                effects[s] = {
+                    "acc_delta_pts": round(100 * (r["final_acc"] - b["final_acc"]), 2),
+                    f"time_ratio_to_{key}": round(t_s / t_b, 3) if t_s and t_b else None,
+                    "throughput_ratio": round(r["images_per_s"] / b["images_per_s"], 3),
+                }
+        result["stage_effects"] = effects
+    result["plot"] = png
+    result["targets_met"] = {
+        "pipeline <= 0.8x baseline to 0.90": bool(
+            result.get(f"ratio_to_{key}") and result[f"ratio_to_{key}"] <= 0.8
+        ),
+        "pipeline final acc >= baseline - 0.3 pt": bool(
+            "final_acc_delta_pts" in result and result["final_acc_delta_pts"] >= -0.3
+        ),
+    }
+    if not all(math.isfinite(r["final_acc"]) for r in table.values()):
+        raise SystemExit("a run ended with a non-finite accuracy")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
