@@ -229,7 +229,7 @@ def summarise(reports: dict[str, list[dict]], targets: list[float]) -> dict:
             "train_s": round(statistics.fmean(r["train_s"] for r in reps), 1),
         }
         if all("train_flops" in r for r in reps):
-            row["train_pflop"] = round(statistics.fmean(r["train_flops"] for r in reps) / 1e15, 3)
+            row["train_tflop"] = round(statistics.fmean(r["train_flops"] for r in reps) / 1e12, 4)
         if all("flops_saved" in r for r in reps):
             row["flops_saved"] = round(statistics.fmean(r["flops_saved"] for r in reps), 3)
         for t in targets:

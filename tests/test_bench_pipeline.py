@@ -39,5 +39,5 @@ def test_bench_pipeline_quick(tmp_path):
         assert {"reached_0.90", "s_to_0.90"} <= set(row), name
     assert set(res["stage_effects"]) >= {"im2col", "lsg", "prune_early", "features_paper"}
     assert 0.2 < runs["prune_early"]["flops_saved"] < 0.5
-    assert runs["pipeline"]["train_pflop"] < runs["baseline"]["train_pflop"]
+    assert runs["pipeline"]["train_tflop"] < runs["baseline"]["train_tflop"]
     assert (tmp_path / "time_to_accuracy.png").stat().st_size > 0
