@@ -292,7 +292,10 @@ class Trainer:
             "mflops": self.flops_now() / 1e6,
         }
         self.history.append(rec)
-        self.log.end_epoch(rec, self.history, cfg.epochs, size)
+        marks = {}
+        if self.prune_step is not None and self.pruned:
+            marks["pruned"] = self.prune_step / self.steps
+        self.log.end_epoch(rec, self.history, cfg.epochs, size, self.evals, marks)
         if self.rank == 0:
             meta = {
                 "epoch": epoch,
@@ -318,6 +321,32 @@ class Trainer:
         for t in self.cfg.targets:
             hit = [e["train_s"] for e in self.evals if e["val_acc"] >= t]
             out[f"{t:.2f}"] = min(hit) if hit else None
+        return out
+
+    def stages(self, flops_after: int) -> dict[str, dict[str, Any]]:
+        """What each IA-PDCNNOA stage did in this run (its measured effect across runs is
+        ``benchmarks/bench_pipeline.py``'s)."""
+        cfg = self.cfg
+        out: dict[str, dict[str, Any]] = {
+            "features": {"on": cfg.features, "form": "in-model (paper)" if cfg.features else None},
+            "conv": {"op": cfg.conv},
+            "pruning": {"on": cfg.prune > 0},
+            "reduction": {
+                "name": cfg.reduction,
+                "workers_kept_mean": float(np.mean([h["workers_kept_mean"] for h in self.history]))
+                if self.history
+                else None,
+                "skipped_steps": int(sum(h["skipped_steps"] for h in self.history)),
+            },
+        }
+        if cfg.prune > 0:
+            out["pruning"].update(
+                mode=cfg.prune_mode,
+                criterion=cfg.prune_criterion,
+                at_step=self.prune_step,
+                flops_saved=1.0 - flops_after / self.flops_before,
+                train_flops_saved=1.0 - self.train_macs / (self.flops_before * max(self.images, 1)),
+            )
         return out
 
     def finish(self) -> dict[str, Any]:
@@ -347,6 +376,7 @@ class Trainer:
             # forward + backward ~ 3 forwards, 2 FLOPs a multiply-add (masked filters count)
             "train_flops": 6.0 * self.train_macs,
             "time_to_accuracy": self.time_to_accuracy(),
+            "stages": self.stages(flops_after),
             "config": config_dict(cfg),
             "history": self.history,
             "evals": self.evals,

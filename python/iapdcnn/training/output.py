@@ -16,21 +16,36 @@ from .checkpoint import atomic_json, atomic_write
 STEP_SCALARS = ("loss", "workers_kept", "samples_kept", "skipped")
 
 
-def save_curves(path: str, history: list[dict]) -> None:
-    """Loss and accuracy per epoch, train and test, as a PNG."""
+def save_curves(
+    path: str,
+    history: list[dict],
+    evals: list[dict] | None = None,
+    marks: dict[str, float] | None = None,
+) -> None:
+    """Loss and accuracy per epoch (train and test) and, from ``evals``, test accuracy against
+    training seconds (the time-to-accuracy curve), as a PNG. ``marks``: label -> epoch of an
+    event drawn as a vertical line (e.g. the physical prune)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
     for key, axis in (("loss", ax[0]), ("acc", ax[1])):
         axis.plot(ep, [h[key] for h in history], "o-", label=f"train {key}")
         axis.plot(ep, [h["val_" + key] for h in history], "s-", label=f"test {key}")
+        for label, at in (marks or {}).items():
+            axis.axvline(at, color="grey", ls="--", lw=1, label=label)
         axis.set_xlabel("epoch")
         axis.set_title(key)
-        axis.legend()
+        axis.legend(fontsize=8)
+    if evals:
+        ax[2].plot([e["train_s"] for e in evals], [e["val_acc"] for e in evals], ".-")
+        ax[2].set_ylim(max(0.0, min(e["val_acc"] for e in evals[len(evals) // 3 :]) - 0.02), None)
+    ax[2].set_xlabel("training seconds (evaluation excluded)")
+    ax[2].set_title("test accuracy over time")
+    ax[2].grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
     plt.close(fig)
@@ -97,7 +112,15 @@ class RunLog:
             }
             self._steps.write(json.dumps({"step": gstep, **rec}, allow_nan=False) + "\n")
 
-    def end_epoch(self, rec: dict[str, Any], history: list[dict], epochs: int, size: int) -> None:
+    def end_epoch(
+        self,
+        rec: dict[str, Any],
+        history: list[dict],
+        epochs: int,
+        size: int,
+        evals: list[dict] | None = None,
+        marks: dict[str, float] | None = None,
+    ) -> None:
         """The epoch's line, TensorBoard scalars, ``metrics.json`` and ``curves.png``."""
         if self._bar is not None:
             self._bar.close()
@@ -118,7 +141,7 @@ class RunLog:
                     tf.summary.scalar(f"epoch/{k}", v)
         self._tb.flush()
         atomic_json(os.path.join(self.out, "metrics.json"), history)
-        save_curves(os.path.join(self.out, "curves.png"), history)
+        save_curves(os.path.join(self.out, "curves.png"), history, evals, marks)
 
     def finish(self, report: dict[str, Any]) -> None:
         """``report.json`` and the closing line."""
@@ -128,6 +151,12 @@ class RunLog:
         if not self.chief:
             return
         atomic_json(os.path.join(self.out, "report.json"), report)
+        for stage, what in report.get("stages", {}).items():
+            print(f"  {stage}: {json.dumps(what)}", flush=True)
+        tta = {
+            k: (None if v is None else round(v, 1)) for k, v in report["time_to_accuracy"].items()
+        }
+        print(f"  training seconds to test accuracy: {json.dumps(tta)}", flush=True)
         ips = report["train_images_per_s"]
         print(
             f"ranks={report['ranks']} reduction={report['reduction']} "
