@@ -41,9 +41,13 @@ def _init_horovod(cfg: TrainConfig):
             f"installation ({type(e).__name__}: {e})."
         ) from None
     hvd.init()
-    if cfg.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+    threads = cfg.threads
+    if threads == 0 and hvd.local_size() > 1:
+        # TF's default gives every rank all the cores: ranks sharing a machine would oversubscribe
+        threads = max(1, len(os.sched_getaffinity(0)) // hvd.local_size())
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.seed)

@@ -94,6 +94,8 @@ class TrainConfig:
         def bad(flag: str, rule: str, value: Any) -> ConfigError:
             return ConfigError(f"--{flag} {rule}, got {value}")
 
+        if self.threads < 0:
+            raise bad("threads", "must be >= 0", self.threads)
         for name in ("epochs", "batch_size", "width", "blocks", "log_every"):
             if getattr(self, name) < 1:
                 raise bad(name.replace("_", "-"), "must be >= 1", getattr(self, name))
@@ -296,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=D.seed)
     t.add_argument("--deterministic", action="store_true", help="TF op determinism")
     t.add_argument(
-        "--threads", type=int, default=D.threads, help="TF intra-op threads (0: TF default)"
+        "--threads",
+        type=int,
+        default=D.threads,
+        help="TF intra- and inter-op threads per rank (0: the cores divided among the ranks on "
+        "this machine; TF's default for a single rank)",
     )
     t.add_argument("--eval-limit", type=int, default=None, help="evaluate on this many examples")
     t.add_argument(
