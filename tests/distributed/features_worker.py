@@ -1,6 +1,5 @@
 """Run under horovodrun -np 2 by test_features_cache.py: ``features.prepare`` with a cache
-(local rank 0 computes and writes, the other rank loads), without one (rank 0 computes and
-broadcasts), and with a damaged cache file (every rank raises). argv[1]: the cache folder.
+(local rank 0 computes and writes, the other rank loads), without one (each rank computes), and with a damaged cache file (every rank raises). argv[1]: the cache folder.
 Prints one ``FEATURES {json}`` line per rank and phase."""
 
 import json
