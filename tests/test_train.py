@@ -40,6 +40,9 @@ TINY = [
         (["--dataset", "cifar10"], "needs --data-path"),
         (["--kappa", "0"], "--kappa must be > 0"),
         (["--se-kappa", "-1"], "--se-kappa must be > 0"),
+        (["--fci-drop", "1.0"], "--fci-drop is a fraction in [0, 1)"),
+        (["--features-mode", "stack"], "invalid choice"),
+        (["--features", "--features-mode", "channels"], "exclude each other"),
     ],
 )
 def test_bad_flags(argv, needle, capsys):
@@ -99,8 +102,13 @@ def test_fault_on_a_missing_rank_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "flag",
-    [["--conv", "im2col"], ["--features"], ["--prune", "0.3"]],
-    ids=["im2col", "features", "prune"],
+    [
+        ["--conv", "im2col"],
+        ["--features"],
+        ["--prune", "0.3"],
+        ["--features-mode", "channels", "--fci-drop", "0.2"],
+    ],
+    ids=["im2col", "features", "prune", "features-once"],
 )
 def test_component_flags_run_end_to_end(flag, tmp_path):
     p = subprocess.run(

@@ -50,6 +50,24 @@ def _init_horovod(cfg: TrainConfig):
     return hvd
 
 
+def _prepare_features(cfg: TrainConfig, hvd, arrays):
+    """MHO-PFES once, before the model is built (``features.prepare``), logged by rank 0."""
+    from .features import prepare
+
+    def log(msg: str) -> None:
+        if hvd.rank() == 0:
+            print(msg, flush=True)
+
+    key = f"{cfg.dataset}:{cfg.data_path or ''}" + (
+        f":{cfg.seed}" if cfg.dataset == "synthetic" else ""
+    )
+    arrays, info = prepare(
+        arrays, cfg.feature_settings(), cache_dir=cfg.features_cache, data_key=key, hvd=hvd, log=log
+    )
+    log(f"features: {info}")
+    return arrays
+
+
 def run(cfg: TrainConfig) -> dict:
     """Trains as ``cfg`` says; returns (on every rank) the final report dict."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -58,7 +76,10 @@ def run(cfg: TrainConfig) -> dict:
 
     try:
         hvd = _init_horovod(cfg.check())
-        trainer = Trainer(cfg, hvd, load_arrays(cfg))
+        arrays = load_arrays(cfg)
+        if cfg.features_mode != "none" or cfg.fci_drop:
+            arrays = _prepare_features(cfg, hvd, arrays)
+        trainer = Trainer(cfg, hvd, arrays)
     except ConfigError as e:  # also the settings that only the data or world size show wrong
         raise SystemExit(f"train.py: {e}") from None
     trainer.restore_or_broadcast()
