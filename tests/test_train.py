@@ -49,6 +49,9 @@ TINY = [
         (["--eval-every", "0"], "--eval-every must be >= 1"),
         (["--targets", "0.9,x"], "--targets wants numbers"),
         (["--targets", "1.5"], "--targets must be accuracies in (0, 1]"),
+        (["--fci-drop", "1.0"], "--fci-drop is a fraction in [0, 1)"),
+        (["--features-mode", "stack"], "invalid choice"),
+        (["--features", "--features-mode", "channels"], "exclude each other"),
     ],
 )
 def test_bad_flags(argv, needle, capsys):
@@ -129,8 +132,13 @@ def test_fault_on_a_missing_rank_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "flag",
-    [["--conv", "im2col"], ["--features"], ["--prune", "0.3"]],
-    ids=["im2col", "features", "prune"],
+    [
+        ["--conv", "im2col"],
+        ["--features"],
+        ["--prune", "0.3"],
+        ["--features-mode", "channels", "--fci-drop", "0.2"],
+    ],
+    ids=["im2col", "features", "prune", "features-once"],
 )
 def test_component_flags_run_end_to_end(flag, tmp_path):
     p = subprocess.run(

@@ -54,6 +54,32 @@ def _init_horovod(cfg: TrainConfig):
     return hvd
 
 
+def _prepare_features(cfg: TrainConfig, hvd, arrays):
+    """MHO-PFES once, before the model is built (``features.prepare``): the arrays it makes and
+    what it did (``info``)."""
+    from .features import prepare
+
+    def log(msg: str) -> None:
+        if hvd.rank() == 0:
+            print(msg, flush=True)
+
+    key = f"{cfg.dataset}:{cfg.data_path or ''}" + (
+        f":{cfg.seed}" if cfg.dataset == "synthetic" else ""
+    )
+    try:
+        arrays, info = prepare(
+            arrays,
+            cfg.feature_settings(),
+            cache_dir=cfg.features_cache,
+            data_key=key,
+            hvd=hvd,
+            log=log,
+        )
+    except ValueError as e:  # a stale or damaged cache: the message names --features-cache
+        raise ConfigError(str(e)) from None
+    return arrays, info
+
+
 def run(cfg: TrainConfig) -> dict:
     """Trains as ``cfg`` says; returns (on every rank) the final report dict."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -62,7 +88,10 @@ def run(cfg: TrainConfig) -> dict:
 
     try:
         hvd = _init_horovod(cfg.check())
-        trainer = Trainer(cfg, hvd, load_arrays(cfg))
+        arrays, prep = load_arrays(cfg), None
+        if cfg.features_mode != "none" or cfg.fci_drop:
+            arrays, prep = _prepare_features(cfg, hvd, arrays)
+        trainer = Trainer(cfg, hvd, arrays, prep)
     except ConfigError as e:  # also the settings that only the data or world size show wrong
         raise SystemExit(f"train.py: {e}") from None
     trainer.restore_or_broadcast()

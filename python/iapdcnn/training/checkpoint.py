@@ -15,13 +15,21 @@ CKPT = "checkpoint.npz"
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
-    """Writes through ``write(fileobj)`` into a temporary file, then renames it over ``path``."""
+    """Writes through ``write(fileobj)`` into a temporary file, then renames it over ``path``.
+
+    A failed write removes the temporary file and leaves ``path`` as it was.
+    """
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def atomic_json(path: str, obj: Any) -> None:

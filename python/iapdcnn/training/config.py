@@ -44,6 +44,9 @@ class TrainConfig:
     conv: str = "keras"
     features: bool = False
     fci_epsilon: float = 0.02
+    features_mode: str = "none"
+    fci_drop: float = 0.0
+    features_cache: str | None = None
     prune: float = 0.0
     prune_mode: str = "early"
     prune_at: float = 0.1
@@ -146,10 +149,26 @@ class TrainConfig:
             raise ConfigError("--tau applies to --reduction lsg only")
         if self.dataset in NEEDS_PATH and not self.data_path:
             raise ConfigError(f"--dataset {self.dataset} needs --data-path")
+        if self.features_mode != "none" or self.fci_drop:
+            if self.features:
+                raise ConfigError(
+                    "--features (in the model) and --features-mode exclude each other"
+                )
+            try:
+                self.feature_settings().check()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         for name, choices in (("dataset", DATASETS), ("reduction", REDUCTIONS)):
             if getattr(self, name) not in choices:
                 raise bad(name, f"must be one of {', '.join(choices)}", getattr(self, name))
         return self
+
+    def feature_settings(self) -> Any:
+        """``--features-mode`` and ``--fci-drop`` as ``features.FeatureSettings`` (imports
+        TensorFlow: the edge settings' defaults are ``EdgeFeatures``')."""
+        from .features import FeatureSettings
+
+        return FeatureSettings(mode=self.features_mode, fci_drop=self.fci_drop)
 
     def reduction_options(self) -> dict[str, Any]:
         """The options of ``--reduction`` for ``distributed.make_reduction``."""
@@ -219,6 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="FCIFilter threshold (SPEC 1c scale, max 0.5). On Fashion-MNIST edge maps the "
         "per-position mean FCI has median ~0.05: 0.02 drops the ~4%% least class-typical block "
         "positions, the paper's 0.1 would drop ~92%%",
+    )
+    d.add_argument(
+        "--features-mode",
+        default=D.features_mode,
+        choices=("none", "channels", "replace"),
+        help="MHO-PFES computed once before training: channels = [image, edge map] stacked, "
+        "replace = the edge map alone (the paper's form)",
+    )
+    d.add_argument(
+        "--fci-drop",
+        type=float,
+        default=D.fci_drop,
+        metavar="FRACTION",
+        help="FCI data pruning: drop this fraction of each class's most prototypical training "
+        "images (highest mean block FCI with the class prototype), in [0, 1)",
+    )
+    d.add_argument(
+        "--features-cache",
+        default=D.features_cache,
+        metavar="DIR",
+        help="keep the computed features here and reuse them (one verified .npz per data and "
+        "settings); none: compute on every run",
     )
     d.add_argument(
         "--prune",

@@ -38,9 +38,13 @@ class Trainer:
       cfg: the checked configuration.
       hvd: ``horovod.tensorflow``, initialised.
       arrays: ``(x_train, y_train, x_test, y_test)`` (whole splits).
+      prep: what preparing the data did (``features.prepare``'s info), or None. Its seconds
+        start the training clock: time to accuracy counts the features' cost.
     """
 
-    def __init__(self, cfg: TrainConfig, hvd: Any, arrays: tuple[np.ndarray, ...]) -> None:
+    def __init__(
+        self, cfg: TrainConfig, hvd: Any, arrays: tuple[np.ndarray, ...], prep: dict | None = None
+    ) -> None:
         from iapdcnn.pruning import count_flops
 
         self.cfg, self.hvd = cfg, hvd
@@ -72,7 +76,8 @@ class Trainer:
         self.pruner = None
         self.prune_step = build.prune_step(cfg, self.steps)
         self.pruned: dict[str, list[int]] = {}  # early pruning's cut: layer -> removed filters
-        self.images, self.train_time = 0, 0.0
+        self.prep = prep
+        self.images, self.train_time = 0, float(prep.get("seconds", 0.0)) if prep else 0.0
         self.step_macs = self.flops_before  # per image, of the model the steps train
         self.train_macs = 0.0  # forward multiply-adds of all training images so far
         self._compile()
@@ -328,7 +333,7 @@ class Trainer:
         ``benchmarks/bench_pipeline.py``'s)."""
         cfg = self.cfg
         out: dict[str, dict[str, Any]] = {
-            "features": {"on": cfg.features, "form": "in-model (paper)" if cfg.features else None},
+            "features": {"on": cfg.features or self.prep is not None},
             "conv": {"op": cfg.conv},
             "pruning": {"on": cfg.prune > 0},
             "reduction": {
@@ -339,6 +344,15 @@ class Trainer:
                 "skipped_steps": int(sum(h["skipped_steps"] for h in self.history)),
             },
         }
+        if cfg.features:
+            out["features"].update(form="in the model, every step (paper)", epsilon=cfg.fci_epsilon)
+        elif self.prep is not None:
+            keep = ("cache", "seconds", "compute_seconds", "train_in", "train_kept", "dropped")
+            out["features"].update(
+                form=f"computed once: {cfg.features_mode}",
+                fci_drop=cfg.fci_drop,
+                **{k: self.prep[k] for k in keep if k in self.prep},
+            )
         if cfg.prune > 0:
             out["pruning"].update(
                 mode=cfg.prune_mode,
