@@ -52,12 +52,28 @@ RUNS: dict[str, tuple[list[str], str]] = {
         ["--conv", "keras", "--reduction", "mean", "--features"],
         "+ MHO-PFES inside the model, every step (paper form)",
     ),
+    "features_channels": (
+        ["--conv", "keras", "--reduction", "mean", "--features-mode", "channels"],
+        "+ MHO-PFES computed once (cold cache, its time counted), edges as extra channels",
+    ),
+    "fci_drop": (
+        ["--conv", "keras", "--reduction", "mean", "--fci-drop", "0.2"],
+        "+ FCI data pruning: the 20% most prototypical training images of each class dropped",
+    ),
     "pipeline": (
         ["--conv", "im2col", "--reduction", "lsg", "--prune", "0.3", "--prune-mode", "early"],
         "the main job's configuration",
     ),
 }
-STAGES = ("im2col", "lsg", "prune_early", "prune_soft", "features_paper")
+STAGES = (
+    "im2col",
+    "lsg",
+    "prune_early",
+    "prune_soft",
+    "features_paper",
+    "features_channels",
+    "fci_drop",
+)
 
 
 def _hvd_cmd(np_: int) -> list[str]:
@@ -195,6 +211,8 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
         args += ["--lr-schedule", a.lr_schedule] + (["--steps", str(a.steps)] if a.steps else [])
     else:
         args = [TRAIN, *common_flags(a), *RUNS[name][0], "--seed", str(seed), "--out", out]
+        if "--features-mode" in args or "--fci-drop" in args:  # a cold cache of its own
+            args += ["--features-cache", os.path.join(out, "cache")]
     p = subprocess.run(
         _hvd_cmd(a.np) + args, capture_output=True, text=True, timeout=a.timeout, env=_env()
     )
