@@ -118,8 +118,9 @@ def common_flags(a) -> list[str]:
 
 
 def worker_fit(a) -> None:
-    """Plain Keras + Horovod on the same model, data split, schedule and budget as the trainer;
-    the same clock (evaluation off it) through a callback."""
+    """Plain Keras + Horovod on the same model, schedule and step budget as the trainer, fed the
+    way a Keras user feeds it (tf.data over this rank's shard); the same clock (evaluation off
+    it) through a callback."""
     import numpy as np
     import tensorflow as tf
 
@@ -168,20 +169,17 @@ def worker_fit(a) -> None:
                 self.evaluate()
 
     clock = Clock()
-
-    def epoch_data(epoch):  # the trainer's sharding: a seeded permutation per epoch, by rank
-        perm = np.random.default_rng([a.seed, epoch]).permutation(len(xtr))[
-            : steps * size * a.batch
-        ]
-        idx = perm.reshape(steps, size, a.batch)[:, rank].ravel()
-        return xtr[idx], ytr[idx]
-
+    # what a Keras user writes: this rank's shard, shuffled every epoch, batched, prefetched
+    ds = (
+        tf.data.Dataset.from_tensor_slices((xtr[rank::size], ytr[rank::size]))
+        .shuffle(len(xtr) // size, seed=a.seed, reshuffle_each_iteration=True)
+        .batch(a.batch, drop_remainder=True)
+        .repeat()
+        .prefetch(tf.data.AUTOTUNE)
+    )
     callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), clock]
     t_all = time.perf_counter()
-    for epoch in range(a.epochs):
-        x, y = epoch_data(epoch)
-        model.fit(x, y, batch_size=a.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
-        callbacks = [clock]  # broadcast once, before the first step
+    model.fit(ds, epochs=a.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
     wall = time.perf_counter() - t_all
     if rank == 0:
         final = clock.evals[-1]["val_acc"]
