@@ -79,7 +79,8 @@ def worker_overhead(a) -> None:
         return m
 
     ref = make(hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.01)))
-    lsg = make(DistributedOptimizer(tf.keras.optimizers.SGD(0.01), reduction="lsg"))
+    opt = DistributedOptimizer(tf.keras.optimizers.SGD(0.01), "lsg", direction=a.direction)
+    lsg = make(opt)
     hvd_tf.broadcast_variables(ref.variables, 0)
     lsg.set_weights(ref.get_weights())
     # correctness first: different data per rank, no outlier -> the same update as Average
@@ -246,6 +247,12 @@ def main() -> None:
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--straggler-s", type=float, default=0.02)
     p.add_argument(
+        "--direction",
+        default="reputation",
+        choices=("reputation", "off"),
+        help="overhead: lsg's direction screen (off: the loss and norm screens alone)",
+    )
+    p.add_argument(
         "--part",
         choices=("all", "overhead", "robust"),
         default="all",
@@ -277,10 +284,15 @@ def main() -> None:
     meets: dict = {}
     if a.part in ("all", "overhead"):
         over_args = ["--worker", "overhead", "--width", "16", "--batch", "64"]
+        over_args += ["--direction", a.direction]
         over_args += ["--steps", str(a.steps or 5), "--repeats", str(a.repeats or (8 if q else 40))]
-        print("overhead: np=2, small ResNet w16, lsg vs Horovod DistributedOptimizer(Average)")
+        print(
+            f"overhead: np=2, small ResNet w16, lsg (direction {a.direction}) vs Horovod "
+            "DistributedOptimizer(Average)"
+        )
         over = _hvd(2, over_args, timeout=900)
         print(f"  {over}", flush=True)
+        result["direction"] = a.direction
         result["lsg_overhead"] = round(over["ratio"], 4)
         result["lsg_overhead_cpu"] = round(over["cpu_ratio"], 4)
         result["overhead_detail"] = over

@@ -379,22 +379,21 @@ class LSGReduction(Reduction):
         law = law * dlaw
         weight = tf.math.divide_no_nan(law, self._denominator(law))
         out = self._masked_sum(grads, tf.gather(weight, self.rank()))
-        # this rank's g_k . A and |A|^2 for the next step (local passes, no collective)
+        # this rank's g_k . A and |A|^2 for the next step (local passes, no collective). No
+        # control dependency holds the outputs back: the assignments are stateful, so the step
+        # function runs them anyway, next to the optimizer's update.
         dot = tf.add_n(
             [tf.reduce_sum(tf.cast(g * o, tf.float32)) for g, o in zip(grads, out, strict=True)]
         )
         agg_sq = tf.add_n([tf.reduce_sum(tf.cast(tf.square(o), tf.float32)) for o in out])
         skipped = tf.reduce_sum(law) <= 0
-        updates = [getattr(st, key).assign(rep[key]) for key in _DirectionState.KEYS]
-        updates += [
-            st.prev_norm.assign(table[:, 1]),
-            st.prev_weight.assign(weight),
-            st.has_prev.assign(tf.where(skipped, 0.0, 1.0)),
-            st.dot.assign(dot),
-            st.agg_sq.assign(agg_sq),
-        ]
-        with tf.control_dependencies(updates):
-            out = [tf.identity(o) for o in out]
+        for key in _DirectionState.KEYS:
+            getattr(st, key).assign(rep[key])
+        st.prev_norm.assign(table[:, 1])
+        st.prev_weight.assign(weight)
+        st.has_prev.assign(tf.where(skipped, 0.0, 1.0))
+        st.dot.assign(dot)
+        st.agg_sq.assign(agg_sq)
         stats = self._stats(table, law)
         stats.update(weights=law, table=table, reputation=info["reputation"], dir_z=info["z"])
         return out, stats
