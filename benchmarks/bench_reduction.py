@@ -2,9 +2,13 @@
 `horovodrun -np 2` with iapdcnn's DistributedOptimizer(lsg) against Horovod's own
 DistributedOptimizer (Average), interleaved in the same processes, after checking both give the
 same update when no worker is an outlier. (2) Robustness: final Fashion-MNIST test accuracy after
-N steps with np=4 and one faulty rank, per fault kind, for lsg / mean / median (the trainer's own
-fault injection). Last stdout line: one JSON object. `--quick` is a reduced run; `--part` runs
-the timing part (hold `flock` on a shared machine) or the load-independent accuracy part alone."""
+N steps with np=4 and one faulty rank, per fault kind (data faults, NaN and scaled gradients, and
+faults whose loss looks normal: sign flips x1/x2/x4/x8, a random direction, a stale gradient),
+for lsg / mean / median / trimmed_mean (`lsg_off`: lsg without its direction screen), with the
+trainer's own fault injection. Last stdout line: one JSON object. `--quick` is a reduced run;
+`--part` runs the timing part (hold `flock` on a shared machine) or the load-independent accuracy
+part alone; `--save` / `--merge` split the accuracy table into pieces (kinds, seeds) and join
+them."""
 
 from __future__ import annotations
 
@@ -20,7 +24,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 KINDS = ("nan", "scale", "loss_spike", "labels", "straggler")
-REDS = ("lsg", "mean", "median")
+KINDS += ("sign_flip", "sign_flip2", "sign_flip4", "sign_flip8", "random_dir", "stale")
+REDS = ("lsg", "mean", "median", "trimmed_mean")
+# bench labels that are not plain --reduction names
+RED_ARGS = {"lsg_off": ["--reduction", "lsg", "--direction", "off"]}
 
 
 def _last_json(text: str) -> dict:
@@ -72,7 +79,8 @@ def worker_overhead(a) -> None:
         return m
 
     ref = make(hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.01)))
-    lsg = make(DistributedOptimizer(tf.keras.optimizers.SGD(0.01), reduction="lsg"))
+    opt = DistributedOptimizer(tf.keras.optimizers.SGD(0.01), "lsg", direction=a.direction)
+    lsg = make(opt)
     hvd_tf.broadcast_variables(ref.variables, 0)
     lsg.set_weights(ref.get_weights())
     # correctness first: different data per rank, no outlier -> the same update as Average
@@ -128,7 +136,6 @@ def worker_robust(a) -> None:
     faulty = hvd.size() - 1  # not rank 0
     kinds = [k for k in a.kinds.split(",") if k]
     reds = [r for r in a.reds.split(",") if r]
-    out: dict = {"clean": {}, "robust": {k: {} for k in kinds}, "step_s": {}, "workers_kept": {}}
     tmp = tempfile.mkdtemp(prefix=f"bench_reduction_{hvd.rank()}_")
     common = [
         "--dataset",
@@ -156,26 +163,74 @@ def worker_robust(a) -> None:
         str(a.straggler_s),
     ]
     seeds = [int(x) for x in a.seeds.split(",") if x]
-    runs = [("clean", r, []) for r in reds]
-    runs += [(k, r, ["--inject-fault", f"{faulty}:{k}"]) for k in kinds for r in reds]
+    runs = [
+        (k, r, [] if k == "clean" else ["--inject-fault", f"{faulty}:{k}"])
+        for k in kinds
+        for r in reds
+    ]
     # One 400-step run moves by ~4 points with the seed alone (initialisation and batch order):
     # several seeds, averaged, make a 1-point comparison meaningful. Per-seed values are kept.
-    out["per_seed"] = {f"{kind}/{red}": [] for kind, red, _ in runs}
+    out: dict = {key: {f"{k}/{r}": [] for k, r, _ in runs} for key in PER_SEED}
     for seed in seeds:
         for kind, red, extra in runs:
             outdir = os.path.join(tmp, f"{kind}_{red}_{seed}")
-            rep = main([*common, "--seed", str(seed), "--reduction", red, "--out", outdir, *extra])
+            red_args = RED_ARGS.get(red, ["--reduction", red])
+            rep = main([*common, "--seed", str(seed), *red_args, "--out", outdir, *extra])
             acc = round(rep["test_accuracy"], 4)
-            out["per_seed"][f"{kind}/{red}"].append(acc)
-            out["step_s"][f"{kind}/{red}"] = round(rep["history"][-1]["epoch_s"] / a.steps, 4)
-            out["workers_kept"][f"{kind}/{red}"] = round(rep["history"][-1]["workers_kept_mean"], 4)
+            key = f"{kind}/{red}"
+            out["per_seed"][key].append(acc)
+            out["step_s_per_seed"][key].append(round(rep["history"][-1]["epoch_s"] / a.steps, 4))
+            kept = round(rep["history"][-1]["workers_kept_mean"], 4)
+            out["workers_kept_per_seed"][key].append(kept)
             if hvd.rank() == 0:
-                print(f"seed {seed} {kind:10s} {red:7s} acc={acc:.4f}", flush=True)
-    for kind, red, _ in runs:
-        acc = round(statistics.fmean(out["per_seed"][f"{kind}/{red}"]), 4)
-        (out["clean"] if kind == "clean" else out["robust"][kind])[red] = acc
+                print(f"seed {seed} {kind:10s} {red:12s} acc={acc:.4f} kept={kept}", flush=True)
+    out["seeds"] = seeds
     if hvd.rank() == 0:
         print(json.dumps(out), flush=True)
+
+
+PER_SEED = ("per_seed", "step_s_per_seed", "workers_kept_per_seed")
+
+
+def merge(parts: list[dict]) -> dict:
+    """Joins robust results of several runs (other kinds, other seeds) into one."""
+    out: dict = {key: {} for key in PER_SEED}
+    for part in parts:
+        for key in PER_SEED:
+            for run, vals in part[key].items():
+                out[key].setdefault(run, []).extend(vals)
+    return out
+
+
+def summarise(rob: dict) -> tuple[dict, dict]:
+    """The accuracy table (means over seeds) and the targets it meets."""
+    mean = {k: round(statistics.fmean(v), 4) for k, v in rob["per_seed"].items() if v}
+    table: dict = {"clean": {}, "robust": {}}
+    for run, acc in mean.items():
+        kind, red = run.split("/", 1)
+        (table["clean"] if kind == "clean" else table["robust"].setdefault(kind, {}))[red] = acc
+    for key in ("step_s", "workers_kept"):
+        table[key] = {
+            k: round(statistics.fmean(v), 4) for k, v in rob[f"{key}_per_seed"].items() if v
+        }
+    table["seeds_per_run"] = {k: len(v) for k, v in rob["per_seed"].items()}
+    meets: dict = {}
+    clean = table["clean"].get("mean")
+    for kind, r in table["robust"].items():
+        # The issue's targets: with one faulty worker of four LSG loses at most 2 points against
+        # the clean run (above it is no failure: 3 healthy workers can beat 4 on one seed) and
+        # is never below the coordinate median. Whether mean fails is reported beside it.
+        if clean is not None and "lsg" in r:
+            meets[f"{kind}: lsg >= clean - 2pt"] = r["lsg"] >= clean - 0.02
+        if "lsg" in r and "median" in r:
+            meets[f"{kind}: lsg >= median"] = r["lsg"] >= r["median"]
+        if clean is not None and "mean" in r:
+            meets[f"{kind}: mean fails (< clean - 2pt)"] = r["mean"] < clean - 0.02
+    if clean is not None and "lsg" in table["clean"]:
+        meets["clean: lsg within 1pt of mean"] = abs(table["clean"]["lsg"] - clean) <= 0.01
+    if "clean/lsg" in table["workers_kept"]:
+        meets["clean: lsg keeps every worker"] = table["workers_kept"]["clean/lsg"] == 4.0
+    return table, meets
 
 
 # ------------------------------------------------------------------------------ driver
@@ -192,14 +247,29 @@ def main() -> None:
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--straggler-s", type=float, default=0.02)
     p.add_argument(
+        "--direction",
+        default="reputation",
+        choices=("reputation", "off"),
+        help="overhead: lsg's direction screen (off: the loss and norm screens alone)",
+    )
+    p.add_argument(
         "--part",
         choices=("all", "overhead", "robust"),
         default="all",
         help="overhead: the timing part only (hold the bench lock for it); robust: the accuracy "
         "table only (load-independent)",
     )
-    p.add_argument("--kinds", default=",".join(KINDS), help="robust: fault kinds to run")
-    p.add_argument("--reds", default=",".join(REDS), help="robust: reductions to compare")
+    p.add_argument(
+        "--kinds", default=",".join(("clean", *KINDS)), help="robust: clean and fault kinds to run"
+    )
+    p.add_argument(
+        "--reds", default=",".join(REDS), help="robust: reductions to compare (also lsg_off)"
+    )
+    p.add_argument("--save", help="robust: also write its per-seed results to this JSON file")
+    p.add_argument(
+        "--merge",
+        help="no runs: join the --save files given (comma-separated) and report their table",
+    )
     p.add_argument(
         "--seeds", default="0", help="robust: trainer seeds; accuracies are their mean (e.g. 0,1,2)"
     )
@@ -214,15 +284,22 @@ def main() -> None:
     meets: dict = {}
     if a.part in ("all", "overhead"):
         over_args = ["--worker", "overhead", "--width", "16", "--batch", "64"]
+        over_args += ["--direction", a.direction]
         over_args += ["--steps", str(a.steps or 5), "--repeats", str(a.repeats or (8 if q else 40))]
-        print("overhead: np=2, small ResNet w16, lsg vs Horovod DistributedOptimizer(Average)")
+        print(
+            f"overhead: np=2, small ResNet w16, lsg (direction {a.direction}) vs Horovod "
+            "DistributedOptimizer(Average)"
+        )
         over = _hvd(2, over_args, timeout=900)
         print(f"  {over}", flush=True)
+        result["direction"] = a.direction
         result["lsg_overhead"] = round(over["ratio"], 4)
         result["lsg_overhead_cpu"] = round(over["cpu_ratio"], 4)
         result["overhead_detail"] = over
         meets["overhead<=1.05"] = over["ratio"] <= 1.05
-    if a.part in ("all", "robust"):
+    if a.merge:
+        rob = merge([json.load(open(f)) for f in a.merge.split(",") if f])
+    elif a.part in ("all", "robust"):
         steps = a.steps or (60 if q else 400)
         rob_args = ["--worker", "robust", "--width", str(a.width or (8 if q else 16))]
         rob_args += ["--batch", str(a.batch or 32), "--steps", str(steps)]
@@ -230,28 +307,16 @@ def main() -> None:
         rob_args += ["--straggler-s", str(a.straggler_s), "--kinds", a.kinds, "--reds", a.reds]
         rob_args += ["--seeds", a.seeds]
         print(f"robustness: np=4, one faulty rank, {steps} steps", flush=True)
-        rob = _hvd(4, rob_args, timeout=3600)
-        clean = rob["clean"].get("mean")
-        for k in ("nan", "loss_spike", "labels"):
-            r = rob["robust"].get(k, {})
-            # "Within 1 point" is a bound on what the fault costs: LSG above the clean run (3
-            # healthy workers can beat 4 on one seed) is no failure. Whether mean fails is a
-            # property of the fault, reported beside it.
-            if clean is not None and "lsg" in r:
-                meets[f"{k}: lsg >= clean - 1pt"] = r["lsg"] >= clean - 0.01
-            if clean is not None and "mean" in r:
-                meets[f"{k}: mean fails (< clean - 1pt)"] = r["mean"] < clean - 0.01
-        if clean is not None and "lsg" in rob["clean"]:
-            meets["clean: lsg within 1pt of mean"] = abs(rob["clean"]["lsg"] - clean) <= 0.01
-        result.update(
-            robust=rob["robust"],
-            clean_acc=clean,
-            clean=rob["clean"],
-            workers_kept=rob["workers_kept"],
-            per_seed=rob["per_seed"],
-            step_s=rob["step_s"],
-            steps=steps,
-        )
+        rob = _hvd(4, rob_args, timeout=48 * 3600)
+        if a.save:
+            with open(a.save, "w") as f:
+                json.dump(rob, f)
+    if a.merge or a.part in ("all", "robust"):
+        table, robust_meets = summarise(rob)
+        meets.update(robust_meets)
+        result.update(table)
+        result["clean_acc"] = table["clean"].get("mean")
+        result["per_seed"] = rob["per_seed"]
     result["targets_met"] = meets
     print(json.dumps(result))
 

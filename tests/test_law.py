@@ -7,10 +7,13 @@ import tensorflow as tf
 
 from iapdcnn import reference
 from iapdcnn.distributed import (
+    direction_law,
     law_mask,
+    loo_cosine,
     loss_standard_error,
     lsg_loss,
     masked_median,
+    reputation_update,
     sample_law,
     worker_law,
 )
@@ -221,3 +224,79 @@ def test_loss_with_standard_error_publishes_and_serialises(rng, tmp_path):
     back = tf.keras.models.load_model(tmp_path / "m.keras")
     x = rng.normal(size=(16, 4)).astype(np.float32)
     np.testing.assert_allclose(back.loss(y, back(x)).numpy(), plain(y, model(x)).numpy(), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- direction screen
+
+
+def _tf_state(st):
+    return {k: tf.constant(v, tf.float32) for k, v in st.items()}
+
+
+def test_loo_cosine_from_scalars_equals_vectors(rng):
+    # the cosine of g_k to A - a_k g_k, from the scalars every worker sends, equals the one
+    # computed from the vectors themselves
+    k, p = 5, 40
+    g = rng.normal(size=(k, p))
+    a = np.array([0.25, 0.25, 0.0, 0.25, 0.25])  # worker 2 was left out of A
+    agg = (a[:, None] * g).sum(0)
+    want = [
+        np.dot(g[i], agg - a[i] * g[i]) / np.linalg.norm(g[i]) / np.linalg.norm(agg - a[i] * g[i])
+        for i in range(k)
+    ]
+    dots, norms = g @ agg, np.linalg.norm(g, axis=1)
+    np.testing.assert_allclose(ref.loo_cosine(dots, norms, a, agg @ agg), want, rtol=1e-10)
+    got = loo_cosine(dots, norms, a, agg @ agg).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # a lone kept worker has no others: undefined, NaN (no evidence)
+    lone = loo_cosine([4.0], [2.0], [1.0], 4.0).numpy()
+    assert np.isnan(lone).all() and np.isnan(ref.loo_cosine([4.0], [2.0], [1.0], 4.0)).all()
+
+
+def _simulate(rng, steps, cos_of_worker, k=4, kappa=5.0, decay=0.95):
+    """Runs TF and NumPy side by side on synthetic cosines; returns the per-step laws."""
+    st_np, st_tf, laws = ref.new_reputation(k), _tf_state(ref.new_reputation(k)), []
+    for t in range(steps):
+        cos = np.array([cos_of_worker(i, t) for i in range(k)])
+        kept = np.ones(k, bool) if t == 0 else laws[-1] > 0
+        st_np = ref.reputation_update(st_np, cos, kept, decay)
+        st_tf = reputation_update(st_tf, tf.constant(cos, tf.float32), kept, decay)
+        for key in st_np:
+            np.testing.assert_allclose(st_tf[key].numpy(), st_np[key], rtol=1e-4, atol=1e-6)
+        law_np, z_np = ref.direction_law(st_np, kappa=kappa)
+        law_tf, info = direction_law(st_tf, kappa=kappa)
+        zt = info["z"].numpy()
+        # equal except where z sits on the threshold within float32 rounding
+        near = np.abs(z_np + kappa) < 1e-3
+        np.testing.assert_array_equal(law_tf.numpy()[~near], law_np[~near])
+        np.testing.assert_allclose(zt, z_np, rtol=1e-3, atol=1e-3)
+        laws.append(law_np)
+    return np.array(laws)
+
+
+def test_direction_screen_rejects_a_sign_flip_keeps_healthy(rng):
+    # cosines as measured in mid-run (steps 100-250 of 400): healthy ~ 0.15 with a spread of
+    # 0.17 per step, a sign-flipped worker ~ -0.15
+    noise = rng.normal(0.0, 0.17, size=(4, 300))
+
+    def cos(i, t):
+        return (-0.15 if i == 3 else 0.15) + noise[i, t]
+
+    laws = _simulate(rng, 300, cos)
+    assert laws[:, :3].min() == 1.0  # no healthy worker dropped
+    assert (laws[100:, 3] == 0).mean() > 0.9, laws[:, 3]  # the flipped one, once settled
+    clean = _simulate(rng, 300, lambda i, t: 0.15 + noise[i, t])
+    assert clean.min() == 1.0
+
+
+def test_direction_screen_nan_first_step_and_k2(rng):
+    # no evidence yet (NaN cosines, e.g. the first step): everyone passes, state unchanged
+    st = ref.reputation_update(ref.new_reputation(3), [np.nan] * 3, [True] * 3, 0.9)
+    assert np.all(st["s1"] == 0) and st["var_s1"] == 0
+    law, _ = direction_law(_tf_state(st))
+    np.testing.assert_array_equal(law.numpy(), [1, 1, 1])
+    # K = 2: both reputations are equally far from their median: neither is ever rejected
+    laws = _simulate(rng, 50, lambda i, t: [0.5, -0.5][i] + 0.01 * rng.normal(), k=2)
+    assert laws.min() == 1.0
+    with pytest.raises(ValueError, match="dir_kappa must be > 0"):
+        direction_law(_tf_state(st), kappa=0.0)

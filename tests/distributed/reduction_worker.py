@@ -182,4 +182,47 @@ for with_se in (False, True):
     w = flat(model.trainable_variables)
     check(np.all(np.isfinite(w)), f"{what}: NaN reached the weights")
     check(np.all(hvd.allgather(w[None]).numpy() == w), f"{what}: weights differ across ranks")
+
+
+# 9. Direction screen (faults whose loss looks normal): a worker sending -1x its gradient under
+# an honest loss is rejected within a few steps, and stays out; a clean run keeps everyone and
+# equals Horovod's Average at every step. The weights follow the NumPy oracle step by step.
+def direction_run(flip_rank, steps=25):
+    red = make_reduction("lsg")
+    fn = tf.function(lambda g, lo: red(g, lo))
+    st_np, prev_w, prev_n, kept_log = ref.new_reputation(K), None, None, []
+    for t in range(steps):
+        common = local_grads(1000 + t)  # the true gradient, the same on every rank
+        noise = local_grads(10_000 * (t + 1) + R, scale=0.8)
+        g = [c + n for c, n in zip(common, noise, strict=True)]
+        if R == flip_rank:
+            g = [-x for x in g]
+        out, st = fn(g, tf.constant(1.0 + 1e-3 * R))
+        table, w = st["table"].numpy(), st["weights"].numpy()
+        cos = np.full(K, np.nan)
+        if prev_w is not None:
+            cos = ref.loo_cosine(table[:, 5], prev_n, prev_w, table[0, 6])
+            st_np = ref.reputation_update(st_np, cos, prev_w > 0, 0.95)
+        law = ref.worker_law(table[:, 0], table[:, 1], table[:, 2], loss_se=table[:, 4])
+        law = law * ref.direction_law(st_np, valid=table[:, 2] > 0.5)[0]
+        check(np.array_equal(law, w), f"step {t}: weights {w} != oracle {law}")
+        prev_w, prev_n = law / law.sum(), table[:, 1]
+        allg = gather_flat(g)
+        want = allg[w > 0].mean(0)
+        check(np.allclose(flat(out), want, atol=1e-5), f"step {t}: not the mean of the kept")
+        if flip_rank is None:
+            avg = flat(hvd.grouped_allreduce(g, op=hvd.Average))
+            check(np.allclose(flat(out), avg, atol=1e-6), f"clean step {t} != Average")
+        kept_log.append(w)
+    return np.array(kept_log)
+
+
+clean = direction_run(None)
+check(clean.min() == 1.0, f"direction screen dropped a healthy worker: {clean}")
+if K >= 3:
+    flipped = direction_run(K - 1)
+    check(flipped[:, :-1].min() == 1.0, f"healthy worker dropped: {flipped}")
+    check(np.all(flipped[5:, -1] == 0), f"sign-flipped worker kept: {flipped[:, -1]}")
+    if R == 0:
+        print(f"sign flip rejected from step {int(np.argmin(flipped[:, -1]))}", flush=True)
 print(f"RANK {R} OK", flush=True)

@@ -4,8 +4,19 @@ alternatives behind the same interface. Ways in: ``DistributedGradientTape`` (cu
 imports TensorFlow; Horovod is imported on the first collective."""
 
 from .keras import DistributedOptimizer, LossWithStandardError, ReductionStatsCallback
-from .law import law_mask, loss_standard_error, lsg_loss, masked_median, sample_law, worker_law
+from .law import (
+    direction_law,
+    law_mask,
+    loo_cosine,
+    loss_standard_error,
+    lsg_loss,
+    masked_median,
+    reputation_update,
+    sample_law,
+    worker_law,
+)
 from .reduction import (
+    DIRECTIONS,
     REDUCTIONS,
     TABLE_COLUMNS,
     DisCNNReduction,
@@ -21,6 +32,7 @@ from .reduction import (
 from .tape import DistributedGradientTape
 
 __all__ = [
+    "DIRECTIONS",
     "REDUCTIONS",
     "TABLE_COLUMNS",
     "DisCNNReduction",
@@ -34,11 +46,14 @@ __all__ = [
     "ReductionStatsCallback",
     "TrimmedMeanReduction",
     "apply_unless_skipped",
+    "direction_law",
     "law_mask",
+    "loo_cosine",
     "loss_standard_error",
     "lsg_loss",
     "make_reduction",
     "masked_median",
+    "reputation_update",
     "sample_law",
     "worker_law",
     "worker_table",

@@ -111,3 +111,61 @@ def trimmed_mean(grads, finite, trim=0.25):
         return np.zeros(np.shape(grads)[1:])
     t = min(int(np.floor(trim * n)), (n - 1) // 2)
     return g[t : n - t].mean(axis=0)
+
+
+# ------------------------------------------------------------------ direction screen (SPEC 3)
+CHI2_1_MEDIAN = 0.454936
+
+
+def loo_cosine(dots, norms, weights, agg_sq):
+    """cos(g_k, A - a_k g_k) from g_k . A, |g_k|, a_k and |A|^2; NaN where undefined."""
+    d, n, a = (np.asarray(x, np.float64) for x in (dots, norms, weights))
+    dot = d - a * n * n
+    rest = np.maximum(agg_sq - 2 * a * d + a * a * n * n, 0.0)
+    den = n * np.sqrt(rest)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 1e-30, dot / np.where(den > 1e-30, den, 1.0), np.nan)
+
+
+def reputation_update(state, cos, kept, decay):
+    """Bias-corrected exponential averages of each worker's cosine and of the pooled spread
+    (median squared deviation from the step's median / chi2(1) median) over the kept workers."""
+    c = np.asarray(cos, np.float64)
+    has = np.isfinite(c)
+    out = {
+        "num": np.where(
+            has, decay * state["num"] + (1 - decay) * np.where(has, c, 0), state["num"]
+        ),
+        "s1": np.where(has, decay * state["s1"] + (1 - decay), state["s1"]),
+        "s2": np.where(has, decay**2 * state["s2"] + (1 - decay) ** 2, state["s2"]),
+        "var_num": state["var_num"],
+        "var_s1": state["var_s1"],
+    }
+    use = has & np.asarray(kept, bool)
+    if use.sum() >= 2:
+        med = np.median(c[use])
+        var = np.median((c[use] - med) ** 2) / CHI2_1_MEDIAN
+        out["var_num"] = decay * state["var_num"] + (1 - decay) * var
+        out["var_s1"] = decay * state["var_s1"] + (1 - decay)
+    return out
+
+
+def new_reputation(k):
+    return {"num": np.zeros(k), "s1": np.zeros(k), "s2": np.zeros(k), "var_num": 0.0, "var_s1": 0.0}
+
+
+def direction_law(state, valid=None, kappa=5.0):
+    """LAW_k = 0 iff worker k's reputation is more than kappa standard errors below the median
+    reputation (workers without one pass); returns (law, z)."""
+    s1, s2 = state["s1"], state["s2"]
+    k = len(s1)
+    has = s1 > 0 if valid is None else (s1 > 0) & np.asarray(valid, bool)
+    r = np.where(s1 > 0, state["num"] / np.where(s1 > 0, s1, 1), 0.0)
+    neff = np.where(s1 > 0, s1 * s1 / np.where(s2 > 0, s2, 1), 1.0)
+    var = state["var_num"] / state["var_s1"] if state["var_s1"] > 0 else 0.0
+    se = np.sqrt(var / neff)
+    med = np.median(r[has]) if has.any() else 0.0
+    z = np.where((s1 > 0) & (se > 0), (r - med) / np.where(se > 0, se, 1), 0.0)
+    law = np.ones(k, np.float32)
+    law[(s1 > 0) & (z < -kappa)] = 0.0
+    return law, z

@@ -61,6 +61,8 @@ class TrainConfig:
     grad_screen: bool = True
     grad_kappa: float = 6.0
     se_kappa: float = 8.0
+    direction: str = "reputation"
+    dir_kappa: float = 5.0
     dis_cnn_b: float | None = None
     trim: float = 0.25
     sample_law: bool = False
@@ -138,7 +140,7 @@ class TrainConfig:
             raise bad("targets", "must be accuracies in (0, 1]", list(self.targets))
         if not 0.0 <= self.fci_epsilon <= 0.5:
             raise bad("fci-epsilon", "must be in [0, 0.5] (FCI's maximum is 0.5)", self.fci_epsilon)
-        for name in ("kappa", "grad_kappa", "sample_kappa", "se_kappa"):
+        for name in ("kappa", "grad_kappa", "sample_kappa", "se_kappa", "dir_kappa"):
             if not getattr(self, name) > 0:
                 raise bad(name.replace("_", "-"), "must be > 0", getattr(self, name))
         if self.tau is not None and self.tau < 0:
@@ -181,6 +183,8 @@ class TrainConfig:
                 grad_screen=self.grad_screen,
                 grad_kappa=self.grad_kappa,
                 se_kappa=self.se_kappa,
+                direction=self.direction,
+                dir_kappa=self.dir_kappa,
             )
         if self.reduction == "dis_cnn":
             return dict(b=self.dis_cnn_b)
@@ -312,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.se_kappa,
         help="lsg keeps any loss within this many standard errors of the centre",
     )
+    r.add_argument(
+        "--direction",
+        default=D.direction,
+        choices=("reputation", "off"),
+        help="lsg's direction screen for faults whose loss looks normal (off: loss and norm only)",
+    )
+    r.add_argument("--dir-kappa", type=float, default=D.dir_kappa, help="its margin (std errors)")
     r.add_argument("--dis-cnn-b", type=float, default=D.dis_cnn_b, help="Dis-CNN loss threshold b")
     r.add_argument("--trim", type=float, default=D.trim, help="trimmed_mean fraction per side")
     r.add_argument("--sample-law", action="store_true", help="per-sample LAW inside each batch")
