@@ -10,7 +10,9 @@ A second part measures the trainer's setting (issue 12): small_resnet's layers a
 32/64/128 and one whole training step of small_resnet (im2col vs keras), (a) in one process with
 TensorFlow's intra/inter-op threads = 1 (each rank under `--threads 1`) and (b) in two processes
 that run concurrently with TensorFlow's default threads (2 ranks sharing the cores), their reps
-started together by a barrier. Keys trainer_*: ratios TF / ours there.
+started together by a barrier. Keys trainer_*: ratios TF / ours there (wall time; in the 1-thread
+setting also process CPU time, *_cpu, which load from other processes on shared cores does not
+move).
 
 Usage: python benchmarks/bench_conv.py [--quick] [--batches 8 1] [--reps N] [--trainer-only]
 """
@@ -164,21 +166,30 @@ def _calls_per_rep(seconds_per_call: float, target: float) -> int:
     return int(min(200, max(1, round(target / max(seconds_per_call, 1e-6)))))
 
 
-def _synced_pair(f_tf, f_ours, n: int, warmup: int, reps: int, sync) -> tuple[float, float, float]:
+def _synced_pair(f_tf, f_ours, n: int, warmup: int, reps: int, sync) -> tuple:
     """Like _pair, n calls per timed rep, and each timed run starts after sync() (a barrier
     across the concurrent processes, so that both ranks run the same implementation together, as
-    in synchronous training). Returns (median TF time, median our time, median pair ratio)."""
-    a, b = [], []
+    in synchronous training). Returns (median TF time, median our time, median pair ratio of the
+    wall times, median pair ratio of the process CPU times). With one intra- and one inter-op
+    thread the CPU time is the op's own work, not the time other processes on these shared cores
+    held the core; with more threads it also counts the pool's spinning (a diagnostic only)."""
+    a, b, ca, cb = [], [], [], []
     for r in range(warmup + reps):
-        order = [(f_tf, a), (f_ours, b)]
-        for f, out in order if r % 2 == 0 else order[::-1]:
+        order = [(f_tf, a, ca), (f_ours, b, cb)]
+        for f, wall, cpu in order if r % 2 == 0 else order[::-1]:
             sync()
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             for _ in range(n):
                 f()
             if r >= warmup:
-                out.append((time.perf_counter() - t) / n)
-    return float(np.median(a)), float(np.median(b)), float(np.median(np.asarray(a) / b))
+                wall.append((time.perf_counter() - t) / n)
+                cpu.append(max(time.process_time() - c, 1e-9) / n)
+    return (
+        float(np.median(a)),
+        float(np.median(b)),
+        float(np.median(np.asarray(a) / b)),
+        float(np.median(np.asarray(ca) / cb)),
+    )
 
 
 def _train_steps(batch: int, in_ch: int, rng) -> tuple:
@@ -247,8 +258,8 @@ def _trainer_worker(
                 assert err < 1e-4, f"{name} b{batch} {kind}: ours differs from TF by {err:.2e}"
                 t = _timeit(f_tf, 3)
                 n = _calls_per_rep(float(np.median(t)), target)
-                t_tf, t_ours, ratio = _synced_pair(f_tf, f_ours, n, warmup, reps, sync)
-                layers.append((f"b{batch} {name} {kind}", t_tf, t_ours, ratio))
+                t_tf, t_ours, ratio, cpu = _synced_pair(f_tf, f_ours, n, warmup, reps, sync)
+                layers.append((f"b{batch} {name} {kind}", t_tf, t_ours, ratio, cpu))
     steps = []
     for batch in step_batches:
         (keras_step, ours_step), (g_keras, g_ours) = _train_steps(batch, 1, rng)
@@ -268,8 +279,12 @@ def trainer(batches, step_batches, warmup: int, reps: int, target: float) -> dic
 
     ctx = mp.get_context("spawn")
     shapes = trainer_shapes()
-    out = {"kinds": {}, "geomean": {}, "steps": {}}
-    cases = []
+    geo_of = {}  # (setting, "wall" | "cpu") -> geomean over every layer case
+    kinds, steps, steps_cpu, cases, cases_cpu = {}, {}, {}, [], []
+
+    def combine(got, part, i, j):  # geometric mean over the processes of measurement i's field j
+        return math.exp(np.mean([math.log(g[part][i][j]) for g in got]))
+
     for setting, (procs, threads) in TRAINER_SETTINGS.items():
         barrier = ctx.Barrier(procs) if procs > 1 else None
         queue = ctx.Queue()
@@ -281,34 +296,52 @@ def trainer(batches, step_batches, warmup: int, reps: int, target: float) -> dic
         for p in ps:
             p.join()
             assert p.exitcode == 0, f"trainer setting {setting}: a worker failed"
-        by_kind = {}
+        by_kind, mine, mine_cpu = {}, [], []
         for i, (case, *_) in enumerate(got[0][1]):
-            r = math.exp(np.mean([math.log(g[1][i][3]) for g in got]))
+            r, rc = combine(got, 1, i, 3), combine(got, 1, i, 4)
             t_tf = np.mean([g[1][i][1] for g in got])
-            print(f"trainer {setting:7s} {case:34s} {r:5.2f}x  (TF {t_tf * 1e3:7.3f} ms)")
+            print(
+                f"trainer {setting:7s} {case:34s} {r:5.2f}x cpu {rc:5.2f}x (TF {t_tf * 1e3:.3f} ms)"
+            )
             cases.append((r, f"{setting} {case}"))
+            cases_cpu.append((rc, f"{setting} {case}"))
+            mine.append(r)
+            mine_cpu.append(rc)
             by_kind.setdefault(case.split()[-1], []).append(r)
         for i, (batch, *_) in enumerate(got[0][2]):
-            r = math.exp(np.mean([math.log(g[2][i][3]) for g in got]))
+            r, rc = combine(got, 2, i, 3), combine(got, 2, i, 4)
             t_tf = np.mean([g[2][i][1] for g in got])
             print(
-                f"trainer {setting:7s} b{batch} small_resnet step {r:5.2f}x  (keras {t_tf * 1e3:.1f} ms)"
+                f"trainer {setting:7s} b{batch} small_resnet step {r:5.2f}x cpu {rc:5.2f}x"
+                f" (keras {t_tf * 1e3:.1f} ms)"
             )
-            out["steps"].setdefault(setting, {})[batch] = round(r, 3)
-        out["kinds"][setting] = {k: round(_geo(v), 3) for k, v in by_kind.items()}
-        out["geomean"][setting] = round(_geo([c[0] for c in cases if c[1].startswith(setting)]), 3)
+            steps.setdefault(setting, {})[batch] = round(r, 3)
+            steps_cpu.setdefault(setting, {})[batch] = round(rc, 3)
+        kinds[setting] = {k: round(_geo(v), 3) for k, v in by_kind.items()}
+        geo_of[setting, "wall"] = round(_geo(mine), 3)
+        geo_of[setting, "cpu"] = round(_geo(mine_cpu), 3)
     worst = min(cases)
-    step_batch = 64 if 64 in step_batches else step_batches[0]
+    worst_cpu = min(c for c in cases_cpu if c[1].startswith("1thread"))
+    sb = 64 if 64 in step_batches else step_batches[0]
     return {
-        "trainer_geomean_1thread": out["geomean"]["1thread"],
-        "trainer_geomean_2proc": out["geomean"]["2proc"],
-        "trainer_kind_geomeans": out["kinds"],
+        "trainer_geomean_1thread": geo_of["1thread", "wall"],
+        "trainer_geomean_2proc": geo_of["2proc", "wall"],
+        "trainer_kind_geomeans": kinds,
         "trainer_worst": round(worst[0], 3),
         "trainer_worst_case": worst[1],
         "trainer_under_1.0": [f"{c}: {r:.2f}" for r, c in sorted(cases) if r < 1.0],
-        "trainer_step_ratio_1thread": out["steps"]["1thread"][step_batch],
-        "trainer_step_ratio_2proc": out["steps"]["2proc"][step_batch],
-        "trainer_step_ratios": out["steps"],
+        "trainer_step_ratio_1thread": steps["1thread"][sb],
+        "trainer_step_ratio_2proc": steps["2proc"][sb],
+        "trainer_step_ratios": steps,
+        # With one thread, CPU-time ratios: not moved by other processes' load on shared cores.
+        "trainer_geomean_1thread_cpu": geo_of["1thread", "cpu"],
+        "trainer_worst_1thread_cpu": round(worst_cpu[0], 3),
+        "trainer_worst_case_1thread_cpu": worst_cpu[1],
+        "trainer_under_1.0_1thread_cpu": [
+            f"{c}: {r:.2f}" for r, c in sorted(cases_cpu) if r < 1.0 and c.startswith("1thread")
+        ],
+        "trainer_step_ratio_1thread_cpu": steps_cpu["1thread"][sb],
+        "trainer_step_ratios_cpu_1thread": steps_cpu["1thread"],
         "trainer_batches": list(batches),
         "trainer_reps": reps,
     }
