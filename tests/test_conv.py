@@ -184,6 +184,68 @@ def test_filter_gradient_float32_pointwise_micro_kernel(rng, cfg):
     _assert_close(tape.gradient(loss, ft).numpy(), want, "float32")
 
 
+# Float32 NHWC filter gradients of BackpropFilterSmall (csrc/conv/conv_direct_cpu.cc: dW <= 1 MiB,
+# not pointwise): small_resnet's layers (the trainer's model), both orientations (dW^T where
+# out_c < 64 and k_w * C is a multiple of 16), units of several images, dilation, padding
+# wider than the kernel's reach, and one-unit problems (one ParallelFor call, dW in place).
+SMALL_FILTER_GRID = [
+    (64, 28, 28, 1, 3, 3, 16, 1, "SAME", 1, 1),  # stem: 9 dW rows across taps
+    (64, 28, 28, 2, 3, 3, 16, 1, "SAME", 1, 1),  # the --features stem
+    (8, 28, 28, 16, 3, 3, 16, 1, "SAME", 1, 1),  # transposed, 8 x 48 tiles
+    (8, 28, 28, 16, 3, 3, 32, 2, "SAME", 1, 1),
+    (8, 28, 28, 16, 1, 1, 32, 2, "SAME", 1, 1),  # 1x1 stride 2: input read in place
+    (8, 14, 14, 32, 3, 3, 32, 1, "SAME", 1, 1),  # kernel row of 96: two 48-wide blocks
+    (8, 14, 14, 32, 3, 3, 64, 2, "SAME", 1, 1),
+    (12, 7, 7, 64, 3, 3, 64, 1, "SAME", 1, 1),  # out_c 64: untransposed, units of many images
+    (3, 12, 14, 16, 3, 3, 32, 1, "SAME", (2, 3), 1),  # dilated: untransposed
+    (2, 13, 11, 5, 3, 3, 48, 1, "VALID", 1, 1),
+    (2, 9, 8, 16, 3, 4, 16, 1, [[0, 0], [3, 1], [0, 4], [0, 0]], 1, 1),  # pad > kernel reach
+    (1, 5, 6, 16, 2, 2, 16, (2, 1), "SAME", 1, 1),  # one unit: one call, dW^T of one slot
+    (1, 5, 6, 3, 2, 2, 80, 1, "VALID", 1, 1),  # one unit, two channel blocks, dW in place
+    (2, 6, 6, 256, 3, 3, 64, 1, "SAME", 1, 1),  # the largest dW it takes (576 KiB)
+]
+
+
+@pytest.mark.parametrize("cfg", SMALL_FILTER_GRID, ids=_ids)
+def test_filter_gradient_float32_small_micro_kernel(rng, cfg):
+    x, f, s, pad, d, g = _make(cfg, rng, "float32")
+    want_y = _tf_conv(x, f, s, pad, "NHWC", d)
+    dy = rng.normal(size=want_y.shape).astype(np.float32)
+    want = reference.im2col_conv2d_backprop_filter(x, f.shape, dy, s, pad, "NHWC", d, g)
+    _assert_close(
+        _C.im2col_conv2d_backprop_filter(x, f.shape, dy, s, pad, "NHWC", d, g), want, "float32"
+    )
+    xt, ft = tf.constant(x), tf.constant(f)
+    with tf.GradientTape() as tape:
+        tape.watch(ft)
+        loss = tf.reduce_sum(ops.im2col_conv2d(xt, ft, s, pad, dilations=d) * dy)
+    _assert_close(tape.gradient(loss, ft).numpy(), want, "float32")
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_random_configs_float32_small_filter_gradient(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    oc = 16 * data.draw(st.integers(1, 5))
+    c = data.draw(st.sampled_from([1, 2, 3, 8, 16, 32, 48]))
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    h, w = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 20))
+    strides = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    dil = (
+        (1, 1) if max(strides) > 1 else (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    )
+    padding = data.draw(st.sampled_from(["SAME", "VALID"]))
+    if padding == "VALID" and (h < (kh - 1) * dil[0] + 1 or w < (kw - 1) * dil[1] + 1):
+        padding = "SAME"
+    n = data.draw(st.integers(1, 12))
+    x = rng.normal(size=(n, h, w, c)).astype(np.float32)
+    f = rng.normal(size=(kh, kw, c, oc)).astype(np.float32)
+    dy = rng.normal(size=_tf_conv(x, f, strides, padding, "NHWC", dil).shape).astype(np.float32)
+    want = reference.im2col_conv2d_backprop_filter(x, f.shape, dy, strides, padding, "NHWC", dil, 1)
+    got = _C.im2col_conv2d_backprop_filter(x, f.shape, dy, strides, padding, "NHWC", dil, 1)
+    _assert_close(got, want, "float32")
+
+
 def test_micro_kernel_switch_selects_the_eigen_path(rng, monkeypatch):
     # IAPDCNN_CONV_MICROKERNEL=0 (what bench_conv.py compares against) gives the same answer.
     x, f, s, pad, d, g = _make(DIRECT_GRID[2], rng, "float32")

@@ -726,6 +726,8 @@ int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t ele
   int64_t bfil = 0;
   if (elem_bytes == 4 && conv_direct::FilterSupported(p)) {
     bfil = conv_direct::FilterTaskScratchBytes(p);
+  } else if (elem_bytes == 4 && conv_direct::FilterSmallSupported(p)) {
+    bfil = conv_direct::FilterSmallTaskScratchBytes(p);
   } else {
     const BwdFilPlan bf = PlanBackpropFilter(p, cb);
     bfil = IsPointwise(p) && !packed ? 0 : bf.tile_rows * bf.k_block * cb;
@@ -740,6 +742,8 @@ int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes)
   int64_t shared = 0;  // the filter gradient's accumulators
   if (elem_bytes == 4 && conv_direct::FilterSupported(p)) {
     shared = conv_direct::FilterSharedBytes(p);
+  } else if (elem_bytes == 4 && conv_direct::FilterSmallSupported(p)) {
+    shared = conv_direct::FilterSmallSharedBytes(p);
   } else {
     const BwdFilPlan bf = PlanBackpropFilter(p, cb);
     shared = bf.shards > 1 || elem_bytes != cb ? bf.shards * K * p.out_c * cb : 0;
@@ -1003,6 +1007,10 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
   if constexpr (std::is_same<T, float>::value) {
     if (conv_direct::FilterSupported(p)) {
       conv_direct::BackpropFilterPointwise(p, input, out_backprop, filter_backprop, pf);
+      return Status::OK();
+    }
+    if (conv_direct::FilterSmallSupported(p)) {
+      conv_direct::BackpropFilterSmall(p, input, out_backprop, filter_backprop, pf);
       return Status::OK();
     }
   }

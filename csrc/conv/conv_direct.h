@@ -38,5 +38,17 @@ void BackpropFilterPointwise(const Im2colConv2DParams& p, const float* input,
                              const float* out_backprop, float* filter_backprop,
                              const ParallelFor& pf);
 
+// The filter gradient of any convolution Forward supports whose dW is small (<= 1 MiB: every
+// layer of the trainer's small_resnet): dW [k_h * k_w * in_c, out_c] = the batch's pixels'
+// input taps^T x out_backprop (or its transpose for out_c < 64), reading units of ~512 output
+// pixels (padded per unit into a task's buffer, or in place) once for all of dW. Each call the
+// ParallelFor makes accumulates into its own dW (FilterSmallSharedBytes: all but the first, or
+// all when transposed), summed at the end; one thread makes one call.
+bool FilterSmallSupported(const Im2colConv2DParams& p);
+int64_t FilterSmallTaskScratchBytes(const Im2colConv2DParams& p);
+int64_t FilterSmallSharedBytes(const Im2colConv2DParams& p);
+void BackpropFilterSmall(const Im2colConv2DParams& p, const float* input, const float* out_backprop,
+                         float* filter_backprop, const ParallelFor& pf);
+
 }  // namespace conv_direct
 }  // namespace iapdcnn

@@ -7,12 +7,15 @@
 // against 199 / 216 / 205 / 195 for c2..c5 (SGEMM ~240); in bench_conv.py the 3x3 forward went
 // from 0.70-0.74 of the SGEMM rate to 0.89-0.91, the stem from 0.65x to ~1.0x TensorFlow, and
 // c2's 1x1 layers from 0.74-0.85x to ~0.95x. The pointwise filter gradient uses it too (c2's
-// 256 -> 64 layer at batch 8: 0.67x TensorFlow with Eigen, 0.94-1.0x); the other gradients keep
-// Eigen's GEMM (a flipped-filter forward for c4/c5's input gradient measured slower: the 9 MiB
-// filter copy).
+// 256 -> 64 layer at batch 8: 0.67x TensorFlow with Eigen, 0.94-1.0x), and so does the filter
+// gradient of every layer with a dW <= 1 MiB (small_resnet's: 16 -> 16 3x3 at batch 64 went from
+// 0.30-0.34x TensorFlow with im2col + Eigen, whose GEMM of depth batch * pixels and width 16
+// packs a 29 MB im2col matrix, to ~0.9x); the other gradients keep Eigen's GEMM (a flipped-filter
+// forward for c4/c5's input gradient measured slower: the 9 MiB filter copy).
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -25,11 +28,20 @@ namespace conv_direct {
 
 namespace {
 
-// Register tile: kR output pixels x V * 16 output channels, V <= 4. 6 x 64 keeps 24 accumulators,
-// 4 filter vectors and one broadcast in the 32 zmm registers; per depth step it issues 24 FMAs
-// against 4 + 6 loads, so FMA throughput, not loads, bounds it.
+// Register tile: R output pixels (or dW rows) x V * 16 output channels, V <= 4. 6 x 64 keeps 24
+// accumulators, 4 filter vectors and one broadcast in the 32 zmm registers; per depth step it
+// issues 24 FMAs against 4 + 6 loads, so FMA throughput, not loads, bounds it. Narrower tiles get
+// more rows (RowsFor), for enough independent FMA chains: 8 x 48 (the transposed small filter
+// gradient's 16 -> 16 3x3 tile) and 12 x 16 (16-channel layers). small_resnet at batch 64, one
+// thread, min of 60 calls, 12 x 16 against 6 x 16: the stem's filter gradient 0.86-0.87x ->
+// 1.02-1.04x TensorFlow, 16 -> 16 3x3's input gradient 0.80x -> 0.85-0.86x.
 constexpr int kR = 6;
+constexpr int kMaxR = 12;
 constexpr int kMaxV = 4;
+constexpr int RowsFor(int v) {
+  static_assert(kMaxR >= 12);
+  return v == 1 ? 12 : v == 3 ? 8 : 6;
+}
 constexpr int64_t kCopyBudgetBytes = 8 << 20;  // the padded copy of one chunk of output rows
 constexpr int64_t kSegGroupBytes = 384 << 10;  // filter rows one pass keeps in L2 (1 MiB here)
 constexpr int64_t kMinTaskPixels = 8 * kR;
@@ -45,7 +57,7 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
                                              int64_t xstep, const float* w, int64_t ldw, float* out,
                                              int64_t ldo, bool acc) {
   __m512 c[R][V];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
   for (int j = 0; j < R; ++j) {
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
@@ -54,14 +66,14 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
   }
   for (int64_t s = 0; s < nseg; ++s) {
     const float* xs[R];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int j = 0; j < R; ++j) xs[j] = x[j] + xoff[s];
     const float* wp = w + woff[s];
     for (int64_t k = 0, xk = 0; k < len; ++k, xk += xstep, wp += ldw) {
       __m512 b[V];
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) b[v] = _mm512_loadu_ps(wp + 16 * v);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
       for (int j = 0; j < R; ++j) {
         const __m512 a = _mm512_set1_ps(xs[j][xk]);
 #pragma GCC unroll 4
@@ -69,7 +81,7 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
       }
     }
   }
-#pragma GCC unroll 8
+#pragma GCC unroll 12
   for (int j = 0; j < R; ++j) {
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + j * ldo + 16 * v, c[j][v]);
@@ -79,18 +91,25 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
 using TileFn = void (*)(const float* const*, const int64_t*, const int64_t*, int64_t, int64_t,
                         int64_t, const float*, int64_t, float*, int64_t, bool);
 
-template <int R>
-constexpr TileFn TileOf(int v) {
-  return v == 1 ? Tile<R, 1> : v == 2 ? Tile<R, 2> : v == 3 ? Tile<R, 3> : Tile<R, 4>;
+// Tile<R, V> for R <= RowsFor(V); null for the shapes that would spill registers (never asked).
+template <int R, int V>
+constexpr TileFn TileOrNull() {
+  if constexpr (R <= RowsFor(V)) {
+    return Tile<R, V>;
+  } else {
+    return nullptr;
+  }
 }
+template <int R>
+struct TileRow {
+  static constexpr TileFn v[kMaxV] = {TileOrNull<R, 1>(), TileOrNull<R, 2>(), TileOrNull<R, 3>(),
+                                      TileOrNull<R, 4>()};
+};
+// r <= RowsFor(v).
 TileFn TileFor(int r, int v) {
-  static const TileFn table[kR][kMaxV] = {
-      {TileOf<1>(1), TileOf<1>(2), TileOf<1>(3), TileOf<1>(4)},
-      {TileOf<2>(1), TileOf<2>(2), TileOf<2>(3), TileOf<2>(4)},
-      {TileOf<3>(1), TileOf<3>(2), TileOf<3>(3), TileOf<3>(4)},
-      {TileOf<4>(1), TileOf<4>(2), TileOf<4>(3), TileOf<4>(4)},
-      {TileOf<5>(1), TileOf<5>(2), TileOf<5>(3), TileOf<5>(4)},
-      {TileOf<6>(1), TileOf<6>(2), TileOf<6>(3), TileOf<6>(4)},
+  static const TileFn* const table[kMaxR] = {
+      TileRow<1>::v, TileRow<2>::v, TileRow<3>::v, TileRow<4>::v,  TileRow<5>::v,  TileRow<6>::v,
+      TileRow<7>::v, TileRow<8>::v, TileRow<9>::v, TileRow<10>::v, TileRow<11>::v, TileRow<12>::v,
   };
   return table[r - 1][v - 1];
 }
@@ -119,16 +138,19 @@ int64_t RowFloats(const Im2colConv2DParams& p) {
 struct Chunk {
   int64_t u0, u1, bytes;
 };
-std::vector<Chunk> Chunks(const Im2colConv2DParams& p) {
+// Bytes the padded copy of chunk c grows by when output row c.u1 joins it.
+int64_t ChunkRowBytes(const Im2colConv2DParams& p, const Chunk& c) {
   const int64_t row_bytes = PaddedWidth(p) * p.in_c * int64_t{sizeof(float)};
+  return (c.u1 % p.out_h == 0 || c.u1 == c.u0 ? PaddedRows(p, 1) : p.stride_h) * row_bytes;
+}
+std::vector<Chunk> Chunks(const Im2colConv2DParams& p) {
   const int64_t units = p.batch * p.out_h;
   if (InPlace(p)) return {{0, units, 0}};
   std::vector<Chunk> out;
   for (int64_t u = 0; u < units;) {
     Chunk c{u, u, 0};
     while (c.u1 < units) {
-      const int64_t oh = c.u1 % p.out_h;
-      const int64_t add = (oh == 0 || c.u1 == c.u0 ? PaddedRows(p, 1) : p.stride_h) * row_bytes;
+      const int64_t add = ChunkRowBytes(p, c);
       if (c.u1 > c.u0 && c.bytes + add > kCopyBudgetBytes) break;
       c.bytes += add;
       ++c.u1;
@@ -137,6 +159,12 @@ std::vector<Chunk> Chunks(const Im2colConv2DParams& p) {
     u = c.u1;
   }
   return out;
+}
+// Output rows [u0, u1) as one chunk, whatever its size (0 bytes: read in place).
+Chunk ChunkOf(const Im2colConv2DParams& p, int64_t u0, int64_t u1) {
+  Chunk c{u0, u0, 0};
+  for (; c.u1 < u1; ++c.u1) c.bytes += InPlace(p) ? 0 : ChunkRowBytes(p, c);
+  return c;
 }
 
 // Depth segments: runs of the im2col row that are contiguous in the padded copy. Undilated, a
@@ -251,7 +279,7 @@ void Compute(const Im2colConv2DParams& p, const Segments& sg,
       1, std::min(CeilDiv(pixels, kMinTaskPixels), CeilDiv(TargetTasks(), oc_blocks)));
   const int64_t group_px = CeilDiv(pixels, groups);
   pf(oc_blocks * groups, group_px * nseg * len * kMaxV * 16 * 2, [&](int64_t b, int64_t e) {
-    const float* x[kR];
+    const float* x[kMaxR];
     std::vector<float> wpack;
     std::vector<int64_t> wpoff;
     for (int64_t t = b; t < e; ++t) {
@@ -276,11 +304,14 @@ void Compute(const Im2colConv2DParams& p, const Segments& sg,
           wb = wpack.data();
           wo = wpoff.data();
         }
-        for (int64_t q = q0; q < q1; q += kR) {
-          const int r = static_cast<int>(std::min<int64_t>(kR, q1 - q));
+        // Pixel q = oh * out_w + ow, stepped without a division per pixel: with a depth of 9
+        // (the stem's 3x3 x 1) two per pixel cost more than its tile's FMAs.
+        int64_t oh = q0 / p.out_w, ow = q0 % p.out_w;
+        for (int64_t q = q0; q < q1; q += RowsFor(v)) {
+          const int r = static_cast<int>(std::min<int64_t>(RowsFor(v), q1 - q));
           for (int j = 0; j < r; ++j) {
-            const int64_t qj = q + j;
-            x[j] = row_of[qj / p.out_w] + (qj % p.out_w) * p.stride_w * C;
+            x[j] = row_of[oh] + ow * p.stride_w * C;
+            if (++ow == p.out_w) ow = 0, ++oh;
           }
           TileFor(r, v)(x, sg.xoff.data() + s0, wo, ns, len, 1, wb, ldw, out + q * oc + o0, oc,
                         s0 > 0);
@@ -290,6 +321,23 @@ void Compute(const Im2colConv2DParams& p, const Segments& sg,
   });
 }
 
+// row_of[u - ch.u0]: output row u's first (kh = 0) input row, padded (copied into *buf) or in
+// place. Returns the base that row offsets are measured from.
+const float* RowsOf(const Im2colConv2DParams& p, const float* input, const Chunk& ch,
+                    std::vector<float>* buf, std::vector<const float*>* row_of,
+                    const ParallelFor& pf) {
+  row_of->resize(static_cast<size_t>(ch.u1 - ch.u0));
+  if (!InPlace(p)) {
+    CopyPadded(p, input, ch, buf, row_of, pf);
+    return buf->data();
+  }
+  const int64_t row = RowFloats(p);
+  for (int64_t u = ch.u0; u < ch.u1; ++u) {
+    (*row_of)[u - ch.u0] = input + (u / p.out_h * p.in_h + u % p.out_h * p.stride_h) * row;
+  }
+  return input;
+}
+
 }  // namespace
 
 void Forward(const Im2colConv2DParams& p, const float* input, const float* w, float* output,
@@ -297,17 +345,8 @@ void Forward(const Im2colConv2DParams& p, const float* input, const float* w, fl
   const Segments sg = SegmentsOf(p);
   std::vector<float> buf;
   std::vector<const float*> row_of;  // per output row of a chunk: the input row of its kh = 0
-  const bool in_place = InPlace(p);
-  const int64_t row = RowFloats(p);
   for (const Chunk& ch : Chunks(p)) {
-    row_of.resize(static_cast<size_t>(ch.u1 - ch.u0));
-    if (in_place) {
-      for (int64_t u = ch.u0; u < ch.u1; ++u) {
-        row_of[u - ch.u0] = input + (u / p.out_h * p.in_h + u % p.out_h * p.stride_h) * row;
-      }
-    } else {
-      CopyPadded(p, input, ch, &buf, &row_of, pf);
-    }
+    RowsOf(p, input, ch, &buf, &row_of, pf);
     Compute(p, sg, row_of, w, output + ch.u0 * p.out_w * p.out_c, (ch.u1 - ch.u0) * p.out_w, pf);
   }
 }
@@ -315,6 +354,7 @@ void Forward(const Im2colConv2DParams& p, const float* input, const float* w, fl
 constexpr int64_t kFilterChunkPixels = 512;               // out_backprop rows one sweep keeps in L2
 constexpr int64_t kFilterShardBytes = int64_t{16} << 20;  // all tasks' dW accumulators together
 constexpr int64_t kMinShardPixels = 128;
+constexpr int64_t kMaxSmallFilterBytes = int64_t{1} << 20;  // dW of BackpropFilterSmall
 
 bool FilterSupported(const Im2colConv2DParams& p) {
   return Supported(p) && p.k_h == 1 && p.k_w == 1 && p.stride_h == 1 && p.stride_w == 1 &&
@@ -401,6 +441,140 @@ void BackpropFilterPointwise(const Im2colConv2DParams& p, const float* input,
     pf(C, oc * shards, [&](int64_t b, int64_t e) {
       for (int64_t sh = 1; sh < shards; ++sh) {
         const float* a = acc.data() + (sh - 1) * C * oc;
+        for (int64_t i = b * oc; i < e * oc; ++i) filter_backprop[i] += a[i];
+      }
+    });
+  }
+}
+
+// ---- the filter gradient of a small layer -------------------------------------------------------
+
+namespace {
+// Output rows a unit of the small filter gradient covers: about kFilterChunkPixels pixels, whose
+// padded input rows (copied per unit) and out_backprop rows stay in L2 while every tile of dW
+// sweeps them.
+int64_t SmallFilterUnitRows(const Im2colConv2DParams& p) {
+  return std::max<int64_t>(1, kFilterChunkPixels / p.out_w);
+}
+// The calls of the ParallelFor each accumulate into a dW of their own, summed at the end: at most
+// this many, so that the accumulators stay bounded. One thread (TensorFlow's intra-op pool of 1)
+// makes one call: one accumulator, written in place unless transposed.
+int64_t SmallFilterMaxCalls(const Im2colConv2DParams& p) {
+  return std::min(TargetTasks(), CeilDiv(p.batch * p.out_h, SmallFilterUnitRows(p)));
+}
+// Narrow layers (out_c < 64) compute dW^T [out_c, K]: its rows are output channels, broadcast
+// from out_backprop, and its 16-wide vectors run along a kernel row's k_w * C contiguous input
+// values (hence C * k_w a multiple of 16, undilated). dW [K, out_c] itself with out_c = 16 gives
+// a 6 x 16 tile: 6 FMA chains, each FMA with its own broadcast; the transposed 8 x 48 tile of
+// 16 -> 16 3x3 has 24 chains and 3 + 8 loads per 24 FMAs. small_resnet's 16 -> 16 3x3 filter
+// gradient at batch 64, one thread, min of 100 calls: 0.53-0.71x TensorFlow untransposed (12 x 16
+// tiles: 0.56-0.63x), 0.88-0.90x transposed.
+bool SmallFilterTransposed(const Im2colConv2DParams& p) {
+  return p.out_c < kMaxV * 16 && p.dilation_w == 1 && p.k_w * p.in_c % 16 == 0;
+}
+}  // namespace
+
+bool FilterSmallSupported(const Im2colConv2DParams& p) {
+  const int64_t dw_bytes = p.k_h * p.k_w * p.in_c * p.out_c * int64_t{sizeof(float)};
+  return Supported(p) && dw_bytes <= kMaxSmallFilterBytes;
+}
+
+int64_t FilterSmallTaskScratchBytes(const Im2colConv2DParams& p) {
+  const int64_t rows = SmallFilterUnitRows(p);
+  return InPlace(p) ? 0 : ChunkOf(p, 0, std::min(rows, p.batch * p.out_h)).bytes;
+}
+
+int64_t FilterSmallSharedBytes(const Im2colConv2DParams& p) {
+  const int64_t extra = SmallFilterMaxCalls(p) - (SmallFilterTransposed(p) ? 0 : 1);
+  return extra * p.k_h * p.k_w * p.in_c * p.out_c * int64_t{sizeof(float)};
+}
+
+void BackpropFilterSmall(const Im2colConv2DParams& p, const float* input, const float* out_backprop,
+                         float* filter_backprop, const ParallelFor& pf) {
+  const int64_t C = p.in_c, oc = p.out_c, K = p.k_h * p.k_w * C, row = RowFloats(p);
+  const int64_t units = p.batch * p.out_h, unit_rows = SmallFilterUnitRows(p);
+  const int64_t blocks = CeilDiv(units, unit_rows), calls = SmallFilterMaxCalls(p);
+  const int64_t per_call = CeilDiv(blocks, calls);
+  const bool transposed = SmallFilterTransposed(p);
+  // Untransposed: row k = (kh * k_w + kw) * C + ci of dW reads the input at koff[k] from an output
+  // pixel's first (kh = 0, kw = 0) input value.
+  std::vector<int64_t> koff(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t ci = k % C, kw = k / C % p.k_w, kh = k / C / p.k_w;
+    koff[k] = kh * p.dilation_h * row + kw * p.dilation_w * C + ci;
+  }
+  // Transposed: a kernel row's run of L = k_w * C values in vector blocks of (nearly) equal width.
+  const int64_t L = p.k_w * C, nv = L / 16;
+  const int64_t vb = transposed ? CeilDiv(nv, CeilDiv(nv, kMaxV)) : 0;
+  std::atomic<int64_t> next{0};
+  std::vector<std::vector<float>> acc(static_cast<size_t>(calls));
+  pf(CeilDiv(blocks, per_call), per_call * unit_rows * p.out_w * K * oc * 2,
+     [&](int64_t b, int64_t e) {
+       const int64_t slot = next.fetch_add(1);
+       float* dw = filter_backprop;
+       if (slot > 0 || transposed) {
+         acc[slot].resize(static_cast<size_t>(K * oc));
+         dw = acc[slot].data();
+       }
+       std::fill_n(dw, K * oc, 0.0f);
+       std::vector<float> buf;
+       std::vector<const float*> row_of;
+       std::vector<int64_t> xoff, woff;
+       const float* x[kMaxR];
+       for (int64_t u0 = b * per_call * unit_rows; u0 < std::min(units, e * per_call * unit_rows);
+            u0 += unit_rows) {
+         const Chunk ch = ChunkOf(p, u0, std::min(units, u0 + unit_rows));
+         const float* base = RowsOf(p, input, ch, &buf, &row_of, SerialParallelFor());
+         // One depth segment per output row: its out_w pixels, stride_w * C apart in the input.
+         const int64_t nseg = ch.u1 - ch.u0;
+         xoff.resize(static_cast<size_t>(nseg));
+         woff.resize(static_cast<size_t>(nseg));
+         for (int64_t s = 0; s < nseg; ++s) {
+           xoff[s] = row_of[s] - base;
+           woff[s] = (ch.u0 + s) * p.out_w * oc;
+         }
+         if (transposed) {
+           // dW^T [oc, K] rows co0..: out_backprop broadcasts, the input run as the vectors.
+           for (int64_t kh = 0; kh < p.k_h; ++kh) {
+             for (int64_t t0 = 0; t0 < nv; t0 += vb) {
+               const int v = static_cast<int>(std::min(vb, nv - t0));
+               for (int64_t co0 = 0; co0 < oc; co0 += RowsFor(v)) {
+                 const int r = static_cast<int>(std::min<int64_t>(RowsFor(v), oc - co0));
+                 for (int j = 0; j < r; ++j) x[j] = out_backprop + co0 + j;
+                 TileFor(r, v)(x, woff.data(), xoff.data(), nseg, p.out_w, oc,
+                               base + kh * p.dilation_h * row + 16 * t0, p.stride_w * C,
+                               dw + co0 * K + kh * L + 16 * t0, K, true);
+               }
+             }
+           }
+           continue;
+         }
+         for (int64_t o0 = 0; o0 < oc; o0 += kMaxV * 16) {
+           const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
+           for (int64_t k0 = 0; k0 < K; k0 += RowsFor(v)) {
+             const int r = static_cast<int>(std::min<int64_t>(RowsFor(v), K - k0));
+             for (int j = 0; j < r; ++j) x[j] = base + koff[k0 + j];
+             TileFor(r, v)(x, xoff.data(), woff.data(), nseg, p.out_w, p.stride_w * C,
+                           out_backprop + o0, oc, dw + k0 * oc + o0, oc, true);
+           }
+         }
+       }
+     });
+  const int64_t used = next.load();
+  if (transposed) {
+    pf(K, oc * used, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        for (int64_t co = 0; co < oc; ++co) {
+          float sum = 0.0f;
+          for (int64_t s = 0; s < used; ++s) sum += acc[s][co * K + k];
+          filter_backprop[k * oc + co] = sum;
+        }
+      }
+    });
+  } else if (used > 1) {
+    pf(K, oc * used, [&](int64_t b, int64_t e) {
+      for (int64_t s = 1; s < used; ++s) {
+        const float* a = acc[s].data();
         for (int64_t i = b * oc; i < e * oc; ++i) filter_backprop[i] += a[i];
       }
     });
