@@ -65,7 +65,8 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   TF_REQ="tensorflow-cpu"
 fi
-req_hash="$(cat "$CONSTRAINTS" "$ROOT/requirements/dev.txt" | sha256sum | cut -c1-16)-$TF_REQ-$("$VPY" -c 'import sys; print("py%d%d" % sys.version_info[:2])')"
+PYTAG="$("$VPY" -c 'import sys; print("py%d%d" % sys.version_info[:2])')"
+req_hash="$(cat "$CONSTRAINTS" "$ROOT/requirements/dev.txt" | sha256sum | cut -c1-16)-$TF_REQ-$PYTAG"
 if [ "$(cat "$STAMP_DIR/python-stack" 2>/dev/null)" != "$req_hash" ]; then
   log "installing $TF_REQ and the pinned Python stack"
   pip_install --upgrade pip setuptools wheel
@@ -82,7 +83,9 @@ horovod_ok() {
   out="$("$VENV/bin/horovodrun" --check-build 2>/dev/null)" || return 1
   grep -q "\[X\] TensorFlow" <<<"$out" && grep -q "\[X\] Gloo" <<<"$out"
 }
-hvd_hash="$req_hash-$(sha256sum "$HVD_PATCH" | cut -c1-16)"
+# Rebuilt when what it compiles against changes (TensorFlow, Python, the patch), not for any pin.
+hvd_hash="$(grep -E '^(tensorflow|tensorflow-cpu|horovod)==' "$CONSTRAINTS" | cat - "$HVD_PATCH" |
+  sha256sum | cut -c1-16)-$TF_REQ-$PYTAG"
 hvd_lib="$("$VPY" -c 'import glob, sysconfig; print(*glob.glob(sysconfig.get_paths()["purelib"] + "/horovod/tensorflow/mpi_lib*.so"))')"
 if [ -z "$hvd_lib" ] || [ "$(cat "$STAMP_DIR/horovod" 2>/dev/null)" != "$hvd_hash" ]; then
   for tool in g++ cmake make patch; do
@@ -139,7 +142,7 @@ if [ "$(cat "$STAMP_DIR/iapdcnn" 2>/dev/null)" != "$src_hash" ] ||
   ! (cd / && "$VPY" -c "import iapdcnn._C, os, iapdcnn; assert os.path.exists(os.path.join(iapdcnn.__path__[0], '_tfops.so'))") 2>/dev/null; then
   log "building and installing iapdcnn"
   "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
-    -C build-dir="$ROOT/build/wheel" "$STAGE"
+    -C build-dir="$ROOT/build/wheel-$PYTAG" "$STAGE"
   echo "$src_hash" >"$STAMP_DIR/iapdcnn"
 fi
 log "ready: $VENV"
