@@ -113,3 +113,25 @@ def test_horovods_own_optimizer_does_not_reduce_under_keras3():
     s = _fit("horovod")
     assert s["initial"] == 0.0, s["out"][-3000:]
     assert s["fit"] > 1e-3, s["out"][-3000:]
+
+
+def test_distributed_optimizer_model_saves_as_the_wrapped_optimizer(tmp_path, rng):
+    from iapdcnn.distributed import DistributedOptimizer
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    opt = DistributedOptimizer(keras.optimizers.Adam(0.01), reduction="mean")
+    assert isinstance(opt, keras3.optimizers.Adam) and type(opt).__name__ == "Adam"
+    model.compile(opt, "mse")
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras3.models.load_model(path)
+    assert type(loaded.optimizer) is keras3.optimizers.Adam
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+def test_distributed_optimizer_names_a_bad_optimizer():
+    from iapdcnn.distributed import DistributedOptimizer
+
+    with pytest.raises(ValueError, match="optimizer must be a Keras optimizer"):
+        DistributedOptimizer("adam")
