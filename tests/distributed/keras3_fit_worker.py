@@ -1,5 +1,5 @@
 """Runs under `horovodrun -np 2` with Keras 3 as tf.keras (tests/test_keras3.py launches it):
-model.fit from identical initial weights on different per-rank data, with the optimizer named on
+model.fit from rank 0's initial weights (broadcast) on different per-rank data, with the optimizer named on
 the command line (iapdcnn's DistributedOptimizer with `mean` or `lsg`, or Horovod's own). Then
 iapdcnn's DistributedGradientTape on the same model. Prints each rank's weight checksum and how
 far its weights are from rank 0's, then "RANK r DONE"."""
@@ -33,7 +33,7 @@ def spread(variables) -> float:
     return float(np.max(np.abs(every - every[0])))
 
 
-keras.utils.set_random_seed(0)  # the same initial weights on every rank
+keras.utils.set_random_seed(R)  # different initial weights on every rank, then rank 0's
 model = keras.Sequential(
     [
         keras.Input((6, 6, 2)),
@@ -42,6 +42,8 @@ model = keras.Sequential(
         keras.layers.Dense(3),
     ]
 )
+# Keras 3 variables are not tf.Variables; their .value is (Horovod's callback is tf_keras only).
+hvd.broadcast_variables([v.value for v in model.variables], root_rank=0)
 print(f"RANK {R} initial spread={spread(model.trainable_variables)}", flush=True)
 opt = keras.optimizers.Adam(0.05)
 if MODE == "horovod":
