@@ -24,6 +24,8 @@ import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Measured with tf_keras (Keras 2), as the trainer runs; TF_USE_LEGACY_KERAS=0 runs it on Keras 3.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -21,6 +21,10 @@ import sys
 import tempfile
 import time
 
+# Horovod's Keras DistributedOptimizer (the reference here) and the trainer (the accuracy part)
+# need tf_keras: under Keras 3 Horovod's optimizer does not reduce. Set before TensorFlow loads;
+# the horovodrun ranks inherit it.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 KINDS = ("nan", "scale", "loss_spike", "labels", "straggler")

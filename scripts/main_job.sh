@@ -9,6 +9,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# The trainer is written for tf_keras (Keras 2); TensorFlow 2.21 makes tf.keras Keras 3 unless
+# this is set before it loads. horovodrun passes it on to the ranks.
+export TF_USE_LEGACY_KERAS=1
 NP="${IAPDCNN_NP:-2}"
 cd "$ROOT"
 "$ROOT/.venv/bin/horovodrun" -np "$NP" -H "localhost:$NP" --gloo \

@@ -14,6 +14,19 @@ echo "[test] clang-format"
 mapfile -t cxx < <(git ls-files -co --exclude-standard 'csrc/*.h' 'csrc/*.cc' 'csrc/*.cu' 'csrc/*.cuh' \
   'tfops/*.h' 'tfops/*.cc' 'python/bindings/*.h' 'python/bindings/*.cc')
 "$V/clang-format" --dry-run -Werror "${cxx[@]}"
-echo "[test] pytest"
 # The package sources live under python/, so `import iapdcnn` is the installed package.
-exec "$V/python" -m pytest -p no:cacheprovider tests "$@"
+# Two passes (tests/conftest.py): the whole suite with tf.keras = tf_keras (Keras 2: the trainer,
+# Horovod's Keras API), then the Keras-facing files with tf.keras = Keras 3 (TF 2.21's default).
+# Both passes run even when the first fails; the exit status is the first failure's.
+echo "[test] pytest, tf.keras = tf_keras"
+rc=0
+IAPDCNN_TEST_KERAS=tf_keras "$V/python" -m pytest -p no:cacheprovider tests "$@" || rc=$?
+echo "[test] pytest, tf.keras = Keras 3"
+IAPDCNN_TEST_KERAS=keras3 "$V/python" -m pytest -p no:cacheprovider \
+  tests/test_keras3.py tests/test_conv_layers.py tests/test_feature_layers.py \
+  tests/test_pruning.py tests/test_distributed.py \
+  --deselect "tests/test_distributed.py::test_reductions_under_horovod[4]" "$@" || {
+  r=$?
+  [ "$rc" -ne 0 ] || rc=$r
+}
+exit "$rc"

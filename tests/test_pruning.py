@@ -215,7 +215,7 @@ def test_criteria_known_answers(rng):
 
 
 def test_conv2d_subclass_is_pruned(rng):
-    @keras.saving.register_keras_serializable(package="iapdcnn_test")
+    @keras.utils.register_keras_serializable(package="iapdcnn_test")
     class MyConv(keras.layers.Conv2D):
         pass
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import tensorflow as tf
-
-keras = tf.keras
+from ._keras import keras
 
 
 def _conv_class(conv: str) -> type:

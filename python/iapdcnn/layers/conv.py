@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .._keras import keras
 from ..ops.conv import im2col_conv2d
-
-keras = tf.keras
 
 
 @keras.saving.register_keras_serializable(package="iapdcnn")
@@ -15,26 +14,34 @@ class Im2colConv2D(keras.layers.Conv2D):
     """Drop-in for ``keras.layers.Conv2D``: same constructor arguments and config (it is a
     subclass), only the convolution runs through ``iapdcnn.ops.im2col_conv2d``.
 
+    Works in tf_keras (Keras 2) and Keras 3 models alike: ``call`` reads only the public state
+    the two Conv2D share (``kernel``, ``bias``, ``strides``, ``padding``, ``dilation_rate``,
+    ``groups``, ``data_format``, ``activation``), not either one's private convolution hooks.
+
     Input ``[N, H, W, C]`` (channels_last) or ``[N, C, H, W]``; output
     ``[N, OH, OW, filters]`` or ``[N, filters, OH, OW]``, as Conv2D.
     """
 
-    def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        return im2col_conv2d(
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        inputs = tf.convert_to_tensor(inputs)
+        data_format = "NHWC" if self.data_format == "channels_last" else "NCHW"
+        outputs = im2col_conv2d(
             inputs,
-            tf.cast(kernel, inputs.dtype),
+            tf.cast(self.kernel, inputs.dtype),
             strides=list(self.strides),
             padding=self.padding.upper(),
-            data_format=self._tf_data_format,
+            data_format=data_format,
             dilations=list(self.dilation_rate),
             groups=self.groups,
             name=self.__class__.__name__,
         )
-
-    # Conv2D runs grouped convolutions through an XLA-compiled function (a CPU workaround for
-    # tf.nn.convolution); the Im2col op supports groups itself and has no XLA kernel.
-    def _jit_compiled_convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        return self.convolution_op(inputs, kernel)
+        if self.use_bias:
+            outputs = tf.nn.bias_add(
+                outputs, tf.cast(self.bias, outputs.dtype), data_format=data_format
+            )
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
 
 
 def _is_plain_conv2d(layer: keras.layers.Layer) -> bool:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import tensorflow as tf
-from tensorflow import keras
 
 from .. import ops
+from .._keras import keras
 
 _MODES = ("masked", "binary", "magnitude")
 

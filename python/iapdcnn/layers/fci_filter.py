@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tensorflow import keras
 
 from .. import ops
+from .._keras import keras
 
 _MODES = ("prototype", "pairwise")
 Reducer = Callable[[np.ndarray, str], np.ndarray]
@@ -132,12 +132,12 @@ class FCIFilter(keras.layers.Layer):
     def _build_stats(self) -> None:
         k = self.num_classes
         self.counts = self.add_weight(
-            name="counts", shape=[k], dtype=tf.float64, initializer="zeros", trainable=False
+            name="counts", shape=[k], dtype="float64", initializer="zeros", trainable=False
         )
         self.sums = self.add_weight(
             name="sums",
             shape=[k, self.positions, self.block_len],
-            dtype=tf.float64,
+            dtype="float64",
             initializer="zeros",
             trainable=False,
         )

@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from .._keras import keras
 from .core import plan
 from .graph import ChannelGraph
-
-keras = tf.keras
 
 
 class MDCVPruning(keras.callbacks.Callback):

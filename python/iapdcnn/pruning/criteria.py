@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+
+from .._keras import keras
 
 
 def mdcv(kernel: np.ndarray, shrinkage: float = -1.0) -> np.ndarray:
@@ -97,7 +98,9 @@ def feature_scores(
             f"criterion {criterion!r} needs data= (a sample of inputs) to see feature maps"
         )
     at = feature_layers or {}
-    probe = tf.keras.Model(model.inputs, [model.get_layer(at.get(n, n)).output for n in layers])
+    # One input unnested, so the probe takes what the model takes (Keras 3 warns otherwise).
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [model.get_layer(at.get(n, n)).output for n in layers])
     c = {n: model.get_layer(n).filters for n in layers}
     acc = {n: np.zeros(c[n]) if criterion == "fmp" else np.zeros((c[n], c[n])) for n in layers}
     count = 0

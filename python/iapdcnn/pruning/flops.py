@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-L = tf.keras.layers
+from .._keras import keras
+from .graph import LayerGraph
+
+L = keras.layers
 
 
 def _prod(shape: Any) -> int:
@@ -79,23 +81,22 @@ def count_flops(model: Any) -> FlopsCount:
       ``FlopsCount``; ``.per_layer`` maps layer names to MACs, ``.total`` sums them,
       ``.table(after)`` formats a before/after comparison.
     """
+    graph = LayerGraph.read(model)
+    macs: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.layer is None or isinstance(node.layer, keras.Model) or not node.inputs:
+            continue
+        in_shape, out_shape = graph.shapes.get(node.inputs[0]), graph.shapes.get(node.outputs[0])
+        if in_shape is not None and out_shape is not None:
+            macs[node.name] = macs.get(node.name, 0) + layer_macs(node.layer, in_shape, out_shape)
     per_layer: dict[str, int] = {}
     params: dict[str, int] = {}
-    nodes = {n for group in model._nodes_by_depth.values() for n in group}
     for layer in model.layers:
-        if isinstance(layer, tf.keras.Model):  # a nested model: its layers, under its name
+        if isinstance(layer, keras.Model):  # a nested model: its layers, under its name
             inner = count_flops(layer)
             per_layer.update({f"{layer.name}/{k}": v for k, v in inner.per_layer.items()})
             params.update({f"{layer.name}/{k}": v for k, v in inner.params.items()})
             continue
-        macs = 0
-        for node in getattr(layer, "_inbound_nodes", []):
-            if node not in nodes:
-                continue
-            ins = tf.nest.flatten(node.keras_inputs)
-            outs = tf.nest.flatten(node.outputs)
-            if ins and outs:
-                macs += layer_macs(layer, ins[0].shape, outs[0].shape)
-        per_layer[layer.name] = macs
+        per_layer[layer.name] = macs.get(layer.name, 0)
         params[layer.name] = int(layer.count_params()) if layer.built else 0
     return FlopsCount(per_layer, params)

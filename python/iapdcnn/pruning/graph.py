@@ -5,6 +5,9 @@ Add-like merges unite them (union-find), Concatenate juxtaposes them, Flatten ti
 united ids is one prunable unit: removing it removes that filter from every conv that produces it,
 and that input slice from every layer that consumes it. Channels the graph cannot follow (model
 inputs and outputs, Dense units, unknown or shared layers, ignored layers) are frozen.
+
+The layer graph is read from the model's public config (``get_config()``'s ``inbound_nodes``)
+and the layers' ``output`` shapes, the same way for tf_keras (Keras 2) and Keras 3 models.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-keras = tf.keras
+from .._keras import keras
+
 L = keras.layers
 
 _PASS_THROUGH = tuple(
@@ -106,6 +110,169 @@ class _UnionFind:
             self.frozen[self.find(int(i))] = True
 
 
+Key = tuple[str, int, int]  # (layer name, node index, tensor index), as in Keras configs
+
+
+@dataclass
+class GraphNode:
+    """One call of a layer in a functional model: what it reads and what it makes."""
+
+    name: str
+    layer: Any  # None for the input of a Sequential model
+    inputs: list[Key]
+    outputs: list[Key]
+    is_input: bool
+
+
+@dataclass
+class LayerGraph:
+    """A functional or Sequential model's layer calls in topological order, read through public
+    API: the model's config (which layer call feeds which) and the layers' output shapes.
+    ``shapes[key]`` is a tensor's shape (batch axis included), or absent when unknown (a shared
+    layer's output in Keras 3, which only consumers' configs describe)."""
+
+    nodes: list[GraphNode]
+    outputs: list[Key]
+    shapes: dict[Key, tuple]
+    calls: dict[str, int]
+
+    @classmethod
+    def read(cls, model: Any) -> LayerGraph:
+        if isinstance(model, keras.Sequential):
+            return cls._read_sequential(model)
+        try:
+            config = model.get_config()
+        except NotImplementedError:
+            config = None
+        if not isinstance(config, dict) or "input_layers" not in config or "layers" not in config:
+            raise ValueError(
+                "model must be a built functional or Sequential Keras model (give Sequential an "
+                f"input shape); got {type(model).__name__} without a layer graph"
+            )
+        shapes: dict[Key, tuple] = {}
+        raw: dict[tuple[str, int], list[Key]] = {}
+        calls: dict[str, int] = {}
+        for entry in config["layers"]:
+            name = entry.get("name") or entry["config"]["name"]
+            inbound = entry.get("inbound_nodes") or []
+            calls[name] = max(len(inbound), 1)
+            if not inbound:
+                raw[(name, 0)] = []
+            for i, node_data in enumerate(inbound):
+                raw[(name, i)] = _tensor_refs(node_data, shapes)
+        # Topological order of the calls (configs list layers, not calls, in order).
+        order: list[tuple[str, int]] = []
+        state: dict[tuple[str, int], int] = {}
+        for start in raw:
+            stack = [(start, False)]
+            while stack:
+                call, done = stack.pop()
+                if done:
+                    state[call] = 2
+                    order.append(call)
+                    continue
+                if state.get(call):
+                    continue
+                state[call] = 1
+                stack.append((call, True))
+                for k in raw[call]:
+                    dep = (k[0], k[1])
+                    if dep not in raw:
+                        raise ValueError(f"model config names an unknown layer call {dep}")
+                    if not state.get(dep):
+                        stack.append((dep, False))
+        nodes = []
+        for name, i in order:
+            layer = model.get_layer(name)
+            out_shapes = _output_shapes(layer, i, calls[name])
+            if out_shapes is None:
+                out_keys = sorted(k for k in shapes if k[0] == name and k[1] == i) or [(name, i, 0)]
+            else:
+                out_keys = [(name, i, j) for j in range(len(out_shapes))]
+                for k, shp in zip(out_keys, out_shapes, strict=True):
+                    shapes.setdefault(k, shp)
+            nodes.append(GraphNode(name, layer, raw[(name, i)], out_keys, not raw[(name, i)]))
+        outs = config.get("output_layers") or []
+        if outs and isinstance(outs[0], str):  # Keras 3 writes a single output unnested
+            outs = [outs]
+        return cls(nodes, [tuple(o[:3]) for o in outs], shapes, calls)
+
+    @classmethod
+    def _read_sequential(cls, model: Any) -> LayerGraph:
+        try:
+            inputs = list(model.inputs or [])
+        except (AttributeError, ValueError):
+            inputs = []
+        if len(inputs) != 1:
+            raise ValueError(
+                "model must be a built functional or Sequential Keras model (give Sequential an "
+                f"input shape); got {type(model).__name__} without a layer graph"
+            )
+        prev: Key = ("__input__", 0, 0)
+        shapes: dict[Key, tuple] = {prev: tuple(inputs[0].shape)}
+        nodes = [GraphNode("__input__", None, [], [prev], True)]
+        calls = {"__input__": 1}
+        for layer in model.layers:
+            out_shapes = _output_shapes(layer, 0, 1)
+            if out_shapes is None or len(out_shapes) != 1:
+                raise ValueError(f"Sequential layer {layer.name} has no single known output shape")
+            key = (layer.name, 0, 0)
+            shapes[key] = out_shapes[0]
+            calls[layer.name] = calls.get(layer.name, 0) + 1
+            nodes.append(GraphNode(layer.name, layer, [prev], [key], False))
+            prev = key
+        return cls(nodes, [prev], shapes, calls)
+
+
+def _tensor_refs(node_data: Any, shapes: dict[Key, tuple]) -> list[Key]:
+    """The tensors one call reads, in order (args, then kwargs), from its config entry: Keras 3
+    writes ``{"args": [...], "kwargs": {...}}`` with ``__keras_tensor__`` dicts (which carry the
+    shape, recorded in ``shapes``), tf_keras a list of ``[layer, node, tensor, kwargs]``."""
+    refs: list[Key] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            if x.get("class_name") == "__keras_tensor__":
+                cfg = x.get("config", {})
+                key = tuple(cfg["keras_history"][:3])
+                refs.append(key)
+                if cfg.get("shape") is not None:
+                    shapes.setdefault(key, tuple(cfg["shape"]))
+                return
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list | tuple):
+            if (
+                len(x) in (3, 4)
+                and isinstance(x[0], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in x[1:3])
+            ):
+                refs.append((x[0], x[1], x[2]))
+                return
+            for v in x:
+                walk(v)
+
+    walk(node_data)
+    return refs
+
+
+def _output_shapes(layer: Any, node_index: int, calls: int) -> list[tuple] | None:
+    """Shapes of what call ``node_index`` of ``layer`` returns, or None when the public API
+    does not say (a shared layer under Keras 3)."""
+    try:
+        if calls == 1:
+            return [tuple(t.shape) for t in tf.nest.flatten(layer.output)]
+        get = getattr(layer, "get_output_shape_at", None)  # tf_keras only
+        if get is None:
+            return None
+        shape = get(node_index)
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if isinstance(shape, list) and shape and not isinstance(shape[0], int | type(None)):
+        return [tuple(s) for s in shape]
+    return [tuple(shape)]
+
+
 @dataclass
 class ChannelGroup:
     """Conv layers whose output channels are tied (a residual stage is one group).
@@ -136,11 +303,7 @@ class ChannelGraph:
 
     @classmethod
     def build(cls, model: Any, ignored_layers: Iterable[Any] = ()) -> ChannelGraph:
-        if not getattr(model, "_is_graph_network", False) or not hasattr(model, "_nodes_by_depth"):
-            raise ValueError(
-                "model must be a built functional or Sequential Keras model (give Sequential an "
-                f"input shape); got {type(model).__name__} without a layer graph"
-            )
+        lg = LayerGraph.read(model)
         ignored = {getattr(x, "name", x) for x in ignored_layers}
         unknown = ignored - {layer.name for layer in model.layers}
         if unknown:
@@ -148,47 +311,41 @@ class ChannelGraph:
                 f"ignored_layers names layers the model does not have: {sorted(unknown)}"
             )
         g = cls(model)
-        nodes = [
-            n for d in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[d]
-        ]
-        calls: dict[str, int] = defaultdict(int)
-        for n in nodes:
-            calls[n.layer.name] += 1
-        tensors: dict[tuple[str, int, int], np.ndarray] = {}
-
-        def key(t: Any) -> tuple[str, int, int]:
-            h = t._keras_history
-            return (h.layer.name, h.node_index, h.tensor_index)
-
-        for node in nodes:
-            layer = node.layer
-            outs = tf.nest.flatten(node.outputs)
-            ins = [tensors[key(t)] for t in node.keras_inputs]
-            for t in node.keras_inputs:
-                g.consumers[key(t)[0]].append(layer.name)
+        tensors: dict[Key, np.ndarray | None] = {}
+        for node in lg.nodes:
+            ins = [tensors.get(k) for k in node.inputs]
+            for k in node.inputs:
+                g.consumers[k[0]].append(node.name)
             out_ids = None
+            known = all(i is not None for i in ins)
             if node.is_input:
-                out_ids = g.uf.new(_channels(outs[0]), frozen=True)
-            elif calls[layer.name] == 1 and len(outs) == 1:
-                out_ids = g._follow(layer, ins, node, layer.name in ignored)
+                out_ids = g.uf.new(_channels(lg.shapes.get(node.outputs[0])), frozen=True)
+            elif known and lg.calls[node.name] == 1 and len(node.outputs) == 1:
+                in_shapes = [lg.shapes.get(k) for k in node.inputs]
+                if all(s is not None for s in in_shapes):
+                    out_ids = g._follow(node.layer, ins, in_shapes, node.name in ignored)
             if out_ids is None:  # not understood: nothing that touches it may change
                 for ids in ins:
-                    g.uf.freeze(ids)
-                for t in outs:
-                    tensors[key(t)] = g.uf.new(_channels(t), frozen=True)
+                    if ids is not None:
+                        g.uf.freeze(ids)
+                for k in node.outputs:
+                    shape = lg.shapes.get(k)
+                    # unknown width: consumers cannot be followed either
+                    tensors[k] = None if shape is None else g.uf.new(_channels(shape), True)
                 continue
-            g.handled.add(layer.name)
-            g.layer_in[layer.name] = (
+            g.handled.add(node.name)
+            g.layer_in[node.name] = (
                 ins[0] if len(ins) == 1 else np.concatenate(ins) if ins else np.zeros(0, np.int64)
             )
-            g.layer_out[layer.name] = out_ids
-            tensors[key(outs[0])] = out_ids
-        for t in model.outputs:
-            g.uf.freeze(tensors[key(t)])
+            g.layer_out[node.name] = out_ids
+            tensors[node.outputs[0]] = out_ids
+        for k in lg.outputs:
+            if tensors.get(k) is not None:
+                g.uf.freeze(tensors[k])
         return g
 
     def _follow(
-        self, layer: Any, ins: list[np.ndarray], node: Any, ignored: bool
+        self, layer: Any, ins: list[np.ndarray], in_shapes: list[tuple], ignored: bool
     ) -> np.ndarray | None:
         """Output channel ids of a single-call layer, or None if the layer is not understood."""
         x = ins[0] if len(ins) == 1 else None
@@ -204,13 +361,13 @@ class ChannelGraph:
         if isinstance(layer, L.Conv2D):  # grouped, transposed or channels_first
             return None
         if isinstance(layer, L.BatchNormalization):
-            rank = len(node.keras_inputs[0].shape)
+            rank = len(in_shapes[0])
             axis = layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis]
             return x if [a % rank for a in axis] == [rank - 1] else None
         if isinstance(layer, L.Dense):
             return self.uf.new(int(layer.units), frozen=True)
         if isinstance(layer, L.Flatten):
-            shape = node.keras_inputs[0].shape
+            shape = in_shapes[0]
             if not _channels_last(layer) or any(s is None for s in shape[1:-1]):
                 return None
             return np.tile(x, int(np.prod(shape[1:-1], dtype=np.int64)))
@@ -226,7 +383,7 @@ class ChannelGraph:
                     self.uf.union(int(a), int(b))
             return ins[0]
         if isinstance(layer, L.Concatenate):
-            rank = len(node.keras_inputs[0].shape)
+            rank = len(in_shapes[0])
             return np.concatenate(ins) if layer.axis % rank == rank - 1 else None
         return None
 
@@ -374,6 +531,5 @@ class ChannelGraph:
         return {r for r, ok in dead.items() if ok}
 
 
-def _channels(t: Any) -> int:
-    shape = t.shape
-    return int(shape[-1]) if len(shape) and shape[-1] is not None else 0
+def _channels(shape: tuple | None) -> int:
+    return int(shape[-1]) if shape and shape[-1] is not None else 0
