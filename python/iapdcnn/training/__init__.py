@@ -81,8 +81,13 @@ def _prepare_features(cfg: TrainConfig, hvd, arrays):
 
 
 def run(cfg: TrainConfig) -> dict:
-    """Trains as ``cfg`` says; returns (on every rank) the final report dict."""
+    """Trains as ``cfg`` says; returns (on every rank) the final report dict. The trainer is
+    tf_keras (Keras 2) code, as Horovod's Keras API is: call it before anything has made
+    ``tf.keras`` Keras 3 in the process (``iapdcnn.use_tf_keras``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import iapdcnn
+
+    iapdcnn.use_tf_keras()
     from .build import load_arrays
     from .loop import Trainer
 
