@@ -85,7 +85,8 @@ def _env() -> dict[str, str]:
     import iapdcnn  # the ranks import the iapdcnn this process imports
 
     parent = os.path.dirname(os.path.dirname(os.path.abspath(iapdcnn.__file__)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    # the trainer and Horovod's Keras API are tf_keras (Keras 2): what a Horovod user runs
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", TF_USE_LEGACY_KERAS="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (parent, env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -121,6 +122,9 @@ def worker_fit(a) -> None:
     """Plain Keras + Horovod on the same model, schedule and step budget as the trainer, fed the
     way a Keras user feeds it (tf.data over this rank's shard); the same clock (evaluation off
     it) through a callback."""
+    import iapdcnn
+
+    iapdcnn.use_tf_keras()
     import numpy as np
     import tensorflow as tf
 
