@@ -326,8 +326,32 @@ def _check_not_all(graph: ChannelGraph, removed: set[int]) -> None:
             raise ValueError(f"the request would prune every filter of {name!r}")
 
 
-def _slot_key(v: Any) -> str:
-    return v.name.split(":")[0]
+def variable_key(v: Any) -> str:
+    """A model variable's name as optimizers spell it in their slots' names: ``layer/kernel``
+    under tf_keras (slot ``m/layer/kernel``), ``model_layer_kernel`` under Keras 3 (slot
+    ``model_layer_kernel_momentum``)."""
+    if ":" in v.name:  # a tf.Variable (tf_keras): "layer/kernel:0"
+        return v.name.split(":")[0]
+    return v.path.replace("/", "_")  # a Keras 3 variable: name "kernel", path "layer/kernel"
+
+
+def optimizer_slots(optimizer: Any, variables: list[Any]) -> dict[tuple[str, str], Any]:
+    """The slot variables of ``optimizer`` (momentum, Adam's m and v, ...) by ``(slot name,
+    variable_key(v))`` for the model ``variables`` it was built on. Its own step counter and
+    learning rate are not slots."""
+    keys = sorted({variable_key(v) for v in variables}, key=len, reverse=True)
+    out = {}
+    for o in optimizer.variables:
+        name = o.name.split(":")[0]
+        prefix, _, rest = name.partition("/")
+        if rest in keys:  # tf_keras: <slot>/<variable>
+            out[(prefix, rest)] = o
+            continue
+        for k in keys:  # Keras 3: <variable>_<slot>, the longest variable name that fits
+            if name.startswith(k + "_"):
+                out[(name[len(k) + 1 :], k)] = o
+                break
+    return out
 
 
 def rebuild_with_optimizer(p: PruningPlan, optimizer: Any) -> tuple[Any, Any]:
@@ -347,26 +371,17 @@ def rebuild_with_optimizer(p: PruningPlan, optimizer: Any) -> tuple[Any, Any]:
     new = graph.rebuild(p.removed)
     new_opt = type(optimizer).from_config(optimizer.get_config())
     new_opt.build(new.trainable_variables)
-    # old slot values by (slot name, variable name), e.g. ("m", "s0b0_a_conv/kernel")
-    old_slots: dict[tuple[str, str], Any] = {}
-    for v in optimizer.variables:
-        prefix, _, var = _slot_key(v).partition("/")
-        if var:
-            old_slots[(prefix, var)] = v
-    new_slots = {}
-    for v in new_opt.variables:
-        prefix, _, var = _slot_key(v).partition("/")
-        if var:
-            new_slots[(prefix, var)] = v
+    old_slots = optimizer_slots(optimizer, graph.model.trainable_variables)
+    new_slots = optimizer_slots(new_opt, new.trainable_variables)
     prefixes = sorted({k[0] for k in old_slots})
     for layer in graph.model.layers:
-        names = [_slot_key(w) for w in layer.weights]
+        names = [variable_key(w) for w in layer.weights]
         for prefix in prefixes:
             if not any((prefix, n) in old_slots for n in names):
                 continue
             # the layer's weights with each slotted one replaced by its slot, cut as weights are
             values = [
-                old_slots[(prefix, n)].numpy() if (prefix, n) in old_slots else w.numpy()
+                np.asarray(old_slots[(prefix, n)]) if (prefix, n) in old_slots else np.asarray(w)
                 for n, w in zip(names, layer.weights, strict=True)
             ]
             if layer.name in graph.handled:
@@ -374,7 +389,7 @@ def rebuild_with_optimizer(p: PruningPlan, optimizer: Any) -> tuple[Any, Any]:
             for n, val in zip(names, values, strict=True):
                 if (prefix, n) in old_slots:
                     if (prefix, n) not in new_slots:
-                        raise ValueError(f"optimizer slot {prefix}/{n} has no counterpart")
+                        raise ValueError(f"optimizer slot {prefix} of {n} has no counterpart")
                     new_slots[(prefix, n)].assign(val)
     new_opt.iterations.assign(optimizer.iterations)
     return new, new_opt
