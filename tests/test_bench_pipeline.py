@@ -38,6 +38,6 @@ def test_bench_pipeline_quick(tmp_path):
         assert row["images_per_s"] > 0 and row["train_s"] > 0, name
         assert {"reached_0.90", "s_to_0.90"} <= set(row), name
     assert set(res["stage_effects"]) >= {"im2col", "lsg", "prune_early", "features_paper"}
-    assert 0.2 < runs["prune_early"]["flops_saved"] < 0.5
+    assert 0.2 < runs["prune_early"]["flops_saved"] < 0.7
     assert runs["pipeline"]["train_tflop"] < runs["baseline"]["train_tflop"]
     assert (tmp_path / "time_to_accuracy.png").stat().st_size > 0

@@ -118,6 +118,19 @@ def test_flag_lists_match_the_package():
     assert schedules.SCHEDULES is config.SCHEDULES
 
 
+def test_unreachable_prune_target_names_the_flags(tmp_path):
+    argv = [*TINY, "--prune", "0.3", "--prune-at", "0.5", "--steps-per-epoch", "4"]
+    p = subprocess.run(
+        [sys.executable, TRAIN, *argv, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(),
+    )
+    assert p.returncode != 0
+    assert "--prune 0.3 with --prune-round-to 8" in p.stderr and "cannot be reached" in p.stderr
+
+
 def test_fault_on_a_missing_rank_is_refused(tmp_path):
     p = subprocess.run(
         [sys.executable, TRAIN, *TINY, "--inject-fault", "3:nan", "--out", str(tmp_path)],
@@ -135,7 +148,7 @@ def test_fault_on_a_missing_rank_is_refused(tmp_path):
     [
         ["--conv", "im2col"],
         ["--features"],
-        ["--prune", "0.3"],
+        ["--prune", "0.3", "--prune-round-to", "1"],
         ["--features-mode", "channels", "--fci-drop", "0.2"],
     ],
     ids=["im2col", "features", "prune", "features-once"],
@@ -252,6 +265,8 @@ def test_early_pruning_cuts_once_and_resumes_exactly(tmp_path):
         "--deterministic",
         "--prune",
         "0.3",
+        "--prune-round-to",
+        "1",  # width 4: multiples of 8 cannot reach 30%
         "--prune-at",
         "0.2",  # step 3, in the first epoch
         "--eval-every",

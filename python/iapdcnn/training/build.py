@@ -134,6 +134,7 @@ def build_pruner(cfg: TrainConfig, steps_per_epoch: int) -> Any:
         end_step=max(begin + 1, int(cfg.prune_end * total)),
         frequency=max(1, steps_per_epoch // 4),
         criterion=cfg.prune_criterion,
+        round_to=cfg.prune_round_to,
     )
 
 

@@ -52,6 +52,7 @@ class TrainConfig:
     prune_at: float = 0.1
     prune_end: float = 2 / 3
     prune_criterion: str = "mdcv"
+    prune_round_to: int = 8
     # reduction (SPEC 3)
     reduction: str = "lsg"
     tau: float | None = None
@@ -101,7 +102,7 @@ class TrainConfig:
 
         if self.threads < 0:
             raise bad("threads", "must be >= 0", self.threads)
-        for name in ("epochs", "batch_size", "width", "blocks", "log_every"):
+        for name in ("epochs", "batch_size", "width", "blocks", "log_every", "prune_round_to"):
             if getattr(self, name) < 1:
                 raise bad(name.replace("_", "-"), "must be >= 1", getattr(self, name))
         for name in ("steps_per_epoch", "eval_limit"):
@@ -293,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.prune_end,
         metavar="FRACTION",
         help="soft mode: when the masks reach the target, as a fraction of the run's steps",
+    )
+    d.add_argument(
+        "--prune-round-to",
+        type=int,
+        default=D.prune_round_to,
+        metavar="N",
+        help="every pruned layer keeps a multiple of N filters (8: what vectorised convolution "
+        "kernels want; 1: any count)",
     )
     d.add_argument(
         "--prune-criterion",

@@ -126,6 +126,18 @@ class Trainer:
             f"reduction={c.reduction}, {self.steps} steps/epoch x {c.batch_size}/rank"
         )
 
+    def _plan(self, pruning: Any, kw: dict) -> Any:
+        return pruning.plan(
+            self.model,
+            self.cfg.prune_criterion,
+            target_flops_reduction=self.cfg.prune,
+            round_to=self.cfg.prune_round_to,
+            # one threshold over all groups: with channels rounded to multiples of 8 the uniform
+            # ratio's steps are coarse (16 -> 8 filters cut 62% for a 30% target)
+            flops_mode="global",
+            **kw,
+        )
+
     def _cut(self, pruned: dict[str, list[int]] | None = None) -> None:
         """Early pruning: cuts the model physically (the filters ``pruned`` names, or a new
         selection for the ``--prune`` FLOPs target, rank 0's on every rank) and goes on with the
@@ -136,12 +148,13 @@ class Trainer:
             kw = {}
             if self.cfg.prune_criterion in ("fmp", "fm_redundancy"):
                 kw["data"] = self.xtr[:256]
-            p = pruning.plan(
-                self.model,
-                self.cfg.prune_criterion,
-                target_flops_reduction=self.cfg.prune,
-                **kw,
-            )
+            try:
+                p = self._plan(pruning, kw)
+            except ValueError as e:  # e.g. a target that the rounding cannot reach
+                raise SystemExit(
+                    f"train.py: --prune {self.cfg.prune} with --prune-round-to "
+                    f"{self.cfg.prune_round_to}: {e}"
+                ) from None
             p = pruning.broadcast_plan(p)
         else:
             graph = pruning.ChannelGraph.build(self.model)
