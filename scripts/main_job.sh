@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: set everything up, then train on the real Fashion-MNIST under
-# `horovodrun -np 2` (Gloo) with the IA-PDCNNOA configuration that measured fastest to accuracy
-# (benchmarks/bench_pipeline.py; the stages that did not pay for themselves are off, see README).
+# `horovodrun -np 2` (Gloo) with the IA-PDCNNOA stages in the form that measured best each
+# (benchmarks/bench_pipeline.py; README "What each stage is worth" says what each costs and saves).
 # Prints one line per epoch, what each stage did, the training seconds to 0.88/0.90/0.91 test
 # accuracy and the final accuracy; writes runs/main/report.json, metrics.json, curves.png and
 # TensorBoard logs. Extra arguments go to train.py (and override these).
