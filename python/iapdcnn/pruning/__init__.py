@@ -11,6 +11,7 @@ from .callback import MDCVPruning, broadcast_plan, strip, strip_pruning
 from .core import (
     PruningPlan,
     plan,
+    plan_channels,
     prune,
     prune_channels,
     rebuild_with_optimizer,
@@ -29,6 +30,7 @@ __all__ = [
     "broadcast_plan",
     "count_flops",
     "plan",
+    "plan_channels",
     "prune",
     "prune_channels",
     "rebuild_with_optimizer",

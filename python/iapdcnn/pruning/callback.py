@@ -20,11 +20,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from .._keras import keras
-from .core import plan
+from .core import plan, plan_channels
 from .graph import ChannelGraph
 
 
@@ -197,14 +196,12 @@ def strip(model: Any) -> Any:
     save/load) removes the channels whose filters, biases and following BN gamma/beta are all
     exactly zero. The result computes what the masked model computes.
     """
-    graph = ChannelGraph.build(model)
     pruned = getattr(model, "_iapdcnn_pruned", None)
     if pruned:
-        removed = set()
-        for name, idx in pruned.items():
-            roots = graph.roots(graph.layer_out[name])
-            removed.update(int(roots[int(i)]) for i in np.asarray(idx))
+        p = plan_channels(model, pruned)
+        graph, removed = p.graph, p.removed
     else:
+        graph = ChannelGraph.build(model)
         removed = graph.dead_roots()
     for name in graph.convs:
         if not graph.kept(name, removed, "out").any():

@@ -298,9 +298,10 @@ def prune(
     return (new, p) if return_plan else new
 
 
-def prune_channels(model: Any, pruned: dict[str, Iterable[int]]) -> Any:
-    """Removes the given output channels (conv layer name -> indices), with everything tied to
-    them (a channel tied through a merge goes from every conv of its group)."""
+def plan_channels(model: Any, pruned: dict[str, Iterable[int]]) -> PruningPlan:
+    """The plan that removes the given output channels (conv layer name -> indices), with
+    everything tied to them (a channel tied through a merge goes from every conv of its group):
+    a selection made before (``PruningPlan.pruned``, e.g. from a checkpoint) applied again."""
     graph = ChannelGraph.build(model)
     removed = set()
     for name, idx in pruned.items():
@@ -317,7 +318,14 @@ def prune_channels(model: Any, pruned: dict[str, Iterable[int]]) -> Any:
                 )
             removed.add(r)
     _check_not_all(graph, removed)
-    return graph.rebuild(removed)
+    cut = {n: np.flatnonzero(~graph.kept(n, removed, "out")) for n in graph.convs}
+    return PruningPlan(graph, removed, {n: c for n, c in cut.items() if len(c)})
+
+
+def prune_channels(model: Any, pruned: dict[str, Iterable[int]]) -> Any:
+    """Removes the given output channels (see ``plan_channels``); returns the new model."""
+    p = plan_channels(model, pruned)
+    return p.graph.rebuild(p.removed)
 
 
 def _check_not_all(graph: ChannelGraph, removed: set[int]) -> None:

@@ -157,12 +157,7 @@ class Trainer:
                 ) from None
             p = pruning.broadcast_plan(p)
         else:
-            graph = pruning.ChannelGraph.build(self.model)
-            removed = set()
-            for name, idx in pruned.items():
-                roots = graph.roots(graph.layer_out[name])
-                removed.update(int(roots[int(i)]) for i in idx)
-            p = pruning.PruningPlan(graph, removed, {k: np.asarray(v) for k, v in pruned.items()})
+            p = pruning.plan_channels(self.model, pruned)
         self.model, self.opt = pruning.rebuild_with_optimizer(p, self.opt)
         self.pruned = {k: [int(i) for i in v] for k, v in p.pruned.items()}
         self.step_macs = self.flops_now()
