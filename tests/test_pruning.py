@@ -360,6 +360,7 @@ def test_sync_ranks_needs_horovod_and_names_the_argument(rng, monkeypatch):
 def test_rebuild_with_optimizer_continues_as_if_never_there(rng, opt_name):
     # Early physical pruning: the cut model with the cut optimizer must take the same step as the
     # uncut model whose removed filters (and their slots) are zero, on every kept weight.
+    keras.utils.set_random_seed(7)  # the initialisation that showed the round-off below
     m = small_resnet(width=8)
     x = rng.uniform(size=(16, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, size=16)
@@ -368,7 +369,11 @@ def test_rebuild_with_optimizer_continues_as_if_never_there(rng, opt_name):
     def make_opt():
         if opt_name == "sgd":
             return keras.optimizers.SGD(0.05, momentum=0.9)
-        return keras.optimizers.Adam(0.01)
+        # Adam divides by sqrt(v) + epsilon: with the default 1e-7, a gradient at the round-off
+        # floor (1e-9, different in the two models because the GEMM shapes differ) takes a step
+        # of a few % of lr, which moved outputs by 3e-5 on some initialisations. A larger epsilon
+        # keeps the comparison about the slots (misplaced slots move weights by ~lr).
+        return keras.optimizers.Adam(0.01, epsilon=1e-3)
 
     def step(model, opt):
         with tf.GradientTape() as tape:
