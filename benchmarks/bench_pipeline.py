@@ -16,6 +16,7 @@ finite fails the benchmark. Last stdout line: one JSON object.
     python benchmarks/bench_pipeline.py                  # full: 3 seeds, every run
     python benchmarks/bench_pipeline.py --quick          # smoke run (accuracies meaningless)
     python benchmarks/bench_pipeline.py --runs baseline,pipeline --seeds 0
+    python benchmarks/bench_pipeline.py --out runs/bench --reuse --seeds 0,1,2  # in pieces
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -214,6 +216,7 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
     else:
         args = [TRAIN, *common_flags(a), *RUNS[name][0], "--seed", str(seed), "--out", out]
         if "--features-mode" in args or "--fci-drop" in args:  # a cold cache of its own
+            shutil.rmtree(os.path.join(out, "cache"), ignore_errors=True)
             args += ["--features-cache", os.path.join(out, "cache")]
     p = subprocess.run(
         _hvd_cmd(a.np) + args, capture_output=True, text=True, timeout=a.timeout, env=_env()
@@ -231,6 +234,12 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
         for t in a.targets
     }
     return rep
+
+
+def _run_key(a) -> dict:
+    """The settings a saved run must share with this invocation to be reused."""
+    keys = ("np", "width", "epochs", "steps", "batch", "threads", "eval_every", "eval_limit")
+    return {k: getattr(a, k) for k in keys} | {"lr_schedule": a.lr_schedule, "quick": a.quick}
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -314,6 +323,12 @@ def main() -> None:
     p.add_argument("--targets", default="0.88,0.90,0.91")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     p.add_argument("--out", default=None, help="folder for the runs and the plot")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the runs already measured in --out with the same settings (so a full "
+        "benchmark can be measured in pieces: e.g. one seed at a time)",
+    )
     a = p.parse_args()
     a.targets = [float(t) for t in a.targets.split(",") if t]
     if a.worker == "fit":
@@ -333,7 +348,23 @@ def main() -> None:
     reports: dict[str, list[dict]] = {r: [] for r in runs}
     for seed in seeds:  # seed-major: machine noise falls on every run alike
         for name in runs:
-            rep = run_one(name, a, seed, os.path.join(out, f"{name}_s{seed}"))
+            run_dir = os.path.join(out, f"{name}_s{seed}")
+            saved = os.path.join(run_dir, "bench_run.json")
+            if a.reuse and os.path.exists(saved):
+                with open(saved) as f:
+                    rep = json.load(f)
+                if rep.get("bench_args") != _run_key(a):
+                    raise SystemExit(
+                        f"--reuse: {saved} was measured with other settings "
+                        f"({rep.get('bench_args')} here {_run_key(a)}); use another --out"
+                    )
+            else:
+                rep = run_one(name, a, seed, run_dir)
+                rep["bench_args"] = _run_key(a)
+                os.makedirs(run_dir, exist_ok=True)
+                with open(saved + ".tmp", "w") as f:
+                    json.dump(rep, f)
+                os.replace(saved + ".tmp", saved)
             reports[name].append(rep)
             print(
                 f"seed {seed} {name:15s} acc={rep['test_accuracy']:.4f} "

@@ -438,3 +438,21 @@ def test_callback_traces_its_hold_once(rng):
     m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
     assert len(cb.history) >= 3
     assert cb._hold.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("target", [0.2, 0.3, 0.5])
+def test_global_target_with_round_to_stops_within_a_block(target):
+    # round_to=8 with a global threshold used to jump whole blocks in many groups at once (a 0.3
+    # target gave 0.53); the block-greedy search must land just past the target, every group
+    # keeping a multiple of 8 filters.
+    keras.utils.set_random_seed(0)
+    m = small_resnet(width=32)
+    p = pruning.plan(m, "l1", target_flops_reduction=target, round_to=8, flops_mode="global")
+    assert target <= p.flops_reduction <= target + 0.03
+    small = p.graph.rebuild(p.removed)
+    assert pruning.count_flops(small).total == pytest.approx(p.flops_after, rel=1e-6)
+    for layer in small.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.name != "logits":
+            assert layer.filters % 8 == 0, (layer.name, layer.filters)
+    with pytest.raises(ValueError, match="target_flops_reduction=0.99 cannot be reached"):
+        pruning.plan(m, "l1", target_flops_reduction=0.99, round_to=8, flops_mode="global")
