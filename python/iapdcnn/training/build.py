@@ -101,11 +101,15 @@ def build_schedule(cfg: TrainConfig, world_size: int, steps_per_epoch: int) -> A
 
 
 def build_optimizer(cfg: TrainConfig, schedule: Any) -> Any:
-    """SGD with momentum, or Adam, on ``schedule``."""
+    """SGD with momentum, Adam, or CGMSE (``iapdcnn.optimizers``), on ``schedule``."""
     import tensorflow as tf
 
     if cfg.optimizer == "sgd":
         return tf.keras.optimizers.SGD(schedule, momentum=cfg.momentum)
+    if cfg.optimizer == "cgmse":
+        from iapdcnn.optimizers import CGMSE
+
+        return CGMSE(schedule)
     return tf.keras.optimizers.Adam(schedule)
 
 

@@ -25,6 +25,7 @@ DATASETS = (
 )
 NEEDS_PATH = ("cifar10", "cifar100", "image_folder", "tfrecord")
 SCHEDULES = ("cosine", "step", "constant")  # = schedules.SCHEDULES (no TensorFlow here)
+OPTIMIZERS = ("sgd", "adam", "cgmse")
 PRUNE_MODES = ("early", "soft")
 PRUNE_CRITERIA = ("mdcv", "l1", "fpgm", "fmp", "fm_redundancy", "random")  # = pruning.CRITERIA
 
@@ -340,7 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=D.epochs)
     t.add_argument("--batch-size", type=int, default=D.batch_size, help="per-rank batch size")
     t.add_argument("--steps-per-epoch", type=int, default=None, help="cap on steps per epoch")
-    t.add_argument("--optimizer", default=D.optimizer, choices=("sgd", "adam"))
+    t.add_argument(
+        "--optimizer",
+        default=D.optimizer,
+        choices=OPTIMIZERS,
+        help="sgd (with --momentum), adam, or cgmse (PDCNNO's conjugate gradient with a modified "
+        "secant equation, iapdcnn.optimizers.CGMSE; --lr caps its step)",
+    )
     t.add_argument("--lr", type=float, default=D.lr, help="learning rate of one rank")
     t.add_argument("--momentum", type=float, default=D.momentum)
     t.add_argument(

@@ -183,6 +183,8 @@ class Trainer:
         grads = tape.gradient(
             total, variables, loss=loss, samples=kept, loss_se=loss_standard_error(losses)
         )
+        if hasattr(self.opt, "observe_loss"):  # CGMSE's secant correction: the reduced loss
+            self.opt.observe_loss(tape.stats["loss"])
         apply_unless_skipped(self.opt, zip(grads, variables, strict=True), tape.stats)
         out = {k: tape.stats[k] for k in STEP_STATS}
         out["correct"] = self._correct(y, probs)
