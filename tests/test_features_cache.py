@@ -279,16 +279,17 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         ({"mode": "stack"}, "--features-mode"),
         ({"fci_drop": 1.0}, "--fci-drop"),
         ({"fci_drop": -0.1}, "--fci-drop"),
-        ({"fci_block_size": 0}, "--fci-block-size"),
-        ({"patch_radius": -1}, "--nlm-patch-radius"),
-        ({"search_radius": -2}, "--nlm-search-radius"),
-        ({"h": 0.0}, "--nlm-h"),
-        ({"laplacian": 6}, "--laplacian"),
-        ({"threshold": -1.0}, "--edge-threshold"),
-        ({"edge_mode": "soft"}, "--edge-mode"),
+        ({"fci_block_size": 0}, "FeatureSettings.fci_block_size"),
+        ({"patch_radius": -1}, "FeatureSettings.patch_radius"),
+        ({"search_radius": -2}, "FeatureSettings.search_radius"),
+        ({"h": 0.0}, "FeatureSettings.h"),
+        ({"laplacian": 6}, "FeatureSettings.laplacian"),
+        ({"threshold": -1.0}, "FeatureSettings.threshold"),
+        ({"edge_mode": "soft"}, "FeatureSettings.edge_mode"),
     ],
 )
 def test_bad_settings_name_the_flag(kw, flag):
+    # a flag where train.py has one, else the settings field (no flag to point at)
     with pytest.raises(ValueError, match=flag):
         F.FeatureSettings(**kw).check()
     with pytest.raises(ValueError, match=flag):
@@ -296,7 +297,7 @@ def test_bad_settings_name_the_flag(kw, flag):
 
 
 def test_block_larger_than_the_images_names_the_flag():
-    with pytest.raises(ValueError, match="--fci-block-size 32 is larger than the images"):
+    with pytest.raises(ValueError, match="FeatureSettings.fci_block_size 32 is larger than the images"):
         prep(small_data(), fast(fci_drop=0.1, fci_block_size=32))
 
 

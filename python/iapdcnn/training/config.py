@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.fci_epsilon,
         help="FCIFilter threshold (SPEC 1c scale, max 0.5). On Fashion-MNIST edge maps the "
         "per-position mean FCI has median ~0.05: 0.02 drops the ~4%% least class-typical block "
-        "positions, the paper's 0.1 would drop ~92%%",
+        "positions, 0.1 would drop ~92%% (the paper gives no value)",
     )
     d.add_argument(
         "--features-mode",

@@ -31,18 +31,16 @@ FORMAT_VERSION = 1  # bump when what a cache file holds, or how it is computed, 
 BATCH = 4096  # images per EdgeFeatures call: bounds the temporaries, no effect on the result
 
 # The trainer's flag for each setting; errors name these.
-FLAGS = {
-    "mode": "--features-mode",
-    "patch_radius": "--nlm-patch-radius",
-    "search_radius": "--nlm-search-radius",
-    "h": "--nlm-h",
-    "laplacian": "--laplacian",
-    "threshold": "--edge-threshold",
-    "edge_mode": "--edge-mode",
-    "fci_drop": "--fci-drop",
-    "fci_block_size": "--fci-block-size",
-}
+# The settings that train.py exposes, by their flag; the others are named by their field
+# (``FeatureSettings.<field>``) in errors, since no flag sets them.
+FLAGS = {"mode": "--features-mode", "fci_drop": "--fci-drop"}
 CACHE_FLAG = "--features-cache"
+
+
+def _name(field: str) -> str:
+    return FLAGS.get(field, f"FeatureSettings.{field}")
+
+
 # FeatureSettings field -> EdgeFeatures argument (the layer holds the defaults and the rules).
 _EDGE_ARGS = {
     "patch_radius": "patch_radius",
@@ -87,17 +85,17 @@ class FeatureSettings:
         """Raises ``ValueError`` naming the flag of the first bad setting; returns self."""
         if self.mode not in MODES:
             raise ValueError(
-                f"{FLAGS['mode']} must be one of {', '.join(MODES)}, got {self.mode!r}"
+                f"{_name('mode')} must be one of {', '.join(MODES)}, got {self.mode!r}"
             )
         for field, arg in _EDGE_ARGS.items():
             try:
                 EdgeFeatures(**{arg: getattr(self, field)})
             except (ValueError, TypeError) as e:
-                raise ValueError(f"{FLAGS[field]}: {e}") from None
+                raise ValueError(f"{_name(field)}: {e}") from None
         if not 0.0 <= self.fci_drop < 1.0:
-            raise ValueError(f"{FLAGS['fci_drop']} is a fraction in [0, 1), got {self.fci_drop}")
+            raise ValueError(f"{_name('fci_drop')} is a fraction in [0, 1), got {self.fci_drop}")
         if int(self.fci_block_size) < 1:
-            raise ValueError(f"{FLAGS['fci_block_size']} must be >= 1, got {self.fci_block_size}")
+            raise ValueError(f"{_name('fci_block_size')} must be >= 1, got {self.fci_block_size}")
         return self
 
     @property
@@ -411,7 +409,7 @@ def prepare(
     h, w = arrays[0].shape[1:3]
     if settings.fci_drop > 0 and settings.fci_block_size > min(h, w):
         raise ValueError(
-            f"{FLAGS['fci_block_size']} {settings.fci_block_size} is larger than the images "
+            f"{_name('fci_block_size')} {settings.fci_block_size} is larger than the images "
             f"({h} x {w})"
         )
     if not settings.active:
