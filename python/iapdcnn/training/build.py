@@ -79,6 +79,10 @@ def build_model(cfg: TrainConfig, input_shape, num_classes: int, train_xy) -> An
         model = models.resnet50(
             input_shape, num_classes, conv=cfg.conv, preprocessing=preprocessing
         )
+    if cfg.init == "kmeans":  # every rank computes the same (seeded); rank 0's is broadcast
+        from iapdcnn.initializers import kmeans_init
+
+        kmeans_init(model, train_xy[0][:2048], seed=cfg.seed)
     if cfg.bn_momentum is not None:
         for layer in _all_layers(model):
             if isinstance(layer, tf.keras.layers.BatchNormalization):

@@ -26,6 +26,7 @@ DATASETS = (
 NEEDS_PATH = ("cifar10", "cifar100", "image_folder", "tfrecord")
 SCHEDULES = ("cosine", "step", "constant")  # = schedules.SCHEDULES (no TensorFlow here)
 OPTIMIZERS = ("sgd", "adam", "cgmse")
+INITS = ("he", "kmeans")
 PRUNE_MODES = ("early", "soft")
 PRUNE_CRITERIA = ("mdcv", "l1", "fpgm", "fmp", "fm_redundancy", "random")  # = pruning.CRITERIA
 
@@ -41,6 +42,7 @@ class TrainConfig:
     model: str = "auto"
     width: int = 16
     blocks: int = 1
+    init: str = "he"
     bn_momentum: float | None = None
     conv: str = "keras"
     features: bool = False
@@ -225,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--width", type=int, default=D.width, help="small_resnet width")
     d.add_argument("--blocks", type=int, default=D.blocks, help="small_resnet blocks per stage")
+    d.add_argument(
+        "--init",
+        default=D.init,
+        choices=INITS,
+        help="conv kernels: he (He-normal) or kmeans (Dis-CNN: the central taps from k-means "
+        "centres of the patches entering each conv, on 2048 training images; its time is counted "
+        "in the training clock; iapdcnn.initializers.kmeans_init)",
+    )
     d.add_argument(
         "--bn-momentum",
         type=float,
