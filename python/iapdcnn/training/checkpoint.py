@@ -5,35 +5,13 @@ killed at any moment resumes from the last complete epoch and continues exactly.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from iapdcnn._io import atomic_write
+
 CKPT = "checkpoint.npz"
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
-    """Writes through ``write(fileobj)`` into a temporary file, then renames it over ``path``.
-
-    A failed write removes the temporary file and leaves ``path`` as it was.
-    """
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_json(path: str, obj: Any) -> None:
-    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=1).encode()))
 
 
 def save(path: str, model: Any, optimizer: Any, meta: dict[str, Any]) -> None:
