@@ -1,17 +1,197 @@
-"""Hostile input to the Python side (issue 14): the preprocessing job refuses to resume under
-another configuration, its folder loads as a dataset and killed runs' temporary files go; one
-atomic writer serves the package."""
+"""Hostile input to the Python side (issue 14): damaged, foreign and mismatched checkpoints get
+one clear error naming the file and both sides; the preprocessing job refuses to resume under
+another configuration, its folder loads as a dataset and killed runs' temporary files go."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from hvdrun import ROOT, child_env
 from iapdcnn import _io, data
 from iapdcnn.preprocess import main as preprocess
 from iapdcnn.preprocess import synthetic
-from iapdcnn.training import checkpoint
+from iapdcnn.training import TrainConfig, checkpoint
+
+TRAIN = os.path.join(ROOT, "train.py")
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _model_and_opt(width=4, classes=3):
+    inp = tf.keras.Input((6, 6, 1))
+    x = tf.keras.layers.Conv2D(width, 3)(inp)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(classes)(x))
+    opt = tf.keras.optimizers.SGD(0.1, momentum=0.9)
+    opt.build(model.trainable_variables)
+    return model, opt
+
+
+def _ident(**kw):
+    return checkpoint.identity(TrainConfig(**kw), (6, 6, 1), 3)
+
+
+META = {"epoch": 0, "history": [], "size": 1, "pruned": {}}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, opt = _model_and_opt()
+    path = str(tmp_path / checkpoint.CKPT)
+    checkpoint.save(path, model, opt, META, _ident())
+    return path, model
+
+
+def test_checkpoint_round_trip(saved):
+    path, model = saved
+    fresh, opt = _model_and_opt()
+    meta = checkpoint.load(path, fresh, opt, _ident())
+    assert meta["epoch"] == 0 and meta["identity"] == _ident()
+    for a, b in zip(model.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _damage(path, how):
+    raw = open(path, "rb").read()
+    if how == "empty":
+        open(path, "wb").close()
+    elif how == "truncated":
+        open(path, "wb").write(raw[: len(raw) // 2])
+    elif how == "corrupt":  # the zip's framing intact, a member's bytes flipped (CRC fails)
+        i = raw.index(b"meta.npy") + 200
+        open(path, "wb").write(raw[:i] + bytes(b ^ 0xFF for b in raw[i : i + 64]) + raw[i + 64 :])
+    elif how == "random":
+        open(path, "wb").write(np.random.default_rng(0).bytes(4096))
+    elif how == "npy":
+        with open(path, "wb") as fh:
+            np.save(fh, np.arange(3))
+    elif how == "pickle":
+        with open(path, "wb") as fh:
+            np.save(fh, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif how == "foreign_npz":
+        with open(path, "wb") as fh:
+            np.savez(fh, weights=np.ones(3))
+    elif how == "bad_meta":
+        with open(path, "wb") as fh:
+            np.savez(fh, meta=np.array("{not json"))
+    elif how == "meta_fields":
+        with open(path, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps({"epoch": "x"})))
+    elif how == "directory":
+        os.remove(path)
+        os.mkdir(path)
+
+
+DAMAGES = [
+    "empty",
+    "truncated",
+    "corrupt",
+    "random",
+    "npy",
+    "pickle",
+    "foreign_npz",
+    "bad_meta",
+    "meta_fields",
+    "directory",
+]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_checkpoint_is_named(saved, how):
+    path, _ = saved
+    _damage(path, how)
+    fresh, opt = _model_and_opt()
+    before = [w.copy() for w in fresh.get_weights()]
+    with pytest.raises(checkpoint.CheckpointError, match="--resume: " + path) as e:
+        checkpoint.load(path, fresh, opt, _ident())
+    assert "not a readable iapdcnn checkpoint" in str(e.value)
+    for a, b in zip(before, fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # nothing was assigned
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"dataset": "mnist"}, "--dataset: checkpoint 'fashion_mnist', this run 'mnist'"),
+        ({"width": 8}, "--width: checkpoint 16, this run 8"),
+        ({"model": "resnet50"}, "--model: checkpoint 'auto', this run 'resnet50'"),
+        ({"optimizer": "adam"}, "--optimizer: checkpoint 'sgd', this run 'adam'"),
+        ({"features_mode": "channels"}, "--features-mode"),
+        ({"prune": 0.3}, "--prune: checkpoint 0.0, this run 0.3"),
+        ({"dataset": "synthetic", "seed": 3}, "--seed (synthetic data)"),
+    ],
+)
+def test_foreign_checkpoint_names_both_sides(saved, change, needle):
+    """Same shapes (the tiny test model does not follow the flags): only the identity tells."""
+    path, _ = saved
+    fresh, opt = _model_and_opt()
+    with pytest.raises(checkpoint.CheckpointError, match=f"--resume: {path} belongs to") as e:
+        checkpoint.load(path, fresh, opt, _ident(**change))
+    assert needle in str(e.value)
+
+
+def test_identity_covers_data_shape_and_version(saved, monkeypatch):
+    path, _ = saved
+    other = checkpoint.identity(TrainConfig(), (6, 6, 3), 3)
+    with pytest.raises(checkpoint.CheckpointError, match=r"input shape: checkpoint \[6, 6, 1\]"):
+        checkpoint.read_meta(path, other)
+    import iapdcnn
+
+    monkeypatch.setattr(iapdcnn, "__version__", "9.9.9")
+    with pytest.raises(checkpoint.CheckpointError, match="iapdcnn version: checkpoint '0.1.0'"):
+        checkpoint.read_meta(path, _ident())
+
+
+def test_checkpoint_without_identity_is_refused(tmp_path):
+    model, opt = _model_and_opt()
+    path = str(tmp_path / "old.npz")
+    arrays = {f"w_{i}": w for i, w in enumerate(model.get_weights())}
+    arrays["meta"] = np.array(json.dumps({**META, "n_weights": len(model.get_weights())}))
+    np.savez(path, **arrays)  # what the format before identities wrote
+    with pytest.raises(checkpoint.CheckpointError, match=f"{path} records no identity"):
+        checkpoint.load(path, model, opt, _ident())
+
+
+def test_shape_mismatch_names_the_variable(tmp_path):
+    small, opt = _model_and_opt(width=4)
+    path = str(tmp_path / "c.npz")
+    checkpoint.save(path, small, opt, META, _ident())
+    big, opt2 = _model_and_opt(width=6)
+    with pytest.raises(checkpoint.CheckpointError, match=r"weight 0 has shape \(3, 3, 1, 4\)"):
+        checkpoint.load(path, big, opt2, _ident())
+
+
+def _train(out, *extra, timeout=300):
+    tiny = ["--dataset", "synthetic", "--width", "4", "--batch-size", "16", "--threads", "1"]
+    argv = [*tiny, "--no-progress", "--epochs", "2", "--steps-per-epoch", "2", "--eval-limit"]
+    return subprocess.run(
+        [sys.executable, TRAIN, *argv, "64", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+    )
+
+
+def test_train_resume_refuses_other_flags_and_damaged_checkpoints(tmp_path):
+    """End to end through train.py: the error is one line naming the checkpoint, exit 1."""
+    p = _train(tmp_path, "--crash-at-step", "3")
+    assert p.returncode == 3, (p.stdout + p.stderr)[-3000:]
+    ckpt = tmp_path / checkpoint.CKPT
+    p = _train(tmp_path, "--resume", "--width", "8")
+    assert p.returncode == 1, (p.stdout + p.stderr)[-3000:]
+    assert f"train.py: --resume: {ckpt} belongs to another run" in p.stderr
+    assert "--width: checkpoint 4, this run 8" in p.stderr and "Traceback" not in p.stderr
+    ckpt.write_bytes(ckpt.read_bytes()[:300])
+    p = _train(tmp_path, "--resume")
+    assert p.returncode == 1 and f"{ckpt} is not a readable iapdcnn checkpoint" in p.stderr
+    assert "Traceback" not in p.stderr
+
 
 # ----------------------------------------------------------------------------- preprocess
 
