@@ -1,6 +1,7 @@
-"""Hostile input to the Python side (issue 14): damaged, foreign and mismatched checkpoints get
-one clear error naming the file and both sides; the preprocessing job refuses to resume under
-another configuration, its folder loads as a dataset and killed runs' temporary files go."""
+"""Hostile input to the Python side (issue 14, items 4-6): damaged, foreign and mismatched
+checkpoints get one clear error naming the file and both sides; the preprocessing job refuses
+to resume under another configuration, its folder loads as a dataset and killed runs' temporary
+files go; ranks that hand a reduction different gradient lists all raise instead of hanging."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hvdrun import ROOT, child_env
+from hvdrun import ROOT, child_env, run_hvd
 from iapdcnn import _io, data
 from iapdcnn.preprocess import main as preprocess
 from iapdcnn.preprocess import synthetic
@@ -285,3 +286,46 @@ def test_one_atomic_writer(tmp_path):
     assert os.listdir(tmp_path) == []  # neither the file nor its temporary
     _io.atomic_json(str(target), {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
+
+
+# ----------------------------------------------------------------------------- collectives
+
+WORKER = os.path.join(ROOT, "tests", "distributed", "mismatch_worker.py")
+MISMATCHED = [
+    "lsg_count",
+    "lsg_size_fn",
+    "lsg_off_fn",
+    "dis_cnn_count",
+    "median_split",
+    "trimmed_split_fn",
+    "median_split_f16",
+]
+
+
+@pytest.mark.horovod
+def test_mismatched_gradient_lists_raise_on_every_rank():
+    cases = [*MISMATCHED, "median_total", "lsg_same", "median_same_f16"]
+    p = run_hvd(2, [WORKER, *cases], timeout=240)  # a hang fails here, not in CI's timeout
+    out = p.stdout
+    lines = {}
+    for line in out.splitlines():
+        if "RANK " in line:
+            rank, case, rest = ([*line.split("RANK ", 1)[1].split(" ", 2), ""])[:3]
+            lines[(int(rank), case)] = rest
+    for r in (0, 1):
+        assert (r, "DONE") in lines, out[-3000:]
+        for case in MISMATCHED:
+            msg = lines.get((r, case), "")
+            assert msg.startswith("RAISED InvalidArgumentError"), (case, msg)
+            assert "the ranks handed in different gradient lists" in msg, (case, msg)
+            if r == 0:  # rank 0 hands in the same list in every case
+                assert "rank 0 has 2 gradients, 17 elements" in msg, (case, msg)
+        # another total size: Horovod's own allgather check, still an error and no hang
+        assert "Mismatched ALLGATHER tensor shapes" in lines[(r, "median_total")]
+        for case in ("lsg_same", "median_same_f16"):
+            assert lines[(r, case)].startswith("OK"), (case, lines[(r, case)])
+    # rank 1's own description: the count and size it handed in
+    assert "rank 1 has 3 gradients, 19 elements, dtype float32" in lines[(1, "lsg_count")]
+    assert "rank 1 has 2 gradients, 20 elements" in lines[(1, "lsg_size_fn")]
+    assert "dtype float16" in lines[(1, "median_split_f16")]
+    assert lines[(0, "lsg_same")] == lines[(1, "lsg_same")]  # identical results on both ranks
