@@ -227,6 +227,21 @@ def test_preprocess_refuses_another_configuration(tmp_path):
         preprocess([*ARGS, "--out", str(out)])
 
 
+def test_preprocess_command_ends_with_the_message(tmp_path, capsys):
+    from iapdcnn import cli
+
+    out = tmp_path / "pfes"
+    assert cli.main(["preprocess", *ARGS, "--out", str(out)]) == 0
+    with pytest.raises(SystemExit) as e:
+        cli.main(["preprocess", *ARGS, "--out", str(out), "--epsilon", "0.2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith(f"iapdcnn preprocess: --out {out}: ")
+    assert "--epsilon: folder 0.1, this run 0.2" in err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["preprocess", "--dataset", "cifar10", "--out", str(tmp_path / "x")])
+    assert e.value.code == 1 and "cifar" in capsys.readouterr().err
+
+
 def test_preprocess_output_loads_and_stale_temporaries_go(tmp_path):
     out = tmp_path / "pfes"
     preprocess([*ARGS, "--out", str(out)])

@@ -53,6 +53,11 @@ class PreprocessError(ValueError):
     """The job cannot resume in ``--out``; the message names the folder or file."""
 
 
+# what ends the job with its message alone (``iapdcnn preprocess`` and ``main``): the folder's
+# refusal, and the loaders' errors, which name the dataset, file or argument
+ERRORS = (PreprocessError, data.DataError)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The job's command-line arguments (shared by ``iapdcnn preprocess`` and ``-m``)."""
     p.add_argument("--dataset", default="fashion_mnist", help="iapdcnn.data name, or 'synthetic'")
@@ -386,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(p)
     try:
         report = run(p.parse_args(argv))
-    except PreprocessError as e:
+    except ERRORS as e:
         raise SystemExit(f"iapdcnn preprocess: {e}") from None
     if report is not None:
         print(
