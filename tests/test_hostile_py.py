@@ -148,6 +148,13 @@ def test_identity_covers_data_shape_and_version(saved, monkeypatch):
         checkpoint.read_meta(path, _ident())
 
 
+def test_identity_reads_back_equal():
+    """What JSON makes of it (tuples become lists) compares equal to a fresh one."""
+    ident = _ident(dataset="tfrecord", data_path="some/dir")
+    assert json.loads(json.dumps(ident)) == ident
+    assert ident["data_path"] == os.path.abspath("some/dir")
+
+
 def test_checkpoint_without_identity_is_refused(tmp_path):
     model, opt = _model_and_opt()
     path = str(tmp_path / "old.npz")

@@ -39,7 +39,7 @@ def identity(cfg: TrainConfig, input_shape: Any, num_classes: int) -> dict[str, 
 
     data_path = cfg.data_path if cfg.dataset in NEEDS_PATH else None
     pruning = {k: v for k, v in config_dict(cfg).items() if k.startswith("prune")}
-    return {
+    ident = {
         "format": FORMAT,
         "iapdcnn": __version__,
         "dataset": cfg.dataset,
@@ -58,6 +58,7 @@ def identity(cfg: TrainConfig, input_shape: Any, num_classes: int) -> dict[str, 
         "optimizer": cfg.optimizer,
         **pruning,
     }
+    return json.loads(json.dumps(ident))  # as it reads back (tuples as lists), to compare alike
 
 
 def _flag(key: str) -> str:
