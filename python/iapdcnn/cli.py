@@ -1,5 +1,6 @@
 """The ``iapdcnn`` command: one subcommand per job, each a module with ``add_arguments(parser)``
-and ``run(args)``. Add a subcommand by adding a line to ``COMMANDS``; modules import lazily, so
+and ``run(args)`` (and optionally ``ERRORS``: its exceptions whose message says it all, which
+end the command with that message and status 1 instead of a traceback). Add a subcommand by adding a line to ``COMMANDS``; modules import lazily, so
 ``iapdcnn --help`` starts neither TensorFlow nor Horovod."""
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             importlib.import_module(f"iapdcnn.{module}").add_arguments(p)
     args = parser.parse_args(argv)
     mod = importlib.import_module(f"iapdcnn.{COMMANDS[args.command][0]}")
-    result = mod.run(args)
+    try:
+        result = mod.run(args)
+    except getattr(mod, "ERRORS", ()) as e:
+        parser.exit(1, f"iapdcnn {args.command}: {e}\n")
     if isinstance(result, dict) and args.command == "preprocess":
         keys = ("images_in", "images_out", "time_s", "images_per_s")
         print(json.dumps({k: result.get(k) for k in keys}))

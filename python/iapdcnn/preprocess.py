@@ -1,6 +1,8 @@
 """The MHO-PFES preprocessing job (SPEC 1): EdgeFeatures (NLM + Marr-Hildreth) and FCIFilter
 adapt/apply over a dataset, one shard of the data per process (Horovod rank), written as sharded
 TFRecords with a JSON report. Resumable: finished shards are skipped, shards appear atomically.
+The output folder holds one configuration's output: a rerun with other settings is refused
+(``PreprocessError`` names the folder and the settings that differ), never half-applied.
 
     iapdcnn preprocess --dataset fashion_mnist --out runs/pfes
     horovodrun -np 2 python -m iapdcnn.preprocess --dataset fashion_mnist --out runs/pfes
@@ -20,10 +22,40 @@ from typing import Any
 import numpy as np
 
 from . import data
+from ._io import atomic_bytes, atomic_json, atomic_write, remove_stale_temporaries
 from .data import write_tfrecords
 
 STATE_FILE = "fci_state.npz"
 REPORT_FILE = "report.json"
+SIDECAR = ".json"  # next to each shard: its counts and the configuration key that made it
+# The settings that decide what the folder holds; a rerun must repeat them (ranks too).
+CONFIG_KEYS = (
+    "dataset",
+    "split",
+    "path",
+    "limit",
+    "shard_size",
+    "patch_radius",
+    "search_radius",
+    "h",
+    "laplacian",
+    "threshold",
+    "absolute",
+    "edge_mode",
+    "block_size",
+    "epsilon",
+    "fci_mode",
+    "min_keep",
+)
+
+
+class PreprocessError(ValueError):
+    """The job cannot resume in ``--out``; the message names the folder or file."""
+
+
+# what ends the job with its message alone (``iapdcnn preprocess`` and ``main``): the folder's
+# refusal, and the loaders' errors, which name the dataset, file or argument
+ERRORS = (PreprocessError, data.DataError)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,40 +124,78 @@ def load_data(args: argparse.Namespace, rank: int, size: int) -> tuple[np.ndarra
     return np.asarray(x, np.float32), np.asarray(y, np.int64)
 
 
-def _config_key(args: argparse.Namespace, size: int) -> str:
-    keys = [
-        "dataset",
-        "split",
-        "path",
-        "limit",
-        "patch_radius",
-        "search_radius",
-        "h",
-        "laplacian",
-        "threshold",
-        "absolute",
-        "edge_mode",
-        "block_size",
-        "epsilon",
-        "fci_mode",
-    ]
-    blob = json.dumps({k: getattr(args, k) for k in keys} | {"ranks": size}, sort_keys=True)
+def _config(args: argparse.Namespace, size: int) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in CONFIG_KEYS} | {"ranks": size}
+
+
+def _config_key(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _differences(theirs: Any, ours: dict[str, Any]) -> str:
+    """``--flag: folder X, this run Y`` for every setting that differs."""
+    if not isinstance(theirs, dict):
+        return "its files record no configuration (an older iapdcnn wrote them)"
+    diff = [
+        f"{'--' + k.replace('_', '-') if k != 'ranks' else 'ranks'}: folder {theirs.get(k)!r}, "
+        f"this run {v!r}"
+        for k, v in ours.items()
+        if theirs.get(k) != v
+    ]
+    return "; ".join(diff) or "its configuration key differs"
+
+
+def check_folder(out: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """Checks that ``out`` holds nothing but this configuration's output; returns the saved FCI
+    state (None if there is none yet). Every rank reads the same files, so all decide alike.
+
+    Raises:
+      PreprocessError: naming ``out`` and each setting that differs, or a damaged file.
+    """
+    key = _config_key(config)
+    advice = "use another --out, or empty the folder to recompute"
+
+    def refuse(what: str, theirs: Any) -> PreprocessError:
+        return PreprocessError(
+            f"--out {out}: {what} was written with another configuration "
+            f"({_differences(theirs, config)}); {advice}"
+        )
+
+    state = None
+    state_path = os.path.join(out, STATE_FILE)
+    if os.path.exists(state_path):
+        try:
+            with np.load(state_path, allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+            saved_key = str(state["key"])
+            saved = json.loads(str(state["config"])) if "config" in state else None
+        except Exception as e:
+            raise PreprocessError(
+                f"--out {out}: {state_path} is damaged ({type(e).__name__}: {e}); {advice}"
+            ) from None
+        if saved_key != key:
+            raise refuse(STATE_FILE, saved)
+    for name in sorted(os.listdir(out)):
+        if not name.endswith(".tfrecord" + SIDECAR):
+            continue
+        path = os.path.join(out, name)
+        try:
+            with open(path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise PreprocessError(
+                f"--out {out}: {path} is damaged ({type(e).__name__}: {e}); {advice}"
+            ) from None
+        if not isinstance(meta, dict) or meta.get("config_key") != key:
+            raise refuse(name, meta.get("config") if isinstance(meta, dict) else None)
+    return state
 
 
 def _write_shard(path: str, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
     """Writes the shard atomically (``iapdcnn.data.write_tfrecords``: temporary name, fsync,
     rename), its sidecar JSON first: a killed run never leaves a shard that looks complete."""
-    _atomic_write(path + ".json", json.dumps(meta).encode())
+    atomic_json(path + SIDECAR, meta, indent=None)
     write_tfrecords(path, images, labels)
 
 
@@ -171,10 +241,8 @@ def render_preview(path: str, x, den, edg, kept, labels) -> None:
                 ax.set_title(titles[j], fontsize=8)
         axes[i][0].set_ylabel(f"label {int(labels[i])}", fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -187,6 +255,14 @@ def run(args: argparse.Namespace) -> dict:
     from .layers.fci_filter import horovod_reduce
 
     os.makedirs(args.out, exist_ok=True)
+    config = _config(args, size)
+    key = _config_key(config)
+    state = check_folder(args.out, config)
+    # What this rank's killed predecessors left half-written (only its own shards' names; rank 0
+    # also the state and report): never read, but they would pile up.
+    prefix = f"{args.split}-r{rank:03d}-"
+    own = (STATE_FILE, REPORT_FILE) if rank == 0 else ()
+    remove_stale_temporaries(args.out, lambda name: name.startswith(prefix) or name in own)
     x, y = load_data(args, rank, size)
     edges = EdgeFeatures(
         args.patch_radius,
@@ -203,15 +279,12 @@ def run(args: argparse.Namespace) -> dict:
         os.path.join(args.out, f"{args.split}-r{rank:03d}-{i:05d}-of-{n_shards:05d}.tfrecord")
         for i in range(n_shards)
     ]
-    todo = [i for i, nm in enumerate(names) if not os.path.exists(nm)]
-    key = _config_key(args, size)
+    # a shard is done when it and its sidecar are there (check_folder vouched for their key)
+    todo = [
+        i for i, nm in enumerate(names) if not (os.path.exists(nm) and os.path.exists(nm + SIDECAR))
+    ]
     state_path = os.path.join(args.out, STATE_FILE)
     quiet = args.no_progress or rank != 0
-    state = None
-    if os.path.exists(state_path):
-        with np.load(state_path) as z:
-            if str(z["key"]) == key:
-                state = {k: z[k] for k in z.files}
     # Every rank takes part in adapt's allreduce, so all decide the same way (state or no state).
     if state is None:
         bar = tqdm(total=len(x), desc=f"edges r{rank}", disable=quiet, unit="img")
@@ -221,12 +294,13 @@ def run(args: argparse.Namespace) -> dict:
         if rank == 0:
             buf = _npz_bytes(
                 key=key,
+                config=json.dumps(config, sort_keys=True),
                 counts=fci.counts.numpy(),
                 sums=fci.sums.numpy(),
                 mask=fci.mask.numpy(),
                 position_fci=fci.position_fci.numpy(),
             )
-            _atomic_write(state_path, buf)
+            atomic_bytes(state_path, buf)
     else:
         fci.num_classes = int(len(state["counts"]))
         fci.build((None,) + x.shape[1:])
@@ -244,6 +318,8 @@ def run(args: argparse.Namespace) -> dict:
         ok = frac >= args.min_keep
         k = fci.num_classes
         meta = {
+            "config_key": key,
+            "config": config,
             "images_in": int(len(e)),
             "images_out": int(ok.sum()),
             "blocks_kept_per_class": np.bincount(y[sl], keep.sum(1), k).astype(int).tolist(),
@@ -256,7 +332,7 @@ def run(args: argparse.Namespace) -> dict:
     k = fci.num_classes
     tot = np.zeros(5 + 2 * k, np.float64)
     for nm in names:
-        with open(nm + ".json") as f:
+        with open(nm + SIDECAR) as f:
             m = json.load(f)
         tot += np.concatenate(
             [
@@ -291,7 +367,7 @@ def run(args: argparse.Namespace) -> dict:
         "config": {k2: v for k2, v in vars(args).items() if k2 not in ("func",)},
     }
     if rank == 0:
-        _atomic_write(os.path.join(args.out, REPORT_FILE), json.dumps(report, indent=2).encode())
+        atomic_json(os.path.join(args.out, REPORT_FILE), report, indent=2)
         if args.preview:
             n = min(args.preview_count, len(x))
             xs = x[:n]
@@ -313,7 +389,10 @@ def _npz_bytes(**arrays: Any) -> bytes:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="iapdcnn preprocess", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    report = run(p.parse_args(argv))
+    try:
+        report = run(p.parse_args(argv))
+    except ERRORS as e:
+        raise SystemExit(f"iapdcnn preprocess: {e}") from None
     if report is not None:
         print(
             json.dumps(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from typing import Any
 
@@ -231,15 +232,17 @@ def _image_folder(
     return _finish(ds, len(files), batch_size, False, seed, drop_remainder)
 
 
+# A TFRecord file's name in a folder: ``*.tfrecord`` / ``*.tfrecords``, optionally followed by
+# a shard suffix (``-00001-of-00010``). Sidecars (``x.tfrecord.json``) and a writer's unfinished
+# temporary files (``x.tfrecord.tmp-PID``) are not data.
+_TFRECORD_NAME = re.compile(r"\.tfrecords?(-\d+-of-\d+)?$")
+
+
 def _tfrecord_files(path: str | None) -> list[str]:
     if path is None:
         raise DatasetNotFoundError("tfrecord needs path= to a TFRecord file, folder or glob")
     if os.path.isdir(path):
-        files = sorted(
-            os.path.join(path, f)
-            for f in os.listdir(path)
-            if ".tfrecord" in f and ".tmp" not in f  # skip a writer's unfinished temporary file
-        )
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if _TFRECORD_NAME.search(f))
     else:
         files = sorted(glob.glob(path))
     if not files:
@@ -253,7 +256,10 @@ def _tfrecord(path, batch_size, shuffle, seed, rank, size, as_numpy, drop_remain
     files = _tfrecord_files(path)
     counts = [check_framing(f) for f in files]  # names the file if one is truncated
     total = sum(counts)
-    shape = peek_shape(files[0])
+    if total == 0:
+        raise DataError(f"tfrecord: the files at {path!r} hold no records")
+    # the first non-empty file (a preprocessing shard whose images were all dropped is empty)
+    shape = peek_shape(next(f for f, c in zip(files, counts, strict=True) if c))
     per = len(_shard_indices(total, rank, size))
     ds = tf.data.TFRecordDataset(files).shard(size, rank).take(per)
     ds = ds.map(lambda r: parse_example(r), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

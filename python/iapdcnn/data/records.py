@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from iapdcnn._io import atomic_path
+
 from .errors import DataError
 
 
@@ -41,19 +43,11 @@ def write_tfrecords(path: str, images: Iterable[np.ndarray], labels: Iterable[in
     leaves a file that looks complete. Returns the number of records written."""
     import tensorflow as tf
 
-    tmp = f"{path}.tmp-{os.getpid()}"
     n = 0
-    try:
-        with tf.io.TFRecordWriter(tmp) as w:
-            for img, lab in zip(images, labels, strict=True):
-                w.write(encode_example(img, lab))
-                n += 1
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as w:
+        for img, lab in zip(images, labels, strict=True):
+            w.write(encode_example(img, lab))
+            n += 1
     return n
 
 

@@ -17,6 +17,7 @@ from .law import (
 )
 from .reduction import (
     DIRECTIONS,
+    FINGERPRINT_COLUMNS,
     REDUCTIONS,
     TABLE_COLUMNS,
     DisCNNReduction,
@@ -26,6 +27,7 @@ from .reduction import (
     Reduction,
     TrimmedMeanReduction,
     apply_unless_skipped,
+    gradient_fingerprint,
     make_reduction,
     worker_table,
 )
@@ -33,6 +35,7 @@ from .tape import DistributedGradientTape
 
 __all__ = [
     "DIRECTIONS",
+    "FINGERPRINT_COLUMNS",
     "REDUCTIONS",
     "TABLE_COLUMNS",
     "DisCNNReduction",
@@ -47,6 +50,7 @@ __all__ = [
     "TrimmedMeanReduction",
     "apply_unless_skipped",
     "direction_law",
+    "gradient_fingerprint",
     "law_mask",
     "loo_cosine",
     "loss_standard_error",

@@ -3,10 +3,13 @@ per-worker scalars, then one grouped allreduce(Sum) of LAW_k * g_k; its directio
 scalars to that allgather and no collective), Horovod's plain Average,
 Dis-CNN's two-group weighting, and the coordinate median / trimmed mean (allgather of the
 gradients, K times the traffic). Every reduction returns the reduced gradients and the step's
-statistics; ``make_reduction(name, **options)`` picks one by name."""
+statistics; ``make_reduction(name, **options)`` picks one by name. The gathering reductions
+also gather a fingerprint of each rank's gradient list and raise on every rank when the lists
+differ, where the allreduce would otherwise block forever (``gradient_fingerprint``)."""
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import tensorflow as tf
@@ -22,6 +25,12 @@ Stats = dict[str, tf.Tensor]
 # LSG's direction screen appends DIRECTION_COLUMNS (the previous step's ``g_k . A`` and ``|A|^2``).
 TABLE_COLUMNS = ("loss", "norm", "finite", "samples", "loss_se")
 DIRECTION_COLUMNS = ("dot", "agg_sq")
+# What every gathering reduction also sends, last, in the same allgather: the gradient list's
+# fingerprint (``gradient_fingerprint``). Ranks whose lists differ would block forever in the
+# grouped allreduce that follows (or silently mix coordinates in the gather path), so every rank
+# compares the gathered fingerprints first and raises; the columns are then dropped from
+# ``stats["table"]``.
+FINGERPRINT_COLUMNS = ("n_grads", "n_elems", "dtype", "layout")
 
 
 def worker_table(stats: Stats) -> dict[str, tf.Tensor] | None:
@@ -96,6 +105,46 @@ class ShapeKeyedState:
         return self._sets[key]
 
 
+def gradient_fingerprint(grads: list[tf.Tensor]) -> tuple[tf.Tensor, str]:
+    """``[n_grads, n_elems, dtype, layout]`` (``FINGERPRINT_COLUMNS``) of a gradient list as a
+    float32 ``[4]`` tensor, and the same in words for error messages. ``dtype`` is the TF
+    DataType code when the list has one dtype, else -1; ``layout`` is a 24-bit CRC of every
+    gradient's static shape and dtype in order. Every value is an integer below 2^24 (exact in
+    float32) except ``n_elems`` of models above 16.7M parameters, which ``layout`` covers."""
+    dtypes = [g.dtype for g in grads]
+    code = dtypes[0].as_datatype_enum if dtypes and len(set(dtypes)) == 1 else -1
+    spec = [(g.shape.as_list(), g.dtype.name) for g in grads]
+    layout = zlib.crc32(repr(spec).encode()) & 0xFFFFFF
+    if all(g.shape.is_fully_defined() for g in grads):
+        n_elems = tf.constant(float(sum(g.shape.num_elements() for g in grads)))
+        elems_text = str(sum(g.shape.num_elements() for g in grads))
+    else:  # shapes known only at run time
+        n_elems = tf.cast(tf.add_n([tf.size(g, tf.int64) for g in grads] or [0]), tf.float32)
+        elems_text = "a run-time number of"
+    fp = tf.stack([float(len(grads)), n_elems, float(code), float(layout)])
+    names = sorted({d.name for d in dtypes})
+    text = f"{len(grads)} gradients, {elems_text} elements, dtype {'/'.join(names) or 'none'}"
+    return fp, text
+
+
+def _check_fingerprints(who: str, rank: int, gathered: tf.Tensor, own: tf.Tensor, text: str):
+    """An assertion (op in graphs, raised at once eagerly) that every row of the gathered
+    ``[K, 4]`` fingerprints equals this rank's ``own``. If one rank differs, every rank sees a
+    row unlike its own, so all of them raise, before any allreduce is entered."""
+    same = tf.reduce_all(tf.equal(gathered, own[None, :]))
+    msg = (
+        f"{who}: the ranks handed in different gradient lists, which cannot be reduced together "
+        f"(an allreduce would block forever, a gather would mix coordinates); rank {rank} has "
+        f"{text}. [{', '.join(FINGERPRINT_COLUMNS)}] of every rank:"
+    )
+    if tf.executing_eagerly():
+        if not bool(same):
+            rows = "; ".join(str([int(v) for v in row]) for row in gathered.numpy())
+            raise tf.errors.InvalidArgumentError(None, None, f"{msg} {rows}")
+        return None
+    return tf.debugging.Assert(same, [msg, gathered], summarize=4096)
+
+
 def _finite_norm(grads: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     """Global L2 norm (float32) and whether every gradient entry is finite."""
     norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
@@ -148,11 +197,20 @@ class Reduction:
     def _gather_scalars(self, grads, loss, samples, loss_se, extra=()) -> tf.Tensor:
         """One allgather of ``[loss, grad_norm, finite, samples, loss_se, *extra]``
         (``TABLE_COLUMNS``, then e.g. ``DIRECTION_COLUMNS``) per worker -> ``[K, 5 + n]``
-        (loss_se: the standard error of the worker's loss, 0 when unknown)."""
+        (loss_se: the standard error of the worker's loss, 0 when unknown). The row also
+        carries the gradients' fingerprint (``FINGERPRINT_COLUMNS``): the returned table
+        depends on every rank's matching this one's, so nothing that uses it (the allreduce
+        included) runs on a mismatch; the error names what each rank handed in."""
         norm, ok = _finite_norm(grads)
         ok = tf.logical_and(ok, tf.math.is_finite(loss))
-        row = tf.stack([loss, norm, tf.cast(ok, tf.float32), samples, loss_se, *extra])[None, :]
-        return _hvd().allgather(row, name="iapdcnn_worker_scalars", **self._ps())
+        fp, text = gradient_fingerprint(grads)
+        row = tf.stack([loss, norm, tf.cast(ok, tf.float32), samples, loss_se, *extra])
+        row = tf.concat([row, fp], 0)[None, :]
+        full = _hvd().allgather(row, name="iapdcnn_worker_scalars", **self._ps())
+        f = len(FINGERPRINT_COLUMNS)
+        check = _check_fingerprints(type(self).__name__, self.rank(), full[:, -f:], fp, text)
+        with tf.control_dependencies([check] if check is not None else []):
+            return tf.identity(full[:, :-f])
 
     def _masked_sum(self, grads, weight: tf.Tensor) -> list[tf.Tensor]:
         """One grouped allreduce(Sum) of ``weight * g``. A worker with weight 0 sends exact
@@ -428,12 +486,24 @@ class _GatherReduction(Reduction):
         dtype = grads[0].dtype
         flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
         scalars = tf.cast(tf.stack([loss, norm, tf.cast(ok, tf.float32), samples]), dtype)
+        # The fingerprint rides bit-exactly in the gradients' dtype: ranks with another total
+        # size already fail in Horovod's allgather; the same total split differently (another
+        # count, shapes or order) would gather fine and mix coordinates silently.
+        fp, text = gradient_fingerprint(grads)
+        packed = _pack_f32(fp, dtype)
+        head = 4 + int(packed.shape[0])
         table_all = hvd.allgather(
-            tf.concat([scalars, flat], 0)[None, :], name=f"iapdcnn_{self.name}", **self._ps()
+            tf.concat([scalars, packed, flat], 0)[None, :],
+            name=f"iapdcnn_{self.name}",
+            **self._ps(),
         )
+        gathered = _unpack_f32(table_all[:, 4:head], dtype, len(FINGERPRINT_COLUMNS))
+        check = _check_fingerprints(type(self).__name__, self.rank(), gathered, fp, text)
+        with tf.control_dependencies([check] if check is not None else []):
+            table_all = tf.identity(table_all)
         table = tf.cast(table_all[:, :4], tf.float32)
         valid = table[:, 2] > 0.5
-        rows = table_all[:, 4:]
+        rows = table_all[:, head:]
         # Non-finite workers sort to the end (+inf) and are outside [0, n).
         rows = tf.where(valid[:, None], rows, tf.constant(float("inf"), dtype))
         rows = tf.sort(rows, axis=0)
@@ -452,6 +522,25 @@ class _GatherReduction(Reduction):
         take = tf.logical_and(idx >= lo, idx < hi)
         total = tf.reduce_sum(tf.where(take, rows, tf.zeros_like(rows)), axis=0)
         return total / tf.cast(tf.maximum(hi - lo, 1), rows.dtype)
+
+
+def _pack_f32(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """float32 ``[n]`` -> values of ``dtype`` that carry its bits exactly (two per value for
+    16-bit types, a bitcast for 32-bit ones, a cast for float64)."""
+    if dtype.size == 4:
+        return tf.bitcast(x, dtype)
+    if dtype.size == 2:
+        return tf.reshape(tf.bitcast(x, dtype), [-1])
+    return tf.cast(x, dtype)
+
+
+def _unpack_f32(x: tf.Tensor, dtype: tf.DType, n: int) -> tf.Tensor:
+    """``_pack_f32``'s inverse for a gathered ``[K, packed]`` block -> float32 ``[K, n]``."""
+    if dtype.size == 4:
+        return tf.bitcast(x, tf.float32)
+    if dtype.size == 2:
+        return tf.bitcast(tf.reshape(x, [-1, n, 2]), tf.float32)
+    return tf.cast(x, tf.float32)
 
 
 class MedianReduction(_GatherReduction):

@@ -97,9 +97,10 @@ def run(cfg: TrainConfig) -> dict:
         if cfg.features_mode != "none" or cfg.fci_drop:
             arrays, prep = _prepare_features(cfg, hvd, arrays)
         trainer = Trainer(cfg, hvd, arrays, prep)
-    except ConfigError as e:  # also the settings that only the data or world size show wrong
+        trainer.restore_or_broadcast()
+    except ConfigError as e:  # also the settings that only the data or world size show wrong,
+        # and a checkpoint that --resume cannot use (checkpoint.CheckpointError names it)
         raise SystemExit(f"train.py: {e}") from None
-    trainer.restore_or_broadcast()
     trainer.log.say(trainer.describe())
     for epoch in range(trainer.start_epoch, cfg.epochs):
         trainer.train_epoch(epoch)

@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 
 from iapdcnn import __version__
+from iapdcnn._io import atomic_write
 from iapdcnn.layers import EdgeFeatures, FCIFilter
-
-from .checkpoint import atomic_write
 
 MODES = ("channels", "replace", "none")
 FORMAT_VERSION = 1  # bump when what a cache file holds, or how it is computed, changes

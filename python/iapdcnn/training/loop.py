@@ -75,6 +75,7 @@ class Trainer:
         )
         self.log = RunLog(cfg.out, self.rank == 0, not cfg.no_progress, cfg.log_every, cfg.step_log)
         self.ckpt_path = os.path.join(cfg.out, checkpoint.CKPT)
+        self.ckpt_identity = checkpoint.identity(cfg, self.xtr.shape[1:], num_classes)
         self.start_epoch, self.history, self.evals = 0, [], []
         self.pruner = None
         self.prune_step = build.prune_step(cfg, self.steps)
@@ -98,10 +99,16 @@ class Trainer:
         """Resumes from ``--out``'s checkpoint under ``--resume``, then makes every rank hold
         rank 0's model and optimizer state."""
         if self.cfg.resume and os.path.exists(self.ckpt_path):
-            pruned = checkpoint.read_meta(self.ckpt_path).get("pruned")
+            pruned = checkpoint.read_meta(self.ckpt_path, self.ckpt_identity).get("pruned")
             if pruned:  # the run was cut early: cut the fresh model the same way first
-                self._cut(pruned)
-            meta = checkpoint.load(self.ckpt_path, self.model, self.opt)
+                try:
+                    self._cut(pruned)
+                except (ValueError, KeyError, IndexError) as e:
+                    raise checkpoint.CheckpointError(
+                        f"--resume: {self.ckpt_path}: its pruned filters do not fit the model "
+                        f"({type(e).__name__}: {e})"
+                    ) from None
+            meta = checkpoint.load(self.ckpt_path, self.model, self.opt, self.ckpt_identity)
             self.start_epoch, self.history = meta["epoch"] + 1, meta["history"]
             self.evals, self.train_time = meta.get("evals", []), meta.get("train_s", 0.0)
             self.train_macs = meta.get("train_macs", 0.0)
@@ -325,7 +332,7 @@ class Trainer:
                 "size": size,
                 "pruned": self.pruned,
             }
-            checkpoint.save(self.ckpt_path, self.model, self.opt, meta)
+            checkpoint.save(self.ckpt_path, self.model, self.opt, meta, self.ckpt_identity)
         return rec
 
     def flops_now(self) -> int:

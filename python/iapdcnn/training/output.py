@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_json, atomic_write
+from iapdcnn._io import atomic_json, atomic_write
 
 STEP_SCALARS = ("loss", "workers_kept", "samples_kept", "skipped")
 
