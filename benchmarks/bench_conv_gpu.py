@@ -135,10 +135,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--no-features", action="store_true")
     args = ap.parse_args()
-    import torch
-
-    if not (getattr(_C, "with_cuda", False) and torch.cuda.is_available()):
-        print(json.dumps({"skipped": "needs a CUDA build of iapdcnn._C and a CUDA GPU"}))
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not (getattr(_C, "with_cuda", False) and torch.cuda.is_available()):
+        print(json.dumps({"skipped": "needs PyTorch, a CUDA build of iapdcnn._C and a CUDA GPU"}))
         return
     reps = 5 if args.quick else args.reps
     conv = bench_conv(torch, args.batch, reps, args.quick)

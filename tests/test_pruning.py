@@ -228,9 +228,8 @@ def test_conv2d_subclass_is_pruned(rng):
 
 
 def test_im2col_conv2d_is_pruned(rng):
-    layers = pytest.importorskip("iapdcnn.layers")
-    if not hasattr(layers, "Im2colConv2D"):
-        pytest.skip("Im2colConv2D (issue 3) is not in this tree")
+    from iapdcnn import layers
+
     m = small_resnet(width=4, conv="im2col")
     new = pruning.prune(m, ratio=0.5)
     assert isinstance(new.get_layer("s0b0_a_conv"), layers.Im2colConv2D)

@@ -174,7 +174,16 @@ def test_component_flags_run_end_to_end(flag, tmp_path):
     )
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert 0.0 <= report["test_accuracy"] <= 1.0
+    assert np.isfinite(report["test_accuracy"]) and np.isfinite(report["history"][-1]["loss"])
+    # the report says the flag's stage ran, in the form asked
+    stages = report["stages"]
+    if flag[0] == "--conv":
+        assert stages["conv"]["op"] == "im2col"
+    if flag[0] == "--features":
+        assert stages["features"]["form"] == "in the model, every step"
+    if flag[0] == "--features-mode":
+        assert stages["features"]["form"] == "computed once: channels"
+        assert stages["features"]["train_kept"] < stages["features"]["train_in"]
     if flag[0] == "--prune":
         # soft masks during training, then strip(): the model really got smaller
         assert report["flops_after"] < 0.85 * report["flops_before"], report

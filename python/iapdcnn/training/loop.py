@@ -366,7 +366,7 @@ class Trainer:
             },
         }
         if cfg.features:
-            out["features"].update(form="in the model, every step (paper)", epsilon=cfg.fci_epsilon)
+            out["features"].update(form="in the model, every step", epsilon=cfg.fci_epsilon)
         elif self.prep is not None:
             keep = ("cache", "seconds", "compute_seconds", "train_in", "train_kept", "dropped")
             out["features"].update(
