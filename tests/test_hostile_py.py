@@ -188,7 +188,7 @@ def _train(out, *extra, timeout=300):
 
 def test_train_resume_refuses_other_flags_and_damaged_checkpoints(tmp_path):
     """End to end through train.py: the error is one line naming the checkpoint, exit 1."""
-    p = _train(tmp_path, "--crash-at-step", "3")
+    p = _train(tmp_path, "--inject-fault", "0:crash:3")
     assert p.returncode == 3, (p.stdout + p.stderr)[-3000:]
     ckpt = tmp_path / checkpoint.CKPT
     p = _train(tmp_path, "--resume", "--width", "8")

@@ -249,8 +249,8 @@ def test_kill_and_resume_is_exact(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     p = run_hvd(2, [TRAIN, *common, "--out", str(a)])
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    p = run_hvd(2, [TRAIN, *common, "--out", str(b), "--crash-at-step", "7"], check=False)
-    assert p.returncode != 0 and "simulated crash at step 7" in p.stdout
+    p = run_hvd(2, [TRAIN, *common, "--out", str(b), "--inject-fault", "1:crash:7"], check=False)
+    assert p.returncode != 0 and "rank 1: crash fault at step 7" in p.stdout
     assert json.loads((b / "metrics.json").read_text())[-1]["epoch"] == 1
     p = run_hvd(2, [TRAIN, *common, "--out", str(b), "--resume"])
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
@@ -305,8 +305,8 @@ def test_early_pruning_cuts_once_and_resumes_exactly(tmp_path):
         for e1, e2 in zip(rep["evals"], rep["evals"][1:], strict=False)
     )
     assert set(rep["time_to_accuracy"]) == {"0.88", "0.90", "0.91"}
-    p = run(b, "--crash-at-step", "7")
-    assert p.returncode != 0 and "simulated crash at step 7" in p.stdout
+    p = run(b, "--inject-fault", "0:crash:7")
+    assert p.returncode != 0 and "rank 0: crash fault at step 7" in p.stdout
     p = run(b, "--resume")
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert "pruned to" not in p.stdout  # the checkpoint's cut is re-applied, not re-selected

@@ -95,7 +95,6 @@ class TrainConfig:
     # fault injection and test hooks
     inject_fault: list[Fault] = field(default_factory=list)
     straggler_seconds: float = 0.5
-    crash_at_step: int | None = None
 
     def check(self) -> TrainConfig:
         """Raises ``ConfigError`` naming the flag of the first bad setting; returns self."""
@@ -419,14 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"make one rank faulty; KIND in {', '.join(FAULT_KINDS)}",
     )
     f.add_argument("--straggler-seconds", type=float, default=D.straggler_seconds)
-    f.add_argument(
-        "--crash-at-step",
-        type=int,
-        default=None,
-        metavar="STEP",
-        help="test hook: every rank exits with status 3 before global step STEP (to test "
-        "--resume)",
-    )
     return p
 
 

@@ -1,12 +1,14 @@
 """Fault injection for demonstrations, benchmarks and tests (``--inject-fault RANK:KIND[:FROM]``):
 one rank corrupts its batch (``loss_spike``, ``labels``), its gradient after the backward pass
 (``nan``, ``scale``, the sign flips, ``random_dir``, ``stale``: its loss looks normal) or its
-speed (``straggler``) from a given step on. Gradient faults wrap the reduction
+speed (``straggler``) from a given step on, or dies there (``crash``: exits at once, as a killed
+process would; horovodrun then ends the job). Gradient faults wrap the reduction
 (``gradient_fault``), so the training step itself has no fault branch."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ FAULT_KINDS = (
     "loss_spike",
     "labels",
     "straggler",
+    "crash",
     *[k for k in GRADIENT_FACTORS if k.startswith("sign_flip")],
     *GRADIENT_REPLACEMENTS,
 )
@@ -124,6 +127,9 @@ class FaultInjector:
                 y = rng.permutation(y)
             elif f.kind == "straggler":
                 time.sleep(self.straggler_seconds)
+            elif f.kind == "crash":  # a node that dies: no cleanup, no checkpoint, status 3
+                print(f"rank {self.rank}: crash fault at step {step}", flush=True)
+                os._exit(3)
         return x, y, factor
 
 

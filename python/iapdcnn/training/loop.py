@@ -265,9 +265,6 @@ class Trainer:
         epoch_time, t0 = 0.0, time.perf_counter()
         for i in range(self.steps):
             gstep = epoch * self.steps + i
-            if cfg.crash_at_step is not None and gstep == cfg.crash_at_step:
-                print(f"rank {self.rank}: simulated crash at step {gstep}", flush=True)
-                os._exit(3)  # test hook (--crash-at-step): dies like a killed process
             if gstep == self.prune_step:
                 self._cut()
                 self.log.say(f"step {gstep}: pruned to {self.flops_now() / 1e6:.1f} MFLOPs")
