@@ -124,7 +124,12 @@ def build_reduction(cfg: TrainConfig, faulty_gradients: bool) -> Any:
 
     from .faults import gradient_fault
 
-    reduction = make_reduction(cfg.reduction, **cfg.reduction_options())
+    if cfg.sync == "agwu":  # local steps between AGWU's merges: no per-step reduction
+        from iapdcnn.distributed.agwu import LocalReduction
+
+        reduction = LocalReduction()
+    else:
+        reduction = make_reduction(cfg.reduction, **cfg.reduction_options())
     return gradient_fault(reduction) if faulty_gradients else reduction
 
 

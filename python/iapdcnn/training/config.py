@@ -26,6 +26,7 @@ DATASETS = (
 NEEDS_PATH = ("cifar10", "cifar100", "image_folder", "tfrecord")
 SCHEDULES = ("cosine", "step", "constant")  # = schedules.SCHEDULES (no TensorFlow here)
 OPTIMIZERS = ("sgd", "adam", "cgmse")
+SYNCS = ("step", "agwu")
 INITS = ("he", "kmeans")
 PRUNE_MODES = ("early", "soft")
 PRUNE_CRITERIA = ("mdcv", "l1", "fpgm", "fmp", "fm_redundancy", "random")  # = pruning.CRITERIA
@@ -58,6 +59,8 @@ class TrainConfig:
     prune_round_to: int = 8
     # reduction (SPEC 3)
     reduction: str = "lsg"
+    sync: str = "step"
+    local_steps: int = 8
     tau: float | None = None
     kappa: float = 4.0
     centre: str = "median"
@@ -104,7 +107,15 @@ class TrainConfig:
 
         if self.threads < 0:
             raise bad("threads", "must be >= 0", self.threads)
-        for name in ("epochs", "batch_size", "width", "blocks", "log_every", "prune_round_to"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "width",
+            "blocks",
+            "log_every",
+            "prune_round_to",
+            "local_steps",
+        ):
             if getattr(self, name) < 1:
                 raise bad(name.replace("_", "-"), "must be >= 1", getattr(self, name))
         for name in ("steps_per_epoch", "eval_limit"):
@@ -321,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r = p.add_argument_group("reduction (SPEC 3)")
     r.add_argument("--reduction", default=D.reduction, choices=REDUCTIONS)
+    r.add_argument(
+        "--sync",
+        default=D.sync,
+        choices=SYNCS,
+        help="step: reduce the gradients every step (--reduction); agwu: BPT-CNN's outer-layer "
+        "parallelism as local SGD, each rank trains alone for --local-steps, then the copies are "
+        "merged weighted by their accuracy (synchronously: Horovod has no parameter server for "
+        "BPT-CNN's asynchrony); --reduction is then unused",
+    )
+    r.add_argument("--local-steps", type=int, default=D.local_steps, help="--sync agwu's round")
     r.add_argument("--tau", type=float, default=D.tau, help="absolute LAW threshold (lsg)")
     r.add_argument(
         "--kappa", type=float, default=D.kappa, help="relative threshold kappa*1.4826*MAD"

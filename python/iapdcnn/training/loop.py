@@ -83,9 +83,26 @@ class Trainer:
         self.prep = prep
         self.images = 0
         self.train_time = init_s + (float(prep.get("seconds", 0.0)) if prep else 0.0)
+        self._round = [0.0, 0]  # --sync agwu: correct predictions and samples this round
+        self.merges, self.comm_bytes = 0, 0  # AGWU merges; bytes allreduced per rank (either mode)
         self.step_macs = self.flops_before  # per image, of the model the steps train
         self.train_macs = 0.0  # forward multiply-adds of all training images so far
         self._compile()
+
+    def _agwu_merge(self) -> None:
+        """``--sync agwu``: merges the ranks' copies, weighted by their accuracy this round
+        (``distributed.agwu``). A no-op in step mode or with no local step since the last one."""
+        if self.cfg.sync != "agwu" or not self._round[1]:
+            return
+        from iapdcnn.distributed.agwu import merge_bytes, merge_models
+
+        variables = list(self.model.variables) + list(self.opt.variables)
+        res = merge_models(variables, self._round[0] / self._round[1])
+        if not res["merged"]:
+            self.log.say("agwu: every rank's copy is non-finite or scored 0; nothing merged")
+        self.merges += 1
+        self.comm_bytes += merge_bytes([v for v in variables if v.dtype.is_floating])
+        self._round = [0.0, 0]
 
     def _compile(self) -> None:
         """Fresh step functions for the current model (after a cut, the old traces hold the old
@@ -266,6 +283,7 @@ class Trainer:
         for i in range(self.steps):
             gstep = epoch * self.steps + i
             if gstep == self.prune_step:
+                self._agwu_merge()  # the copies agree before rank 0's plan cuts them all
                 self._cut()
                 self.log.say(f"step {gstep}: pruned to {self.flops_now() / 1e6:.1f} MFLOPs")
             idx = perm[(i * size + self.rank) * bs : (i * size + self.rank + 1) * bs]
@@ -274,6 +292,8 @@ class Trainer:
                 self.reduction.factor.assign(factor)
             res = self._train_step(x, y)
             self.train_macs += self.step_macs * bs * size
+            if cfg.sync == "step":  # one allreduce of the gradients per step
+                self.comm_bytes += self._grad_bytes()
             workers = res.pop("workers", None)
             workers = None if workers is None else {k: v.numpy() for k, v in workers.items()}
             st = {k: float(v) for k, v in res.items()}
@@ -283,7 +303,14 @@ class Trainer:
             self.log.step(i, gstep, st, workers)
             if self.pruner is not None:
                 self.pruner.on_train_batch_end(i)
-            if cfg.eval_every and (gstep + 1) % cfg.eval_every == 0 and i + 1 < self.steps:
+            eval_now = cfg.eval_every and (gstep + 1) % cfg.eval_every == 0 and i + 1 < self.steps
+            if cfg.sync == "agwu":
+                self._round[0] += st["correct"]
+                self._round[1] += bs
+                # merge every --local-steps, and on the clock before anything reads the model
+                if (gstep + 1) % cfg.local_steps == 0 or eval_now or i + 1 == self.steps:
+                    self._agwu_merge()
+            if eval_now:
                 dt = time.perf_counter() - t0  # the clock stops while evaluating
                 epoch_time, self.train_time = epoch_time + dt, self.train_time + dt
                 self._record_eval(epoch + (i + 1) / self.steps, gstep + 1)
@@ -346,6 +373,11 @@ class Trainer:
             out[f"{t:.2f}"] = min(hit) if hit else None
         return out
 
+    def _grad_bytes(self) -> int:
+        return int(
+            sum(v.shape.num_elements() * v.dtype.size for v in self.model.trainable_variables)
+        )
+
     def stages(self, flops_after: int) -> dict[str, dict[str, Any]]:
         """What each IA-PDCNNOA stage did in this run (its measured effect across runs is
         ``benchmarks/bench_pipeline.py``'s)."""
@@ -362,6 +394,12 @@ class Trainer:
                 "skipped_steps": int(sum(h["skipped_steps"] for h in self.history)),
             },
         }
+        out["sync"] = {
+            "mode": cfg.sync,
+            "allreduced_mb_per_rank": round(self.comm_bytes / 2**20, 3),
+        }
+        if cfg.sync == "agwu":
+            out["sync"].update(local_steps=cfg.local_steps, merges=self.merges)
         if cfg.features:
             out["features"].update(form="in the model, every step", epsilon=cfg.fci_epsilon)
         elif self.prep is not None:
