@@ -130,7 +130,12 @@ def build_reduction(cfg: TrainConfig, faulty_gradients: bool) -> Any:
         reduction = LocalReduction()
     else:
         reduction = make_reduction(cfg.reduction, **cfg.reduction_options())
-    return gradient_fault(reduction) if faulty_gradients else reduction
+    reduction = gradient_fault(reduction) if faulty_gradients else reduction
+    if cfg.balance:  # the gradients weighted by the rank's share of the global batch
+        from .balance import sample_weighted
+
+        reduction = sample_weighted(reduction)
+    return reduction
 
 
 def build_pruner(cfg: TrainConfig, steps_per_epoch: int) -> Any:

@@ -61,6 +61,8 @@ class TrainConfig:
     reduction: str = "lsg"
     sync: str = "step"
     local_steps: int = 8
+    balance: bool = False
+    balance_every: int = 50
     tau: float | None = None
     kappa: float = 4.0
     centre: str = "median"
@@ -115,9 +117,12 @@ class TrainConfig:
             "log_every",
             "prune_round_to",
             "local_steps",
+            "balance_every",
         ):
             if getattr(self, name) < 1:
                 raise bad(name.replace("_", "-"), "must be >= 1", getattr(self, name))
+        if self.balance and self.sync != "step":
+            raise ConfigError("--balance sizes the per-step batches of --sync step, not agwu")
         for name in ("steps_per_epoch", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(name.replace("_", "-"), "must be >= 1", getattr(self, name))
@@ -342,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
         "BPT-CNN's asynchrony); --reduction is then unused",
     )
     r.add_argument("--local-steps", type=int, default=D.local_steps, help="--sync agwu's round")
+    r.add_argument(
+        "--balance",
+        action="store_true",
+        help="LBRLA/IDPA load balancing: each rank's share of the global batch follows its "
+        "measured compute speed (re-estimated every --balance-every steps), its gradient "
+        "weighted by its share",
+    )
+    r.add_argument("--balance-every", type=int, default=D.balance_every)
     r.add_argument("--tau", type=float, default=D.tau, help="absolute LAW threshold (lsg)")
     r.add_argument(
         "--kappa", type=float, default=D.kappa, help="relative threshold kappa*1.4826*MAD"

@@ -125,8 +125,10 @@ class FaultInjector:
                 x = (10.0 * rng.standard_cauchy(x.shape)).astype(np.float32)
             elif f.kind == "labels":
                 y = rng.permutation(y)
-            elif f.kind == "straggler":
-                time.sleep(self.straggler_seconds)
+            elif f.kind == "straggler":  # a slower node: busy, so it shows as compute time
+                end = time.perf_counter() + self.straggler_seconds
+                while time.perf_counter() < end:
+                    pass
             elif f.kind == "crash":  # a node that dies: no cleanup, no checkpoint, status 3
                 print(f"rank {self.rank}: crash fault at step {step}", flush=True)
                 os._exit(3)

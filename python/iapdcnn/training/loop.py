@@ -83,6 +83,11 @@ class Trainer:
         self.prep = prep
         self.images = 0
         self.train_time = init_s + (float(prep.get("seconds", 0.0)) if prep else 0.0)
+        self.balancer = None
+        if cfg.balance:
+            from .balance import Balancer
+
+            self.balancer = Balancer(self.size, self.rank, cfg.batch_size, cfg.balance_every, hvd)
         self._round = [0.0, 0]  # --sync agwu: correct predictions and samples this round
         self.merges, self.comm_bytes = 0, 0  # AGWU merges; bytes allreduced per rank (either mode)
         self.step_macs = self.flops_before  # per image, of the model the steps train
@@ -278,7 +283,7 @@ class Trainer:
         self.log.begin_epoch(self.steps)
         if self.pruner is not None:
             self.pruner.on_epoch_begin(epoch)
-        n = kept = samples = skipped = loss_sum = correct = 0.0
+        n = kept = samples = skipped = loss_sum = correct = seen = 0.0
         epoch_time, t0 = 0.0, time.perf_counter()
         for i in range(self.steps):
             gstep = epoch * self.steps + i
@@ -286,11 +291,23 @@ class Trainer:
                 self._agwu_merge()  # the copies agree before rank 0's plan cuts them all
                 self._cut()
                 self.log.say(f"step {gstep}: pruned to {self.flops_now() / 1e6:.1f} MFLOPs")
-            idx = perm[(i * size + self.rank) * bs : (i * size + self.rank + 1) * bs]
+            bal = self.balancer
+            if bal is None:
+                idx = perm[(i * size + self.rank) * bs : (i * size + self.rank + 1) * bs]
+            else:  # this rank's slice of the global batch, sized by its speed
+                start = i * size * bs + bal.offset
+                idx = perm[start : start + bal.sizes[self.rank]]
+                self.reduction.weight.assign(bal.weight)
+                cpu0 = time.process_time()
             x, y, factor = self.faults.batch(self.xtr[idx], self.ytr[idx], gstep)
             if self.faults.corrupts_gradients:
                 self.reduction.factor.assign(factor)
             res = self._train_step(x, y)
+            seen += len(idx)
+            if bal is not None:
+                bal.record(time.process_time() - cpu0, len(idx))
+                if bal.maybe_update(gstep):
+                    self.log.say(f"step {gstep}: balanced batches {bal.sizes}")
             self.train_macs += self.step_macs * bs * size
             if cfg.sync == "step":  # one allreduce of the gradients per step
                 self.comm_bytes += self._grad_bytes()
@@ -320,11 +337,8 @@ class Trainer:
         self.images += self.steps * bs * size
         if self.pruner is not None:
             self.pruner.on_epoch_end(epoch)
-        train_acc = float(
-            self.hvd.allreduce(
-                tf.constant(correct / (self.steps * bs)), op=self.hvd.Average, name="train_acc"
-            )
-        )
+        tot = self.hvd.allreduce(tf.constant([correct, seen]), op=self.hvd.Sum, name="train_acc")
+        train_acc = float(tot[0] / tf.maximum(tot[1], 1.0))
         val_loss, val_acc = self._record_eval(epoch + 1, (epoch + 1) * self.steps)
         rec = {
             "epoch": epoch + 1,
@@ -394,6 +408,8 @@ class Trainer:
                 "skipped_steps": int(sum(h["skipped_steps"] for h in self.history)),
             },
         }
+        if self.balancer is not None:
+            out["balance"] = {"sizes": self.balancer.sizes, "updates": self.balancer.updates}
         out["sync"] = {
             "mode": cfg.sync,
             "allreduced_mb_per_rank": round(self.comm_bytes / 2**20, 3),
