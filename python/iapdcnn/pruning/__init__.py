@@ -19,7 +19,7 @@ from .core import (
 )
 from .criteria import CRITERIA
 from .flops import FlopsCount, count_flops
-from .graph import ChannelGraph
+from .graph import ChannelGraph, UnknownLayerWarning
 
 __all__ = [
     "CRITERIA",
@@ -27,6 +27,7 @@ __all__ = [
     "FlopsCount",
     "MDCVPruning",
     "PruningPlan",
+    "UnknownLayerWarning",
     "broadcast_plan",
     "count_flops",
     "plan",

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import criteria as crit
 from .flops import count_flops
-from .graph import ChannelGraph
+from .graph import ChannelGraph, prunable_kernel
 
 
 @dataclass
@@ -32,26 +32,12 @@ class PruningPlan:
 
 class _FlopsModel:
     """MACs of the model as a function of the removed classes, without rebuilding it: a layer's
-    MACs scale with its kept input and output channel fractions."""
+    MACs scale with its kept input and output channel fractions (``ChannelGraph.flops_terms``)."""
 
     def __init__(self, graph: ChannelGraph) -> None:
         self.base = count_flops(graph.model)
         self.graph = graph
-        self.terms = []  # (macs, in_roots or None, out_roots or None)
-        from .graph import L, is_prunable_conv
-
-        for layer in graph.model.layers:
-            macs = self.base.per_layer.get(layer.name, 0)
-            if not macs:
-                continue
-            if layer.name not in graph.handled:
-                self.terms.append((macs, None, None))
-                continue
-            rin = graph.roots(graph.layer_in[layer.name])
-            rout = graph.roots(graph.layer_out[layer.name]) if is_prunable_conv(layer) else None
-            if isinstance(layer, L.DepthwiseConv2D):
-                rin = graph.roots(graph.layer_out[layer.name])  # per output channel
-            self.terms.append((macs, rin, rout))
+        self.terms = graph.flops_terms(self.base.per_layer)  # (macs, in_roots, out_roots)
         self.total = self.base.total
 
     def __call__(self, removed_mask: np.ndarray) -> float:
@@ -96,7 +82,8 @@ def _check_options(alpha, ratio, target, round_to, min_channels, flops_mode) -> 
 def score_layers(
     model: Any, layers: Iterable[str], criterion: str = "mdcv", data: Any = None, **kwargs: Any
 ) -> dict[str, np.ndarray]:
-    """Scores (higher = keep) of the output channels of the named conv layers.
+    """Scores (higher = keep) of the output channels of the named prunable layers (convs,
+    grouped and separable convs, pointwise Dense).
 
     Returns:
       dict layer name -> float64 ``[filters]``.
@@ -104,7 +91,7 @@ def score_layers(
     layers = list(layers)
     if criterion in crit.WEIGHT_CRITERIA:
         fn = crit.WEIGHT_CRITERIA[criterion]
-        return {n: fn(model.get_layer(n).get_weights()[0], **kwargs) for n in layers}
+        return {n: fn(prunable_kernel(model.get_layer(n)), **kwargs) for n in layers}
     if criterion in crit.DATA_CRITERIA:
         if not layers:
             return {}
@@ -300,8 +287,11 @@ def prune(
     A conv's bias, the BatchNorm and DepthwiseConv2D after it, and the input channels of the next
     Conv2D / Dense (through Flatten or global pooling) shrink with it. Channels tied through
     Add-like merges (ResNet's residual stages) are scored and pruned as one group; Concatenate
-    maps channels through. Works for Conv2D and its subclasses (iapdcnn's Im2colConv2D), in
-    Sequential and functional models. Model inputs/outputs and Dense units are never pruned.
+    maps channels through. Prunes Conv2D and its subclasses (iapdcnn's Im2colConv2D), grouped
+    Conv2D (the same count from each group), SeparableConv2D and Dense on 4D tensors, through
+    every layer kind keras.applications uses (``ChannelGraph``), in Sequential and functional
+    models. Model inputs/outputs and the units of a Dense on flat features are never pruned; a
+    layer the graph does not know keeps its channels, with an ``UnknownLayerWarning``.
 
     Args:
       model: built functional or Sequential Keras model.

@@ -101,7 +101,7 @@ def feature_scores(
     # One input unnested, so the probe takes what the model takes (Keras 3 warns otherwise).
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     probe = keras.Model(inputs, [model.get_layer(at.get(n, n)).output for n in layers])
-    c = {n: model.get_layer(n).filters for n in layers}
+    c = {n: int(model.get_layer(n).output.shape[-1]) for n in layers}
     acc = {n: np.zeros(c[n]) if criterion == "fmp" else np.zeros((c[n], c[n])) for n in layers}
     count = 0
     for x in _batches(data, num_samples):
