@@ -176,7 +176,7 @@ class Im2colConv2DOp : public OpKernel {
     const std::vector<int64_t> out_dims =
         kMode == 0 ? p.OutputShape() : (kMode == 1 ? p.InputShape() : p.FilterShape());
     TensorShape out_shape;
-    for (int64_t d : out_dims) out_shape.AddDim(d);
+    OP_REQUIRES_OK(ctx, MakeShape(out_dims, &out_shape));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if constexpr (kGpu) {
