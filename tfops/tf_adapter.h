@@ -63,12 +63,15 @@ inline ::tensorflow::Status MakeShape(const std::vector<int64_t>& dims, TensorSh
   return TensorShape::BuildTensorShape(dims, out);
 }
 
-// ctx->allocate_output with a checked shape (see MakeShape).
-inline ::tensorflow::Status AllocateOutput(OpKernelContext* ctx, int index,
+// ctx->allocate_output with a checked shape (see MakeShape); an allocation failure names the op.
+inline ::tensorflow::Status AllocateOutput(OpKernelContext* ctx, const char* op, int index,
                                            const std::vector<int64_t>& dims, Tensor** out) {
   TensorShape shape;
   TF_RETURN_IF_ERROR(MakeShape(dims, &shape));
-  return ctx->allocate_output(index, shape, out);
+  const ::tensorflow::Status s = ctx->allocate_output(index, shape, out);
+  if (s.ok()) return s;
+  return ::tensorflow::errors::ResourceExhausted(op, ": cannot allocate output ", index,
+                                                 " of shape ", ShapeStr(dims), ": ", s.message());
 }
 
 inline std::vector<int64_t> Dims(const ::tensorflow::TensorShape& s) {

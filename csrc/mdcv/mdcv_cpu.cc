@@ -44,6 +44,33 @@ ColMat SymGram(const RowMat& a, const ParallelFor& pf) {
   }
   return k;
 }
+// d_i^2 = (x_i - mu)^T S_l^+ (x_i - mu) through K's eigenvalues (K = Xc Xc^T when gram, else
+// Xc^T Xc), dropping null directions (lam <= tol, as the l = 0 branch does); for when the
+// Cholesky of S_l (or of the Gram system) fails at a shrinkage below round-off.
+void EigenFallback(const ColMat& k, const mdcv_impl::Coeffs& cf, int64_t n, int64_t d, bool gram,
+                   const RowMat& u, std::vector<double>* d2) {
+  E::SelfAdjointEigenSolver<ColMat> eig(k);
+  const E::VectorXd& lam = eig.eigenvalues();
+  const double tol = static_cast<double>(std::max(n, d)) * std::numeric_limits<double>::epsilon() *
+                     std::max(lam.maxCoeff(), 0.0);
+  std::fill(d2->begin(), d2->end(), 0.0);
+  if (gram) {
+    for (int64_t q = 0; q < lam.size(); ++q) {
+      if (lam[q] <= tol) continue;
+      const double f = lam[q] / (cf.a * lam[q] + cf.c);
+      for (int64_t i = 0; i < n; ++i) {
+        (*d2)[i] += eig.eigenvectors()(i, q) * eig.eigenvectors()(i, q) * f;
+      }
+    }
+    return;
+  }
+  const ColMat proj = u * eig.eigenvectors();  // [n, d]
+  for (int64_t q = 0; q < lam.size(); ++q) {
+    if (lam[q] <= tol) continue;
+    const double f = 1.0 / (cf.a * lam[q] + cf.c);
+    for (int64_t i = 0; i < n; ++i) (*d2)[i] += proj(i, q) * proj(i, q) * f;
+  }
+}
 }  // namespace
 
 Status ValidateMdcv(const std::vector<int64_t>& filters_shape, double shrinkage, MdcvParams* p) {
@@ -161,7 +188,12 @@ Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* 
       m.diagonal().array() += cf.c;
       E::LLT<ColMat> llt(m);
       if (llt.info() != E::Success) {
-        return Status::InvalidArgument("mdcv_distances: Cholesky of the Gram system failed");
+        // c is below K's round-off (a Ledoit-Wolf l of ~1e-17 where the exact value is 0):
+        // M is not numerically positive definite. Eigenvalues instead, d_i^2 =
+        // sum_q V_iq^2 lam_q / (a lam_q + c) over K's non-null directions, which is the l = 0
+        // branch's result in the limit.
+        EigenFallback(k, cf, n, d, gram, u, &d2);
+        goto done;
       }
       ColMat linv = ColMat::Identity(n, n);
       llt.matrixL().solveInPlace(linv);  // L^-1: [M^-1]_ii is the squared norm of its column i
@@ -173,8 +205,9 @@ Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* 
       ColMat s = cf.a * k;
       s.diagonal().array() += cf.c;
       E::LLT<ColMat> llt(s);
-      if (llt.info() != E::Success) {
-        return Status::InvalidArgument("mdcv_distances: Cholesky of the shrunk covariance failed");
+      if (llt.info() != E::Success) {  // as above: S_l not numerically positive definite
+        EigenFallback(k, cf, n, d, gram, u, &d2);
+        goto done;
       }
       ColMat y = ut;  // [d, n], column i = x_i - mu
       const int64_t block = 32;
@@ -187,6 +220,7 @@ Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* 
         }
       });
     }
+  done:
     for (int64_t i = 0; i < n; ++i) {
       if (!std::isfinite(d2[i]) || !std::isfinite(trace)) {
         return Status::InvalidArgument(

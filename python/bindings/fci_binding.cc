@@ -46,8 +46,16 @@ py::tuple FciClassStats(CArray<T> x, const py::object& labels_obj, int64_t num_c
   ThrowIfError(ValidateFciBlocks(Dims(x), Dims(labels.a), num_classes, &p));
   ThrowIfError(CheckedElements("fci_class_stats", "sums [num_classes, positions, block_len]",
                                {p.num_classes, p.positions, p.block_len}));
-  py::array_t<double> counts({p.num_classes});
-  py::array_t<double> sums({p.num_classes, p.positions, p.block_len});
+  py::array_t<double> counts, sums;
+  try {
+    counts = py::array_t<double>({p.num_classes});
+    sums = py::array_t<double>({p.num_classes, p.positions, p.block_len});
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_MemoryError)) throw;
+    throw OutOfMemory("fci_class_stats: num_classes = " + std::to_string(p.num_classes) +
+                      " needs float64 sums of shape " +
+                      ShapeStr({p.num_classes, p.positions, p.block_len}) + ": " + e.what());
+  }
   {
     py::gil_scoped_release nogil;
     ThrowIfError(FciClassStatsCpu<T>(p, x.data(), labels.data(), counts.mutable_data(),

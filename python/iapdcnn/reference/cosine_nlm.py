@@ -40,6 +40,8 @@ def cosine_nlm(
     n, hh, ww, cc = x.shape
     out = np.empty_like(x)
     R = r + s
+    if out.size == 0:
+        return out
     for b in range(n):
         for c in range(cc):
             e = reflect_pad(x[b, :, :, c], R)
