@@ -175,10 +175,8 @@ class Im2colConv2DOp : public OpKernel {
     }
     const std::vector<int64_t> out_dims =
         kMode == 0 ? p.OutputShape() : (kMode == 1 ? p.InputShape() : p.FilterShape());
-    TensorShape out_shape;
-    for (int64_t d : out_dims) out_shape.AddDim(d);
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "im2col_conv2d", 0, out_dims, &out));
     if constexpr (kGpu) {
       using D = typename CudaOf<T>::type;
       auto d = [](const Tensor& t) { return reinterpret_cast<const D*>(t.flat<T>().data()); };

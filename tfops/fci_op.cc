@@ -33,7 +33,7 @@ class FciOp : public OpKernel {
     FciParams p;
     IAPDCNN_OP_REQUIRES_OK(ctx, ValidateFci(Dims(x.shape()), Dims(y.shape()), &p));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n_x, p.n_y}, &out));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "fci", 0, {p.n_x, p.n_y}, &out));
     if constexpr (kGpu) {
       TfGpuScratch scratch(ctx);
       IAPDCNN_OP_REQUIRES_OK(
@@ -111,8 +111,12 @@ class FciClassStatsOp : public OpKernel {
     IAPDCNN_OP_REQUIRES_OK(
         ctx, ValidateFciBlocks(Dims(x.shape()), Dims(labels.shape()), num_classes_, &p));
     Tensor *counts = nullptr, *sums = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.num_classes}, &counts));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {p.num_classes, p.positions, p.block_len}, &sums));
+    IAPDCNN_OP_REQUIRES_OK(
+        ctx, CheckedElements("fci_class_stats", "sums [num_classes, positions, block_len]",
+                             {p.num_classes, p.positions, p.block_len}));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "fci_class_stats", 0, {p.num_classes}, &counts));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "fci_class_stats", 1,
+                                       {p.num_classes, p.positions, p.block_len}, &sums));
     if constexpr (kGpu) {
       TfGpuScratch scratch(ctx);
       IAPDCNN_OP_REQUIRES_OK(
@@ -144,7 +148,7 @@ class FciPrototypeOp : public OpKernel {
     IAPDCNN_OP_REQUIRES_OK(ctx, ValidateFciBlocks(Dims(x.shape()), Dims(labels.shape()), k, &p));
     IAPDCNN_OP_REQUIRES_OK(ctx, ValidateFciPrototypes(p, Dims(protos.shape())));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n, p.positions}, &out));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "fci_prototype", 0, {p.n, p.positions}, &out));
     if constexpr (kGpu) {
       TfGpuScratch scratch(ctx);
       IAPDCNN_OP_REQUIRES_OK(
@@ -173,7 +177,7 @@ class FciWithinClassOp : public OpKernel {
     IAPDCNN_OP_REQUIRES_OK(
         ctx, ValidateFciBlocks(Dims(x.shape()), Dims(labels.shape()), num_classes_, &p));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {p.n, p.positions}, &out));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "fci_within_class", 0, {p.n, p.positions}, &out));
     if constexpr (kGpu) {
       TfGpuScratch scratch(ctx);
       IAPDCNN_OP_REQUIRES_OK(

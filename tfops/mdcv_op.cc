@@ -40,8 +40,11 @@ class MdcvDistancesOp : public OpKernel {
     IAPDCNN_OP_REQUIRES_OK(
         ctx, ValidateMdcv(Dims(filters.shape()), static_cast<double>(shrinkage.scalar<T>()()), &p));
     Tensor *dist = nullptr, *center = nullptr, *used = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({p.cout}), &dist));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({p.kh, p.kw, p.cin}), &center));
+    TensorShape dist_shape, center_shape;
+    OP_REQUIRES_OK(ctx, MakeShape({p.cout}, &dist_shape));
+    OP_REQUIRES_OK(ctx, MakeShape({p.kh, p.kw, p.cin}, &center_shape));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, dist_shape, &dist));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, center_shape, &center));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &used));
     IAPDCNN_OP_REQUIRES_OK(
         ctx,

@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "common/checked.h"
 #include "common/gpu.h"
 #include "common/parallel.h"
 #include "common/status.h"
@@ -30,8 +31,16 @@ using ::tensorflow::TensorShape;
 namespace shape_inference = ::tensorflow::shape_inference;
 
 inline ::tensorflow::Status ToTf(const Status& s) {
-  if (s.ok()) return ::tensorflow::OkStatus();
-  return ::tensorflow::errors::InvalidArgument(s.message());
+  switch (s.code()) {
+    case Status::Code::kOk:
+      return ::tensorflow::OkStatus();
+    case Status::Code::kResourceExhausted:
+      return ::tensorflow::errors::ResourceExhausted(s.message());
+    case Status::Code::kInternal:
+      return ::tensorflow::errors::Internal(s.message());
+    default:
+      return ::tensorflow::errors::InvalidArgument(s.message());
+  }
 }
 
 // Fails the op (and returns from the Compute method) when a csrc Status is not OK.
@@ -45,6 +54,24 @@ inline ParallelFor TfParallelFor(::tensorflow::OpKernelContext* ctx) {
     if (total <= 0) return;
     pool->ParallelFor(total, cost_per_unit, fn);
   };
+}
+
+// A TensorShape built with a Status (TensorShape's constructors CHECK-fail, killing the process,
+// on a negative or overflowing size). csrc's Validate* functions already bound every output
+// shape (common/checked.h); this is the adapter's own guard.
+inline ::tensorflow::Status MakeShape(const std::vector<int64_t>& dims, TensorShape* out) {
+  return TensorShape::BuildTensorShape(dims, out);
+}
+
+// ctx->allocate_output with a checked shape (see MakeShape); an allocation failure names the op.
+inline ::tensorflow::Status AllocateOutput(OpKernelContext* ctx, const char* op, int index,
+                                           const std::vector<int64_t>& dims, Tensor** out) {
+  TensorShape shape;
+  TF_RETURN_IF_ERROR(MakeShape(dims, &shape));
+  const ::tensorflow::Status s = ctx->allocate_output(index, shape, out);
+  if (s.ok()) return s;
+  return ::tensorflow::errors::ResourceExhausted(op, ": cannot allocate output ", index,
+                                                 " of shape ", ShapeStr(dims), ": ", s.message());
 }
 
 inline std::vector<int64_t> Dims(const ::tensorflow::TensorShape& s) {
@@ -69,6 +96,7 @@ class TfGpuScratch : public GpuScratch {
  public:
   explicit TfGpuScratch(::tensorflow::OpKernelContext* ctx) : ctx_(ctx) {}
   void* Allocate(int64_t bytes) override {
+    if (bytes < 0) return nullptr;  // an overflowed size: TensorShape would CHECK-fail on it
     ::tensorflow::Tensor t;
     if (!ctx_->allocate_temp(::tensorflow::DT_UINT8, ::tensorflow::TensorShape({bytes}), &t).ok()) {
       return nullptr;

@@ -16,8 +16,11 @@ namespace cuda {
 
 inline Status FromCuda(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::OK();
-  return Status::InvalidArgument(std::string("cuda: ") + what + ": " + cudaGetErrorName(e) + " (" +
-                                 cudaGetErrorString(e) + ")");
+  if (e == cudaErrorMemoryAllocation) {
+    return Status::ResourceExhausted(std::string("cuda: ") + what + ": out of device memory");
+  }
+  return Status::Internal(std::string("cuda: ") + what + ": " + cudaGetErrorName(e) + " (" +
+                          cudaGetErrorString(e) + ")");
 }
 
 #define IAPDCNN_CUDA_RETURN_IF_ERROR(expr) \
@@ -54,8 +57,8 @@ class Scratch {
     if (lender_ != nullptr) {
       ptr_ = lender_->Allocate(bytes);
       if (ptr_ == nullptr) {
-        return Status::InvalidArgument("cuda: out of device memory for " + std::to_string(bytes) +
-                                       " bytes of scratch");
+        return Status::ResourceExhausted("cuda: out of device memory for " + std::to_string(bytes) +
+                                         " bytes of scratch");
       }
     } else {
       IAPDCNN_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ptr_, static_cast<size_t>(bytes), stream_));

@@ -24,11 +24,21 @@ void RunThreaded(int64_t total, int64_t cost_per_unit,
   const int64_t block = (total + shards - 1) / shards;
   std::vector<std::thread> threads;
   threads.reserve(shards - 1);
-  for (int64_t s = 1; s < shards; ++s) {
+  int64_t s = 1;
+  for (; s < shards; ++s) {
     const int64_t b = s * block, e = std::min(total, b + block);
-    if (b < e) threads.emplace_back([&fn, b, e] { fn(b, e); });
+    if (b >= e) continue;
+    try {
+      threads.emplace_back([&fn, b, e] { fn(b, e); });
+    } catch (...) {  // no thread to be had (resource limits): the rest runs on this one
+      break;
+    }
   }
   fn(0, std::min(total, block));
+  for (; s < shards; ++s) {
+    const int64_t b = s * block, e = std::min(total, b + block);
+    if (b < e) fn(b, e);
+  }
   for (auto& t : threads) t.join();
 }
 }  // namespace

@@ -1,6 +1,6 @@
 // Small status type returned by every csrc entry point. csrc knows nothing of TensorFlow or
-// Python: the TF adapter turns a failed Status into errors::InvalidArgument, the pybind11 binding
-// into a Python ValueError.
+// Python: the TF adapter turns a failed Status into errors::InvalidArgument / ResourceExhausted /
+// Internal, the pybind11 binding into a Python ValueError / MemoryError / RuntimeError.
 #pragma once
 
 #include <cstdint>
@@ -12,16 +12,28 @@ namespace iapdcnn {
 
 class Status {
  public:
+  enum class Code { kOk, kInvalidArgument, kResourceExhausted, kInternal };
+
   Status() = default;
   static Status OK() { return Status(); }
-  static Status InvalidArgument(std::string msg) { return Status(std::move(msg)); }
+  // A bad argument (shape, range, a size that does not fit int64): the message names it.
+  static Status InvalidArgument(std::string msg) {
+    return Status(Code::kInvalidArgument, std::move(msg));
+  }
+  // An allocation (scratch or output) failed.
+  static Status ResourceExhausted(std::string msg) {
+    return Status(Code::kResourceExhausted, std::move(msg));
+  }
+  // Anything else a kernel threw.
+  static Status Internal(std::string msg) { return Status(Code::kInternal, std::move(msg)); }
 
-  bool ok() const { return ok_; }
+  bool ok() const { return code_ == Code::kOk; }
+  Code code() const { return code_; }
   const std::string& message() const { return msg_; }
 
  private:
-  explicit Status(std::string msg) : ok_(false), msg_(std::move(msg)) {}
-  bool ok_ = true;
+  Status(Code code, std::string msg) : code_(code), msg_(std::move(msg)) {}
+  Code code_ = Code::kOk;
   std::string msg_;
 };
 
@@ -38,5 +50,9 @@ inline std::string ShapeStr(const std::vector<int64_t>& s) {
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
 }
+
+// A double as Python's repr would write it (the shortest form that reads back the same value):
+// 1e-50 stays "1e-50", never "0.000000" as std::to_string writes it.
+std::string NumStr(double v);
 
 }  // namespace iapdcnn

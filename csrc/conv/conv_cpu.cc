@@ -19,6 +19,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/checked.h"
+#include "common/guard.h"
 #include "conv/conv.h"
 #include "conv/conv_direct.h"
 #include "conv/conv_impl.h"
@@ -614,16 +616,44 @@ Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
         "tf.nn.conv2d on CPU), got strides " +
         ShapeStr(strides) + " and dilations " + ShapeStr(dilations));
   }
-  const int64_t kh_eff = EffectiveKernel(p->k_h, p->dilation_h);
-  const int64_t kw_eff = EffectiveKernel(p->k_w, p->dilation_w);
+  // Every size below in checked 64-bit arithmetic: strides, dilations and paddings are user input
+  // (int64 through _C), and a wrapped size would reach TensorShape's CHECKs or the allocator.
+  const CheckedInt kh_eff_c = (CheckedInt(p->k_h) - 1) * p->dilation_h + 1;
+  const CheckedInt kw_eff_c = (CheckedInt(p->k_w) - 1) * p->dilation_w + 1;
+  if (!kh_eff_c.ok() || !kw_eff_c.ok()) {
+    return Status::InvalidArgument(
+        "im2col_conv2d: the dilated kernel extent (k - 1) * dilation + 1 overflows 64-bit "
+        "arithmetic: filters " +
+        ShapeStr(filter_shape) + ", dilations " + ShapeStr(dilations));
+  }
+  const int64_t kh_eff = kh_eff_c.value(), kw_eff = kw_eff_c.value();
+  // SAME: out = ceil(in / stride), total padding (out - 1) * stride + k_eff - in (>= 0).
+  auto same = [](int64_t in, int64_t k_eff, int64_t stride, int64_t* before, int64_t* after) {
+    const int64_t out = in / stride + (in % stride != 0);
+    int64_t total = 0;
+    if (out == 0) {  // in == 0: (out - 1) * stride + k_eff - in = k_eff - stride
+      total = std::max<int64_t>(0, k_eff - stride);
+    } else {
+      const CheckedInt reach = (CheckedInt(out) - 1) * stride + k_eff;
+      if (!reach.ok()) return false;
+      total = std::max<int64_t>(0, reach.value() - in);
+    }
+    *before = total / 2;
+    *after = total - total / 2;
+    return true;
+  };
   if (padding == "SAME") {
     if (!explicit_paddings.empty()) {
       return Status::InvalidArgument(
           "im2col_conv2d: explicit_paddings must be empty unless "
           "padding is 'EXPLICIT'");
     }
-    conv_impl::SamePadding(p->in_h, kh_eff, p->stride_h, &p->pad_top, &p->pad_bottom);
-    conv_impl::SamePadding(p->in_w, kw_eff, p->stride_w, &p->pad_left, &p->pad_right);
+    if (!same(p->in_h, kh_eff, p->stride_h, &p->pad_top, &p->pad_bottom) ||
+        !same(p->in_w, kw_eff, p->stride_w, &p->pad_left, &p->pad_right)) {
+      return Status::InvalidArgument(
+          "im2col_conv2d: the SAME padding of this input overflows 64-bit arithmetic (strides " +
+          ShapeStr(strides) + ", dilations " + ShapeStr(dilations) + ")");
+    }
   } else if (padding == "VALID") {
     if (!explicit_paddings.empty()) {
       return Status::InvalidArgument(
@@ -664,17 +694,35 @@ Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
     return Status::InvalidArgument(
         "im2col_conv2d: padding must be 'SAME', 'VALID' or 'EXPLICIT', got '" + padding + "'");
   }
-  p->out_h = conv_impl::OutputSize(p->in_h, kh_eff, p->stride_h, p->pad_top, p->pad_bottom);
-  p->out_w = conv_impl::OutputSize(p->in_w, kw_eff, p->stride_w, p->pad_left, p->pad_right);
-  if (p->out_h < 0 || p->out_w < 0) {
-    return Status::InvalidArgument("im2col_conv2d: the dilated kernel (" + std::to_string(kh_eff) +
-                                   " x " + std::to_string(kw_eff) +
-                                   ") is larger than the padded input (" +
-                                   std::to_string(p->in_h + p->pad_top + p->pad_bottom) + " x " +
-                                   std::to_string(p->in_w + p->pad_left + p->pad_right) +
-                                   "): computed output size would "
-                                   "be negative");
+  const CheckedInt padded_h = CheckedInt(p->in_h) + p->pad_top + p->pad_bottom;
+  const CheckedInt padded_w = CheckedInt(p->in_w) + p->pad_left + p->pad_right;
+  if (!padded_h.ok() || !padded_w.ok()) {
+    return Status::InvalidArgument(
+        "im2col_conv2d: padding: the padded input size overflows 64-bit arithmetic (input " +
+        ShapeStr(input_shape) + ", paddings " +
+        ShapeStr({p->pad_top, p->pad_bottom, p->pad_left, p->pad_right}) + ")");
   }
+  // TensorFlow's GetWindowedOutputSize, (padded - k_eff + stride) / stride truncated, without
+  // the intermediate sum that could overflow.
+  auto out_size = [](int64_t padded, int64_t k_eff, int64_t stride) {
+    const int64_t diff = padded - k_eff;  // both >= 0: no overflow
+    return diff >= 0 ? diff / stride + 1 : (diff + stride) / stride;
+  };
+  p->out_h = out_size(padded_h.value(), kh_eff, p->stride_h);
+  p->out_w = out_size(padded_w.value(), kw_eff, p->stride_w);
+  if (p->out_h < 0 || p->out_w < 0) {
+    return Status::InvalidArgument(
+        "im2col_conv2d: the dilated kernel (" + std::to_string(kh_eff) + " x " +
+        std::to_string(kw_eff) + ") is larger than the padded input (" +
+        std::to_string(padded_h.value()) + " x " + std::to_string(padded_w.value()) +
+        "): computed output size would "
+        "be negative");
+  }
+  IAPDCNN_RETURN_IF_ERROR(CheckedElements("im2col_conv2d", "input", p->InputShape()));
+  IAPDCNN_RETURN_IF_ERROR(CheckedElements("im2col_conv2d", "filters", p->FilterShape()));
+  IAPDCNN_RETURN_IF_ERROR(CheckedElements(
+      "im2col_conv2d", "the output (from the input, padding, strides and dilations)",
+      p->OutputShape()));
   return Status::OK();
 }
 
@@ -873,127 +921,132 @@ void ForwardCore(const Im2colConv2DParams& p, const T* input, const C* w, T* out
 
 template <typename T>
 Status Im2colConv2DCpu(const Im2colConv2DParams& p, const T* input, const T* filters, T* output,
-                       const ParallelFor& pf) {
-  using C = typename ComputeOf<T>::type;
-  if (p.batch == 0 || Pixels(p) == 0) return Status::OK();
-  if constexpr (!std::is_same<T, C>::value) {
-    const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
-    const std::vector<C> w = ToCompute<T, C>(filters, K * p.out_c, pf);
-    ForwardCore<T, C>(p, input, w.data(), output, pf);
-  } else {
-    ForwardCore<T, C>(p, input, filters, output, pf);
-  }
-  return Status::OK();
+                       const ParallelFor& pf_in) {
+  return GuardKernel("im2col_conv2d", pf_in, [&](const ParallelFor& pf) -> Status {
+    using C = typename ComputeOf<T>::type;
+    if (p.batch == 0 || Pixels(p) == 0) return Status::OK();
+    if constexpr (!std::is_same<T, C>::value) {
+      const int64_t K = p.k_h * p.k_w * (p.in_c / p.groups);
+      const std::vector<C> w = ToCompute<T, C>(filters, K * p.out_c, pf);
+      ForwardCore<T, C>(p, input, w.data(), output, pf);
+    } else {
+      ForwardCore<T, C>(p, input, filters, output, pf);
+    }
+    return Status::OK();
+  });
 }
 
 // ---- gradient with respect to the input ---------------------------------------------------------
 
 template <typename T>
 Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filters,
-                                    const T* out_backprop, T* in_backprop, const ParallelFor& pf) {
-  using C = typename ComputeOf<T>::type;
-  constexpr bool kPacked = !std::is_same<T, C>::value;
-  if (p.batch == 0 || p.in_h == 0 || p.in_w == 0) return Status::OK();
-  Im2colConv2DParams q;
-  if (TransposedForward(p, &q)) {
-    const std::vector<C> wt = FlippedTransposedFilter<T, C>(p, filters, pf);
-    ForwardCore<T, C>(q, out_backprop, wt.data(), in_backprop, pf);
-    return Status::OK();
-  }
-  const int64_t P = Pixels(p);
-  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
-  const int64_t K = p.k_h * p.k_w * cg, taps = p.k_h * p.k_w;
-  const Strides is = InputStrides(p);
-  std::vector<C> wbuf;
-  const C* w = nullptr;
-  if constexpr (kPacked) {
-    wbuf = ToCompute<T, C>(filters, K * p.out_c, pf);
-    w = wbuf.data();
-  } else {
-    w = filters;
-  }
-  const BwdInPlan b = PlanBackpropInput(p, sizeof(C));
-  const int64_t tasks = p.batch * p.groups * b.bands * b.ch_blocks;
-  const int64_t rows_per_band =
-      std::min(P, (CeilDiv(b.band_h, p.stride_h) + p.k_h * p.dilation_h) * p.out_w);
-  pf(tasks, rows_per_band * taps * b.ch_block * og / 4 + 1, [&](int64_t begin, int64_t end) {
-    std::vector<C> dcol, wsub, dotile, band;
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t cbi = u % b.ch_blocks, bi = u / b.ch_blocks % b.bands;
-      const int64_t g = u / b.ch_blocks / b.bands % p.groups;
-      const int64_t n = u / b.ch_blocks / b.bands / p.groups;
-      const int64_t c0 = g * cg + cbi * b.ch_block,
-                    cn = std::min(g * cg + cg, c0 + b.ch_block) - c0;
-      const int64_t h_lo = bi * b.band_h, h_hi = std::min(p.in_h, h_lo + b.band_h);
-      const int64_t kc = taps * cn;
-      T* dimg = in_backprop + n * is.n;
-      // The target: dI itself, or a float band [h_hi - h_lo, in_w, cn] for half / bfloat16.
-      View<C> fv{nullptr, 0, 0, 0, 0, 0};
-      if constexpr (kPacked) {
-        band.assign(static_cast<size_t>((h_hi - h_lo) * p.in_w * cn), C(0));
-        fv = {band.data(), p.in_w * cn, cn, 1, h_lo, c0};
-      } else {
-        fv = {dimg, is.h, is.w, is.c, 0, 0};
-        for (int64_t ih = h_lo; ih < h_hi; ++ih) {
-          for (int64_t iw = 0; iw < p.in_w; ++iw) {
-            for (int64_t c = c0; c < c0 + cn; ++c) *fv.at(ih, iw, c) = C(0);
-          }
-        }
-      }
-      // Filter rows of this channel block: W [taps, cg, out_c] -> [taps * cn, og].
-      Mat<C> wt{w + g * og, p.out_c, false};
-      if (cn != cg) {
-        wsub.resize(static_cast<size_t>(kc * og));
-        for (int64_t t = 0; t < taps; ++t) {
-          for (int64_t c = 0; c < cn; ++c) {
-            const C* src = w + (t * cg + (c0 - g * cg) + c) * p.out_c + g * og;
-            std::copy_n(src, og, wsub.data() + (t * cn + c) * og);
-          }
-        }
-        wt = {wsub.data(), og, false};
-      }
-      // Output rows whose receptive field meets [h_lo, h_hi).
-      const int64_t reach = (p.k_h - 1) * p.dilation_h;
-      int64_t oh_lo = h_lo + p.pad_top - reach;
-      oh_lo = oh_lo <= 0 ? 0 : CeilDiv(oh_lo, p.stride_h);
-      const int64_t oh_hi = std::min(p.out_h, (h_hi - 1 + p.pad_top) / p.stride_h + 1);
-      if (oh_lo >= oh_hi) continue;
-      const T* do_img = out_backprop + n * OutImageSize(p);
-      for (int64_t r0 = oh_lo * p.out_w; r0 < oh_hi * p.out_w; r0 += b.tile_rows) {
-        const int64_t r1 = std::min(oh_hi * p.out_w, r0 + b.tile_rows), rows = r1 - r0;
-        Mat<C> dot;
-        int64_t ld;
-        bool t;
-        const T* src = OutTilePtr(p, do_img, r0, g * og, &ld, &t);
+                                    const T* out_backprop, T* in_backprop,
+                                    const ParallelFor& pf_in) {
+  return GuardKernel("im2col_conv2d_backprop_input", pf_in, [&](const ParallelFor& pf) -> Status {
+    using C = typename ComputeOf<T>::type;
+    constexpr bool kPacked = !std::is_same<T, C>::value;
+    if (p.batch == 0 || p.in_h == 0 || p.in_w == 0) return Status::OK();
+    Im2colConv2DParams q;
+    if (TransposedForward(p, &q)) {
+      const std::vector<C> wt = FlippedTransposedFilter<T, C>(p, filters, pf);
+      ForwardCore<T, C>(q, out_backprop, wt.data(), in_backprop, pf);
+      return Status::OK();
+    }
+    const int64_t P = Pixels(p);
+    const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
+    const int64_t K = p.k_h * p.k_w * cg, taps = p.k_h * p.k_w;
+    const Strides is = InputStrides(p);
+    std::vector<C> wbuf;
+    const C* w = nullptr;
+    if constexpr (kPacked) {
+      wbuf = ToCompute<T, C>(filters, K * p.out_c, pf);
+      w = wbuf.data();
+    } else {
+      w = filters;
+    }
+    const BwdInPlan b = PlanBackpropInput(p, sizeof(C));
+    const int64_t tasks = p.batch * p.groups * b.bands * b.ch_blocks;
+    const int64_t rows_per_band =
+        std::min(P, (CeilDiv(b.band_h, p.stride_h) + p.k_h * p.dilation_h) * p.out_w);
+    pf(tasks, rows_per_band * taps * b.ch_block * og / 4 + 1, [&](int64_t begin, int64_t end) {
+      std::vector<C> dcol, wsub, dotile, band;
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t cbi = u % b.ch_blocks, bi = u / b.ch_blocks % b.bands;
+        const int64_t g = u / b.ch_blocks / b.bands % p.groups;
+        const int64_t n = u / b.ch_blocks / b.bands / p.groups;
+        const int64_t c0 = g * cg + cbi * b.ch_block,
+                      cn = std::min(g * cg + cg, c0 + b.ch_block) - c0;
+        const int64_t h_lo = bi * b.band_h, h_hi = std::min(p.in_h, h_lo + b.band_h);
+        const int64_t kc = taps * cn;
+        T* dimg = in_backprop + n * is.n;
+        // The target: dI itself, or a float band [h_hi - h_lo, in_w, cn] for half / bfloat16.
+        View<C> fv{nullptr, 0, 0, 0, 0, 0};
         if constexpr (kPacked) {
-          dotile.resize(static_cast<size_t>(rows * og));
-          for (int64_t i = 0; i < rows; ++i) {
-            for (int64_t j = 0; j < og; ++j) {
-              dotile[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
+          band.assign(static_cast<size_t>((h_hi - h_lo) * p.in_w * cn), C(0));
+          fv = {band.data(), p.in_w * cn, cn, 1, h_lo, c0};
+        } else {
+          fv = {dimg, is.h, is.w, is.c, 0, 0};
+          for (int64_t ih = h_lo; ih < h_hi; ++ih) {
+            for (int64_t iw = 0; iw < p.in_w; ++iw) {
+              for (int64_t c = c0; c < c0 + cn; ++c) *fv.at(ih, iw, c) = C(0);
             }
           }
-          dot = {dotile.data(), og, false};
-        } else {
-          dot = {src, ld, t};
         }
-        dcol.resize(static_cast<size_t>(rows * kc));
-        const OutMat<C> dc =
-            p.nchw ? OutMat<C>{dcol.data(), rows, true} : OutMat<C>{dcol.data(), kc, false};
-        MatMul<C>(rows, kc, og, dot, wt.T(), dc, false);
-        Col2imRange<C, C>(p, dcol.data(), c0, cn, r0, r1, h_lo, h_hi, fv);
-      }
-      if constexpr (kPacked) {
-        const View<T> tv{dimg, is.h, is.w, is.c, 0, 0};
-        for (int64_t ih = h_lo; ih < h_hi; ++ih) {
-          for (int64_t iw = 0; iw < p.in_w; ++iw) {
-            for (int64_t c = c0; c < c0 + cn; ++c)
-              *tv.at(ih, iw, c) = static_cast<T>(*fv.at(ih, iw, c));
+        // Filter rows of this channel block: W [taps, cg, out_c] -> [taps * cn, og].
+        Mat<C> wt{w + g * og, p.out_c, false};
+        if (cn != cg) {
+          wsub.resize(static_cast<size_t>(kc * og));
+          for (int64_t t = 0; t < taps; ++t) {
+            for (int64_t c = 0; c < cn; ++c) {
+              const C* src = w + (t * cg + (c0 - g * cg) + c) * p.out_c + g * og;
+              std::copy_n(src, og, wsub.data() + (t * cn + c) * og);
+            }
+          }
+          wt = {wsub.data(), og, false};
+        }
+        // Output rows whose receptive field meets [h_lo, h_hi).
+        const int64_t reach = (p.k_h - 1) * p.dilation_h;
+        int64_t oh_lo = h_lo + p.pad_top - reach;
+        oh_lo = oh_lo <= 0 ? 0 : CeilDiv(oh_lo, p.stride_h);
+        const int64_t oh_hi = std::min(p.out_h, (h_hi - 1 + p.pad_top) / p.stride_h + 1);
+        if (oh_lo >= oh_hi) continue;
+        const T* do_img = out_backprop + n * OutImageSize(p);
+        for (int64_t r0 = oh_lo * p.out_w; r0 < oh_hi * p.out_w; r0 += b.tile_rows) {
+          const int64_t r1 = std::min(oh_hi * p.out_w, r0 + b.tile_rows), rows = r1 - r0;
+          Mat<C> dot;
+          int64_t ld;
+          bool t;
+          const T* src = OutTilePtr(p, do_img, r0, g * og, &ld, &t);
+          if constexpr (kPacked) {
+            dotile.resize(static_cast<size_t>(rows * og));
+            for (int64_t i = 0; i < rows; ++i) {
+              for (int64_t j = 0; j < og; ++j) {
+                dotile[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
+              }
+            }
+            dot = {dotile.data(), og, false};
+          } else {
+            dot = {src, ld, t};
+          }
+          dcol.resize(static_cast<size_t>(rows * kc));
+          const OutMat<C> dc =
+              p.nchw ? OutMat<C>{dcol.data(), rows, true} : OutMat<C>{dcol.data(), kc, false};
+          MatMul<C>(rows, kc, og, dot, wt.T(), dc, false);
+          Col2imRange<C, C>(p, dcol.data(), c0, cn, r0, r1, h_lo, h_hi, fv);
+        }
+        if constexpr (kPacked) {
+          const View<T> tv{dimg, is.h, is.w, is.c, 0, 0};
+          for (int64_t ih = h_lo; ih < h_hi; ++ih) {
+            for (int64_t iw = 0; iw < p.in_w; ++iw) {
+              for (int64_t c = c0; c < c0 + cn; ++c)
+                *tv.at(ih, iw, c) = static_cast<T>(*fv.at(ih, iw, c));
+            }
           }
         }
       }
-    }
+    });
+    return Status::OK();
   });
-  return Status::OK();
 }
 
 // ---- gradient with respect to the filter --------------------------------------------------------
@@ -1001,95 +1054,97 @@ Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filter
 template <typename T>
 Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input,
                                      const T* out_backprop, T* filter_backprop,
-                                     const ParallelFor& pf) {
-  using C = typename ComputeOf<T>::type;
-  constexpr bool kPacked = !std::is_same<T, C>::value;
-  if constexpr (std::is_same<T, float>::value) {
-    if (conv_direct::FilterSupported(p)) {
-      conv_direct::BackpropFilterPointwise(p, input, out_backprop, filter_backprop, pf);
-      return Status::OK();
-    }
-    if (conv_direct::FilterSmallSupported(p)) {
-      conv_direct::BackpropFilterSmall(p, input, out_backprop, filter_backprop, pf);
-      return Status::OK();
-    }
-  }
-  const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
-  const int64_t K = p.k_h * p.k_w * cg;
-  const Strides is = InputStrides(p);
-  const bool pointwise = IsPointwise(p) && !kPacked;
-  const BwdFilPlan f = PlanBackpropFilter(p, sizeof(C));
-  const int64_t RS = RowSpace(p);
-  // Accumulators: dW itself, or one float/double [K, out_c] per shard.
-  const bool direct = !kPacked && f.shards == 1;
-  std::vector<C> acc(direct ? 0 : static_cast<size_t>(f.shards * K * p.out_c));
-  const int64_t work = RowSeqs(p) * f.tiles_per_image;
-  const int64_t per_shard = CeilDiv(std::max<int64_t>(1, work), f.shards);
-  const int64_t tasks = p.groups * f.k_blocks * f.shards;
-  pf(tasks, std::max<int64_t>(1, per_shard * f.tile_rows) * f.k_block * og / 4 + 1,
-     [&](int64_t begin, int64_t end) {
-       std::vector<C> col, dotile;
-       for (int64_t u = begin; u < end; ++u) {
-         const int64_t s = u % f.shards, kb = u / f.shards % f.k_blocks;
-         const int64_t g = u / f.shards / f.k_blocks;
-         const int64_t k0 = kb * f.k_block, k1 = std::min(K, k0 + f.k_block), kn = k1 - k0;
-         C* dw = nullptr;
-         if constexpr (kPacked) {
-           dw = acc.data() + s * K * p.out_c;
-         } else {
-           dw = direct ? filter_backprop : acc.data() + s * K * p.out_c;
-         }
-         const OutMat<C> out{dw + k0 * p.out_c + g * og, p.out_c, false};
-         for (int64_t i = 0; i < kn; ++i) std::fill_n(out.p + i * p.out_c, og, C(0));
-         const int64_t w0 = s * per_shard, w1 = std::min(work, w0 + per_shard);
-         for (int64_t wi = w0; wi < w1; ++wi) {
-           const int64_t n = wi / f.tiles_per_image, tile = wi % f.tiles_per_image;
-           const int64_t r0 = tile * f.tile_rows, r1 = std::min(RS, r0 + f.tile_rows);
-           const int64_t rows = r1 - r0;
-           const T* img = input + n * is.n;
-           Mat<C> a;
-           if constexpr (!kPacked) {
-             if (pointwise) a = PointwiseCols<C>(p, img, g * cg, r0, k0);
-           }
-           if (!pointwise) {
-             col.resize(static_cast<size_t>(rows * kn));
-             if (p.nchw) {
-               Im2colRange<T, C>(p, img, g * cg, cg, r0, r1, k0, k1, col.data());
-             } else {
-               Im2colRows<T, C>(p, input, g * cg, cg, r0, r1, k0, k1, col.data());
-             }
-             a = p.nchw ? Mat<C>{col.data(), rows, true} : Mat<C>{col.data(), kn, false};
-           }
-           int64_t ld;
-           bool t;
-           const T* src = OutTilePtr(p, out_backprop + n * OutImageSize(p), r0, g * og, &ld, &t);
-           Mat<C> dot;
-           if constexpr (kPacked) {
-             dotile.resize(static_cast<size_t>(rows * og));
-             for (int64_t i = 0; i < rows; ++i) {
-               for (int64_t j = 0; j < og; ++j) {
-                 dotile[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
-               }
-             }
-             dot = {dotile.data(), og, false};
-           } else {
-             dot = {src, ld, t};
-           }
-           MatMul<C>(kn, og, rows, a.T(), dot, out, true);
-         }
-       }
-     });
-  if (!direct) {
-    const int64_t total = K * p.out_c;
-    pf(total, f.shards + 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        C sum = 0;
-        for (int64_t s = 0; s < f.shards; ++s) sum += acc[s * total + i];
-        filter_backprop[i] = static_cast<T>(sum);
+                                     const ParallelFor& pf_in) {
+  return GuardKernel("im2col_conv2d_backprop_filter", pf_in, [&](const ParallelFor& pf) -> Status {
+    using C = typename ComputeOf<T>::type;
+    constexpr bool kPacked = !std::is_same<T, C>::value;
+    if constexpr (std::is_same<T, float>::value) {
+      if (conv_direct::FilterSupported(p)) {
+        conv_direct::BackpropFilterPointwise(p, input, out_backprop, filter_backprop, pf);
+        return Status::OK();
       }
-    });
-  }
-  return Status::OK();
+      if (conv_direct::FilterSmallSupported(p)) {
+        conv_direct::BackpropFilterSmall(p, input, out_backprop, filter_backprop, pf);
+        return Status::OK();
+      }
+    }
+    const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;
+    const int64_t K = p.k_h * p.k_w * cg;
+    const Strides is = InputStrides(p);
+    const bool pointwise = IsPointwise(p) && !kPacked;
+    const BwdFilPlan f = PlanBackpropFilter(p, sizeof(C));
+    const int64_t RS = RowSpace(p);
+    // Accumulators: dW itself, or one float/double [K, out_c] per shard.
+    const bool direct = !kPacked && f.shards == 1;
+    std::vector<C> acc(direct ? 0 : static_cast<size_t>(f.shards * K * p.out_c));
+    const int64_t work = RowSeqs(p) * f.tiles_per_image;
+    const int64_t per_shard = CeilDiv(std::max<int64_t>(1, work), f.shards);
+    const int64_t tasks = p.groups * f.k_blocks * f.shards;
+    pf(tasks, std::max<int64_t>(1, per_shard * f.tile_rows) * f.k_block * og / 4 + 1,
+       [&](int64_t begin, int64_t end) {
+         std::vector<C> col, dotile;
+         for (int64_t u = begin; u < end; ++u) {
+           const int64_t s = u % f.shards, kb = u / f.shards % f.k_blocks;
+           const int64_t g = u / f.shards / f.k_blocks;
+           const int64_t k0 = kb * f.k_block, k1 = std::min(K, k0 + f.k_block), kn = k1 - k0;
+           C* dw = nullptr;
+           if constexpr (kPacked) {
+             dw = acc.data() + s * K * p.out_c;
+           } else {
+             dw = direct ? filter_backprop : acc.data() + s * K * p.out_c;
+           }
+           const OutMat<C> out{dw + k0 * p.out_c + g * og, p.out_c, false};
+           for (int64_t i = 0; i < kn; ++i) std::fill_n(out.p + i * p.out_c, og, C(0));
+           const int64_t w0 = s * per_shard, w1 = std::min(work, w0 + per_shard);
+           for (int64_t wi = w0; wi < w1; ++wi) {
+             const int64_t n = wi / f.tiles_per_image, tile = wi % f.tiles_per_image;
+             const int64_t r0 = tile * f.tile_rows, r1 = std::min(RS, r0 + f.tile_rows);
+             const int64_t rows = r1 - r0;
+             const T* img = input + n * is.n;
+             Mat<C> a;
+             if constexpr (!kPacked) {
+               if (pointwise) a = PointwiseCols<C>(p, img, g * cg, r0, k0);
+             }
+             if (!pointwise) {
+               col.resize(static_cast<size_t>(rows * kn));
+               if (p.nchw) {
+                 Im2colRange<T, C>(p, img, g * cg, cg, r0, r1, k0, k1, col.data());
+               } else {
+                 Im2colRows<T, C>(p, input, g * cg, cg, r0, r1, k0, k1, col.data());
+               }
+               a = p.nchw ? Mat<C>{col.data(), rows, true} : Mat<C>{col.data(), kn, false};
+             }
+             int64_t ld;
+             bool t;
+             const T* src = OutTilePtr(p, out_backprop + n * OutImageSize(p), r0, g * og, &ld, &t);
+             Mat<C> dot;
+             if constexpr (kPacked) {
+               dotile.resize(static_cast<size_t>(rows * og));
+               for (int64_t i = 0; i < rows; ++i) {
+                 for (int64_t j = 0; j < og; ++j) {
+                   dotile[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
+                 }
+               }
+               dot = {dotile.data(), og, false};
+             } else {
+               dot = {src, ld, t};
+             }
+             MatMul<C>(kn, og, rows, a.T(), dot, out, true);
+           }
+         }
+       });
+    if (!direct) {
+      const int64_t total = K * p.out_c;
+      pf(total, f.shards + 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          C sum = 0;
+          for (int64_t s = 0; s < f.shards; ++s) sum += acc[s * total + i];
+          filter_backprop[i] = static_cast<T>(sum);
+        }
+      });
+    }
+    return Status::OK();
+  });
 }
 
 // ---- public im2col / col2im (whole group, whole image) ---------------------------------------

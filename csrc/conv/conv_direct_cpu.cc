@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/checked.h"
 #include "conv/conv_direct.h"
 
 namespace iapdcnn {
@@ -210,8 +211,22 @@ bool Supported(const Im2colConv2DParams& p) {
   // IAPDCNN_CONV_MICROKERNEL=0 selects the Eigen path instead (bench_conv.py compares the two).
   const char* env = std::getenv("IAPDCNN_CONV_MICROKERNEL");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  return cpu && !p.nchw && p.groups == 1 && p.out_c % 16 == 0 && p.batch > 0 && p.out_h > 0 &&
-         p.out_w > 0 && p.in_c > 0;
+  if (!(cpu && !p.nchw && p.groups == 1 && p.out_c % 16 == 0 && p.batch > 0 && p.out_h > 0 &&
+        p.out_w > 0 && p.in_c > 0)) {
+    return false;
+  }
+  // The padded copy holds every input row and column between an output row's first and last
+  // taps: ((k_h - 1) d_h + 1) x ((out_w - 1) s_w + (k_w - 1) d_w + 1) x C floats for one output
+  // row, which grows with dilation^2 while the real work (the im2col row, out_w x k_h x k_w x C)
+  // does not. A dilated layer whose copy would be much larger than its im2col rows takes the
+  // im2col path instead (bounded tiles), so scratch stays bounded by the work.
+  const CheckedInt rows = (CheckedInt(p.k_h) - 1) * p.dilation_h + 1;
+  const CheckedInt width =
+      (CheckedInt(p.out_w) - 1) * p.stride_w + (CheckedInt(p.k_w) - 1) * p.dilation_w + 1;
+  const CheckedInt copy = rows * width * p.in_c * int64_t{sizeof(float)};
+  const CheckedInt im2col = CheckedInt(p.out_w) * p.k_h * p.k_w * p.in_c * int64_t{sizeof(float)};
+  if (!copy.ok() || !im2col.ok()) return false;
+  return copy.value() <= std::max(kCopyBudgetBytes, 4 * im2col.value());
 }
 
 int64_t SharedScratchBytes(const Im2colConv2DParams& p) {

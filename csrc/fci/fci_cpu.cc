@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "common/checked.h"
+#include "common/guard.h"
 #include "fci/fci.h"
 #include "fci/fci_impl.h"
 
@@ -44,6 +46,10 @@ Status ValidateFci(const std::vector<int64_t>& x_shape, const std::vector<int64_
     return Status::InvalidArgument("fci: block_len (last dimension of x and y) must be >= 1, got " +
                                    std::to_string(x_shape[1]));
   }
+  IAPDCNN_RETURN_IF_ERROR(CheckedElements("fci", "x", x_shape));
+  IAPDCNN_RETURN_IF_ERROR(CheckedElements("fci", "y", y_shape));
+  IAPDCNN_RETURN_IF_ERROR(
+      CheckedElements("fci", "the output [n_x, n_y]", {x_shape[0], y_shape[0]}));
   p->n_x = x_shape[0];
   p->n_y = y_shape[0];
   p->block_len = x_shape[1];
@@ -51,25 +57,28 @@ Status ValidateFci(const std::vector<int64_t>& x_shape, const std::vector<int64_
 }
 
 template <typename T>
-Status FciPairwiseCpu(const FciParams& p, const T* x, const T* y, T* out, const ParallelFor& pf) {
-  const int64_t L = p.block_len;
-  std::vector<double> xc, yc, mx, my, vx, vy;
-  Centre(x, p.n_x, L, &xc, &mx, &vx, pf);
-  Centre(y, p.n_y, L, &yc, &my, &vy, pf);
-  const double inv_l = 1.0 / static_cast<double>(L);
-  pf(p.n_x, 2 * L * p.n_y + 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const double* xi = xc.data() + i * L;
-      for (int64_t j = 0; j < p.n_y; ++j) {
-        const double* yj = yc.data() + j * L;
-        double dot = 0.0;
-        for (int64_t k = 0; k < L; ++k) dot += xi[k] * yj[k];
-        out[i * p.n_y + j] =
-            static_cast<T>(fci_impl::FciFromMoments(dot * inv_l, vx[i], vy[j], mx[i], my[j]));
+Status FciPairwiseCpu(const FciParams& p, const T* x, const T* y, T* out,
+                      const ParallelFor& pf_in) {
+  return GuardKernel("fci", pf_in, [&](const ParallelFor& pf) -> Status {
+    const int64_t L = p.block_len;
+    std::vector<double> xc, yc, mx, my, vx, vy;
+    Centre(x, p.n_x, L, &xc, &mx, &vx, pf);
+    Centre(y, p.n_y, L, &yc, &my, &vy, pf);
+    const double inv_l = 1.0 / static_cast<double>(L);
+    pf(p.n_x, 2 * L * p.n_y + 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const double* xi = xc.data() + i * L;
+        for (int64_t j = 0; j < p.n_y; ++j) {
+          const double* yj = yc.data() + j * L;
+          double dot = 0.0;
+          for (int64_t k = 0; k < L; ++k) dot += xi[k] * yj[k];
+          out[i * p.n_y + j] =
+              static_cast<T>(fci_impl::FciFromMoments(dot * inv_l, vx[i], vy[j], mx[i], my[j]));
+        }
       }
-    }
+    });
+    return Status::OK();
   });
-  return Status::OK();
 }
 
 Status ValidateFciBlocks(const std::vector<int64_t>& x_shape,
@@ -127,80 +136,86 @@ Status CheckFciLabels(const FciBlocksParams& p, const int64_t* labels) {
 
 template <typename T>
 Status FciClassStatsCpu(const FciBlocksParams& p, const T* x, const int64_t* labels, double* counts,
-                        double* sums, const ParallelFor& pf) {
-  IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
-  const int64_t PL = p.positions * p.block_len;
-  std::fill(counts, counts + p.num_classes, 0.0);
-  std::fill(sums, sums + p.num_classes * PL, 0.0);
-  for (int64_t i = 0; i < p.n; ++i) counts[labels[i]] += 1.0;
-  // Threads own disjoint column ranges and walk the samples in order: deterministic sums.
-  pf(PL, 2 * p.n + 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = 0; i < p.n; ++i) {
-      const T* xi = x + i * PL;
-      double* s = sums + labels[i] * PL;
-      for (int64_t k = b; k < e; ++k) s[k] += static_cast<double>(xi[k]);
-    }
+                        double* sums, const ParallelFor& pf_in) {
+  return GuardKernel("fci_class_stats", pf_in, [&](const ParallelFor& pf) -> Status {
+    IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
+    const int64_t PL = p.positions * p.block_len;
+    std::fill(counts, counts + p.num_classes, 0.0);
+    std::fill(sums, sums + p.num_classes * PL, 0.0);
+    for (int64_t i = 0; i < p.n; ++i) counts[labels[i]] += 1.0;
+    // Threads own disjoint column ranges and walk the samples in order: deterministic sums.
+    pf(PL, 2 * p.n + 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = 0; i < p.n; ++i) {
+        const T* xi = x + i * PL;
+        double* s = sums + labels[i] * PL;
+        for (int64_t k = b; k < e; ++k) s[k] += static_cast<double>(xi[k]);
+      }
+    });
+    return Status::OK();
   });
-  return Status::OK();
 }
 
 template <typename T>
 Status FciPrototypeCpu(const FciBlocksParams& p, const T* x, const int64_t* labels,
-                       const T* prototypes, T* out, const ParallelFor& pf) {
-  IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
-  const int64_t L = p.block_len, P = p.positions;
-  pf(p.n * P, 8 * L, [&](int64_t b, int64_t e) {
-    std::vector<double> xc(L), mc(L);
-    for (int64_t q = b; q < e; ++q) {
-      const int64_t i = q / P, pos = q % P;
-      double mx = 0.0, mm = 0.0;
-      const double vx = fci_impl::CentreBlock(x + q * L, L, &mx, xc.data());
-      const double vm =
-          fci_impl::CentreBlock(prototypes + (labels[i] * P + pos) * L, L, &mm, mc.data());
-      double dot = 0.0;
-      for (int64_t k = 0; k < L; ++k) dot += xc[k] * mc[k];
-      out[q] = static_cast<T>(fci_impl::FciFromMoments(dot / L, vx, vm, mx, mm));
-    }
+                       const T* prototypes, T* out, const ParallelFor& pf_in) {
+  return GuardKernel("fci_prototype", pf_in, [&](const ParallelFor& pf) -> Status {
+    IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
+    const int64_t L = p.block_len, P = p.positions;
+    pf(p.n * P, 8 * L, [&](int64_t b, int64_t e) {
+      std::vector<double> xc(L), mc(L);
+      for (int64_t q = b; q < e; ++q) {
+        const int64_t i = q / P, pos = q % P;
+        double mx = 0.0, mm = 0.0;
+        const double vx = fci_impl::CentreBlock(x + q * L, L, &mx, xc.data());
+        const double vm =
+            fci_impl::CentreBlock(prototypes + (labels[i] * P + pos) * L, L, &mm, mc.data());
+        double dot = 0.0;
+        for (int64_t k = 0; k < L; ++k) dot += xc[k] * mc[k];
+        out[q] = static_cast<T>(fci_impl::FciFromMoments(dot / L, vx, vm, mx, mm));
+      }
+    });
+    return Status::OK();
   });
-  return Status::OK();
 }
 
 template <typename T>
 Status FciWithinClassCpu(const FciBlocksParams& p, const T* x, const int64_t* labels, T* out,
-                         const ParallelFor& pf) {
-  IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
-  const int64_t L = p.block_len, P = p.positions, n = p.n;
-  // Samples grouped by class (stable), so each class is a contiguous run of `order`.
-  std::vector<int64_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return labels[a] < labels[b]; });
-  pf(P, 2 * n * n * L / std::max<int64_t>(1, p.num_classes) + n * L, [&](int64_t b, int64_t e) {
-    std::vector<double> c(n * L), mean(n), var(n);
-    for (int64_t pos = b; pos < e; ++pos) {
-      for (int64_t i = 0; i < n; ++i) {
-        var[i] = fci_impl::CentreBlock(x + (i * P + pos) * L, L, &mean[i], c.data() + i * L);
-      }
-      for (int64_t s0 = 0; s0 < n;) {
-        int64_t s1 = s0;
-        while (s1 < n && labels[order[s1]] == labels[order[s0]]) ++s1;
-        for (int64_t a = s0; a < s1; ++a) {
-          const int64_t i = order[a];
-          double acc = 0.0;
-          for (int64_t bb = s0; bb < s1; ++bb) {
-            const int64_t j = order[bb];
-            if (j == i) continue;
-            double dot = 0.0;
-            for (int64_t k = 0; k < L; ++k) dot += c[i * L + k] * c[j * L + k];
-            acc += fci_impl::FciFromMoments(dot / L, var[i], var[j], mean[i], mean[j]);
-          }
-          out[i * P + pos] = static_cast<T>(s1 - s0 > 1 ? acc / (s1 - s0 - 1) : 0.5);
+                         const ParallelFor& pf_in) {
+  return GuardKernel("fci_within_class", pf_in, [&](const ParallelFor& pf) -> Status {
+    IAPDCNN_RETURN_IF_ERROR(CheckFciLabels(p, labels));
+    const int64_t L = p.block_len, P = p.positions, n = p.n;
+    // Samples grouped by class (stable), so each class is a contiguous run of `order`.
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return labels[a] < labels[b]; });
+    pf(P, 2 * n * n * L / std::max<int64_t>(1, p.num_classes) + n * L, [&](int64_t b, int64_t e) {
+      std::vector<double> c(n * L), mean(n), var(n);
+      for (int64_t pos = b; pos < e; ++pos) {
+        for (int64_t i = 0; i < n; ++i) {
+          var[i] = fci_impl::CentreBlock(x + (i * P + pos) * L, L, &mean[i], c.data() + i * L);
         }
-        s0 = s1;
+        for (int64_t s0 = 0; s0 < n;) {
+          int64_t s1 = s0;
+          while (s1 < n && labels[order[s1]] == labels[order[s0]]) ++s1;
+          for (int64_t a = s0; a < s1; ++a) {
+            const int64_t i = order[a];
+            double acc = 0.0;
+            for (int64_t bb = s0; bb < s1; ++bb) {
+              const int64_t j = order[bb];
+              if (j == i) continue;
+              double dot = 0.0;
+              for (int64_t k = 0; k < L; ++k) dot += c[i * L + k] * c[j * L + k];
+              acc += fci_impl::FciFromMoments(dot / L, var[i], var[j], mean[i], mean[j]);
+            }
+            out[i * P + pos] = static_cast<T>(s1 - s0 > 1 ? acc / (s1 - s0 - 1) : 0.5);
+          }
+          s0 = s1;
+        }
       }
-    }
+    });
+    return Status::OK();
   });
-  return Status::OK();
 }
 
 #define IAPDCNN_INSTANTIATE_BLOCKS(T)                                                            \

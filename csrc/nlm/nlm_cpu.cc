@@ -19,10 +19,13 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "common/checked.h"
+#include "common/guard.h"
 #include "common/reflect.h"
 #include "nlm/nlm.h"
 #include "nlm/nlm_impl.h"
@@ -68,12 +71,21 @@ struct Scratch {
 IAPDCNN_ALWAYS_INLINE float WeightOf(float cos, float scale) {
   return nlm_impl::FastExp2((cos - 1.0f) * scale);
 }
+// The exponent is floored at -700 (exp(-700) ~ 1e-304, a normal double), as FastExp2 floors
+// float weights at 2^-125: a window whose weights would all underflow to 0 (tiny h, or all-zero
+// patches with h < 1/745) averages its candidates instead of returning 0 / 0 = NaN. A NaN
+// exponent stays NaN (max(NaN, -700) is NaN as written).
 IAPDCNN_ALWAYS_INLINE double WeightOf(double cos, double scale) {
-  return std::exp((cos - 1.0) * scale);
+  const double t = (cos - 1.0) * scale;
+  return std::exp(t < -700.0 ? -700.0 : t);
 }
+// 1 / h (times log2(e) for float), clamped to T's largest finite value: a subnormal h would
+// make it inf, and (cos - 1) * inf is NaN where cos == 1.
 template <typename T>
 T WeightScale(double h) {
-  return static_cast<T>(sizeof(T) == sizeof(float) ? 1.4426950408889634 / h : 1.0 / h);
+  const double s = sizeof(T) == sizeof(float) ? 1.4426950408889634 / h : 1.0 / h;
+  const double top = static_cast<double>(std::numeric_limits<T>::max());
+  return static_cast<T>(s < top ? s : top);
 }
 
 // One row of weights w(a, a + d) for n pixels a: the horizontal box of width 2r+1 over v (the
@@ -383,6 +395,45 @@ void Prepare(const CosineNlmParams& p, const T* x, int64_t n, int64_t c, int64_t
   }
 }
 
+// If the padded rows Prepare copied for strip [r0, r1) hold a NaN or Inf: zeroes them in s->ext
+// and sets (*bad)[(i - r0) * W + j] for the strip's pixels whose window of padded rows
+// [i, i + 2R] and columns [j, j + 2R] held one. Returns whether any value was non-finite.
+template <typename T>
+bool MaskNonFinite(const CosineNlmParams& p, int64_t r0, int64_t r1, Scratch<T>* s,
+                   std::vector<uint8_t>* bad) {
+  const int64_t H = p.height, W = p.width, R = p.patch_radius + p.search_radius;
+  const int64_t EW = W + 2 * R, e0 = r0, e1 = std::min<int64_t>(H + 2 * R, r1 + 2 * R);
+  T* ext = s->ext.data();
+  bool any = false;
+  for (int64_t i = e0 * EW; i < e1 * EW && !any; ++i) any = !std::isfinite(ext[i]);
+  if (!any) return false;
+  // prefix[(i - e0) * (EW + 1) + j]: non-finite count in padded rows [e0, i), columns [0, j).
+  const int64_t rows = e1 - e0;
+  std::vector<int64_t> prefix(static_cast<size_t>((rows + 1) * (EW + 1)), 0);
+  for (int64_t i = 0; i < rows; ++i) {
+    int64_t run = 0;
+    for (int64_t j = 0; j < EW; ++j) {
+      T& v = ext[(e0 + i) * EW + j];
+      if (!std::isfinite(v)) {
+        ++run;
+        v = T(0);
+      }
+      prefix[(i + 1) * (EW + 1) + j + 1] = prefix[i * (EW + 1) + j + 1] + run;
+    }
+  }
+  bad->assign(static_cast<size_t>((r1 - r0) * W), 0);
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t a = i - e0, b = std::min(rows, a + 2 * R + 1);
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t c = j, d = j + 2 * R + 1;
+      const int64_t cnt = prefix[b * (EW + 1) + d] - prefix[a * (EW + 1) + d] -
+                          prefix[b * (EW + 1) + c] + prefix[a * (EW + 1) + c];
+      (*bad)[(i - r0) * W + j] = cnt > 0;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radius,
@@ -401,12 +452,29 @@ Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radi
                                    std::to_string(search_radius));
   }
   if (!(h > 0.0) || !std::isfinite(h)) {
-    return Status::InvalidArgument("cosine_nlm: h must be a finite number > 0, got " +
-                                   std::to_string(h));
+    return Status::InvalidArgument("cosine_nlm: h must be a finite number > 0, got " + NumStr(h));
   }
   if (!(eps > 0.0) || !std::isfinite(eps)) {
     return Status::InvalidArgument("cosine_nlm: eps must be a finite number > 0, got " +
-                                   std::to_string(eps));
+                                   NumStr(eps));
+  }
+  for (int64_t d : x_shape) {
+    if (d < 0) return Status::InvalidArgument("cosine_nlm: x has a negative dimension");
+  }
+  IAPDCNN_RETURN_IF_ERROR(CheckedElements("cosine_nlm", "x", x_shape));
+  // Each task copies a plane reflect-padded by R = patch_radius + search_radius on every side.
+  // Radii far beyond the image only repeat reflected pixels, yet that copy (and the O(H W s^2)
+  // work) grows with R^2: refuse it before allocating when it is far larger than the image.
+  const CheckedInt R = CheckedInt(patch_radius) + search_radius;
+  const CheckedInt padded = (CheckedInt(x_shape[1]) + R * 2) * (CheckedInt(x_shape[2]) + R * 2);
+  const int64_t limit = std::max<int64_t>(int64_t{1} << 26, 16 * x_shape[1] * x_shape[2]);
+  if (!padded.FitsIn(limit)) {
+    return Status::InvalidArgument(
+        "cosine_nlm: patch_radius (" + std::to_string(patch_radius) + ") + search_radius (" +
+        std::to_string(search_radius) + ") is too large for a " + std::to_string(x_shape[1]) +
+        " x " + std::to_string(x_shape[2]) + " image: the reflect-padded plane would have " +
+        (padded.ok() ? std::to_string(padded.value()) : std::string("more than 2^63")) +
+        " values (at most " + std::to_string(limit) + ")");
   }
   p->batch = x_shape[0];
   p->height = x_shape[1];
@@ -420,42 +488,60 @@ Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radi
 }
 
 template <typename T>
-Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const ParallelFor& pf) {
-  const int64_t H = p.height, W = p.width, C = p.channels;
-  const int64_t planes = p.batch * C;
-  if (planes == 0 || H == 0 || W == 0) return Status::OK();
-  // Units: (plane, row strip). A batch gives one strip per plane; a few large planes are cut
-  // into strips of >= kMinStripRows rows so every thread gets work (each strip recomputes the
-  // d-overlap rows and its norms, a small fraction at that height).
-  const int64_t want = (kUnitsWanted + planes - 1) / planes;
-  const int64_t strips = std::max<int64_t>(1, std::min(want, H / kMinStripRows));
-  const int64_t strip_rows = ((H + strips - 1) / strips + kMinStripRows - 1) / kMinStripRows *
-                             kMinStripRows;  // a multiple of kRestartRows (see StripImpl)
-  const int64_t k = (2 * p.search_radius + 1) * (2 * p.search_radius + 1);
-  pf(planes * strips, strip_rows * W * k * 8, [&](int64_t b, int64_t e) {
-    Scratch<T> s;
-    for (int64_t u = b; u < e; ++u) {
-      const int64_t q = u / strips, n = q / C, c = q % C;
-      const int64_t r0 = (u % strips) * strip_rows, r1 = std::min(H, r0 + strip_rows);
-      if (r0 >= r1) continue;
-      Prepare(p, x, n, c, r0, r1, &s);
-      if constexpr (sizeof(T) == sizeof(float)) {
-        StripFloat(p, &s, r0, r1);
-      } else {
-        StripDouble(p, &s, r0, r1);
-      }
-      // den >= w(a, a) = exp(-(1 - cos(a, a)) / h) > 0, so the division is always defined.
-      T* o = out + n * H * W * C + r0 * W * C + c;
-      const T* __restrict nu = s.num.data();
-      const T* __restrict de = s.den.data();
-      if (C == 1) {  // contiguous, so the division vectorises
-        for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i] = nu[i] / de[i];
-      } else {
-        for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i * C] = nu[i] / de[i];
-      }
+Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const ParallelFor& pf_in) {
+  return GuardKernel("cosine_nlm", pf_in, [&](const ParallelFor& pf) -> Status {
+    const int64_t H = p.height, W = p.width, C = p.channels;
+    const int64_t planes = p.batch * C;
+    if (!(static_cast<T>(p.eps) > T(0))) {  // all-zero patches would give 0 / 0
+      return Status::InvalidArgument("cosine_nlm: eps = " + NumStr(p.eps) +
+                                     " underflows to 0 in x's dtype (float32); use a larger eps or "
+                                     "float64 x");
     }
+    if (planes == 0 || H == 0 || W == 0) return Status::OK();
+    // Units: (plane, row strip). A batch gives one strip per plane; a few large planes are cut
+    // into strips of >= kMinStripRows rows so every thread gets work (each strip recomputes the
+    // d-overlap rows and its norms, a small fraction at that height).
+    const int64_t want = (kUnitsWanted + planes - 1) / planes;
+    const int64_t strips = std::max<int64_t>(1, std::min(want, H / kMinStripRows));
+    const int64_t strip_rows = ((H + strips - 1) / strips + kMinStripRows - 1) / kMinStripRows *
+                               kMinStripRows;  // a multiple of kRestartRows (see StripImpl)
+    const int64_t k = (2 * p.search_radius + 1) * (2 * p.search_radius + 1);
+    pf(planes * strips, strip_rows * W * k * 8, [&](int64_t b, int64_t e) {
+      Scratch<T> s;
+      std::vector<uint8_t> bad;
+      for (int64_t u = b; u < e; ++u) {
+        const int64_t q = u / strips, n = q / C, c = q % C;
+        const int64_t r0 = (u % strips) * strip_rows, r1 = std::min(H, r0 + strip_rows);
+        if (r0 >= r1) continue;
+        Prepare(p, x, n, c, r0, r1, &s);
+        // NaN policy (docs/nan_policy.md): NaN / Inf in, NaN out, exactly at the pixels whose
+        // (2R+1)^2 reflected window (every patch of every candidate) holds one. They are zeroed in
+        // the copy first: the running sums would otherwise carry a NaN (Inf - Inf) far down the
+        // plane, past the pixels that read it.
+        const bool dirty = MaskNonFinite(p, r0, r1, &s, &bad);
+        if constexpr (sizeof(T) == sizeof(float)) {
+          StripFloat(p, &s, r0, r1);
+        } else {
+          StripDouble(p, &s, r0, r1);
+        }
+        // den >= w(a, a) = exp(-(1 - cos(a, a)) / h) > 0, so the division is always defined.
+        T* o = out + n * H * W * C + r0 * W * C + c;
+        const T* __restrict nu = s.num.data();
+        const T* __restrict de = s.den.data();
+        if (C == 1) {  // contiguous, so the division vectorises
+          for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i] = nu[i] / de[i];
+        } else {
+          for (int64_t i = 0; i < (r1 - r0) * W; ++i) o[i * C] = nu[i] / de[i];
+        }
+        if (dirty) {
+          for (int64_t i = 0; i < (r1 - r0) * W; ++i) {
+            if (bad[i]) o[i * C] = std::numeric_limits<T>::quiet_NaN();
+          }
+        }
+      }
+    });
+    return Status::OK();
   });
-  return Status::OK();
 }
 
 template Status CosineNlmCpu<float>(const CosineNlmParams&, const float*, float*,

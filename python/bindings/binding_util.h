@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <functional>
+#include <stdexcept>
 #include <vector>
 
 #include "common/status.h"
@@ -16,8 +17,25 @@ namespace bindings {
 
 namespace py = pybind11;
 
+// Thrown for a ResourceExhausted Status; module.cc translates it into MemoryError (with its
+// message; pybind11's own std::bad_alloc translation drops it). Safe to throw without the GIL.
+struct OutOfMemory : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// InvalidArgument -> ValueError, ResourceExhausted -> MemoryError, Internal -> RuntimeError.
+// May be called with the GIL released (it only throws C++ exceptions).
 inline void ThrowIfError(const Status& s) {
-  if (!s.ok()) throw py::value_error(s.message());
+  switch (s.code()) {
+    case Status::Code::kOk:
+      return;
+    case Status::Code::kResourceExhausted:
+      throw OutOfMemory(s.message());
+    case Status::Code::kInternal:
+      throw std::runtime_error(s.message());
+    default:
+      throw py::value_error(s.message());
+  }
 }
 
 inline std::vector<int64_t> Dims(const py::array& a) {

@@ -12,15 +12,36 @@
 namespace iapdcnn {
 namespace bindings {
 
+// One int of argument `name`: a Python or NumPy integer (not a bool, not a float), in int64.
+inline int64_t IntOf(py::handle x, const char* name) {
+  const std::string type_name = py::str(py::type::of(x).attr("__name__"));
+  const bool is_bool = type_name == "bool" || type_name == "bool_";
+  if (is_bool || !py::hasattr(x, "__index__")) {
+    throw py::type_error(std::string("im2col_conv2d: ") + name + " must be integers, got " +
+                         py::repr(x).cast<std::string>());
+  }
+  try {
+    return py::reinterpret_borrow<py::object>(x).attr("__index__")().cast<int64_t>();
+  } catch (const py::cast_error&) {
+    throw py::value_error(std::string("im2col_conv2d: ") + name + " value " +
+                          py::repr(x).cast<std::string>() + " does not fit int64");
+  }
+}
+
 // An int, or a sequence of ints and (explicit padding) pairs, flattened.
-inline std::vector<int64_t> Ints(const py::object& v) {
-  if (py::isinstance<py::int_>(v)) return {v.cast<int64_t>()};
+inline std::vector<int64_t> Ints(const py::object& v, const char* name) {
+  if (py::hasattr(v, "__index__") || py::isinstance<py::bool_>(v)) return {IntOf(v, name)};
+  if (py::isinstance<py::str>(v) || !py::hasattr(v, "__iter__")) {
+    throw py::type_error(std::string("im2col_conv2d: ") + name +
+                         " must be an int or a sequence of ints, got " +
+                         py::repr(v).cast<std::string>());
+  }
   std::vector<int64_t> r;
   for (auto item : v) {
-    if (py::isinstance<py::int_>(item)) {
-      r.push_back(item.cast<int64_t>());
+    if (py::hasattr(item, "__index__") || !py::hasattr(item, "__iter__")) {
+      r.push_back(IntOf(item, name));
     } else {
-      for (auto x : item) r.push_back(x.cast<int64_t>());  // explicit padding pairs
+      for (auto x : item) r.push_back(IntOf(x, name));  // explicit padding pairs
     }
   }
   return r;
@@ -37,11 +58,12 @@ inline Im2colConv2DParams ConvParams(const std::vector<int64_t>& input_shape,
   if (py::isinstance<py::str>(padding)) {
     pad = padding.cast<std::string>();
   } else {
-    explicit_paddings = Ints(padding);
+    explicit_paddings = Ints(padding, "padding");
   }
   Im2colConv2DParams p;
-  ThrowIfError(ValidateIm2colConv2D(input_shape, filter_shape, Ints(strides), pad,
-                                    explicit_paddings, data_format, Ints(dilations), groups, &p));
+  ThrowIfError(ValidateIm2colConv2D(input_shape, filter_shape, Ints(strides, "strides"), pad,
+                                    explicit_paddings, data_format, Ints(dilations, "dilations"),
+                                    groups, &p));
   return p;
 }
 

@@ -33,11 +33,24 @@ py::array AsInput(const py::object& x) {
   py::array a = np.attr("asarray")(x);
   const char k = a.dtype().kind();
   const std::string name = py::str(a.dtype().attr("name"));
+  if (k != 'f' && k != 'i' && k != 'u' && k != 'b' && name != "bfloat16") {
+    // complex would lose its imaginary part, strings and objects have no numbers
+    throw py::type_error(
+        "im2col_conv2d: input must be a real (float, integer or bool) array, got dtype " + name);
+  }
   if (k != 'f' && name != "bfloat16") a = np.attr("asarray")(a, "float64");
   return np.attr("ascontiguousarray")(a);
 }
-py::array Like(const py::object& x, const py::array& ref) {
-  return py::module_::import("numpy").attr("ascontiguousarray")(x, ref.dtype());
+py::array Like(const py::object& x, const py::array& ref, const char* what) {
+  py::module_ np = py::module_::import("numpy");
+  py::array a = np.attr("asarray")(x);
+  const char k = a.dtype().kind();
+  const std::string name = py::str(a.dtype().attr("name"));
+  if (k != 'f' && k != 'i' && k != 'u' && k != 'b' && name != "bfloat16") {
+    throw py::type_error(std::string("im2col_conv2d: ") + what +
+                         " must be a real (float, integer or bool) array, got dtype " + name);
+  }
+  return np.attr("ascontiguousarray")(a, ref.dtype());
 }
 
 template <typename T, typename Fn>
@@ -72,7 +85,7 @@ py::array Forward(const py::object& input_obj, const py::object& filters_obj,
                   const py::object& strides, const py::object& padding,
                   const std::string& data_format, const py::object& dilations, int64_t groups) {
   py::array input = AsInput(input_obj);
-  py::array filters = Like(filters_obj, input);
+  py::array filters = Like(filters_obj, input, "filters");
   const Im2colConv2DParams p =
       ConvParams(Dims(input), Dims(filters), strides, padding, data_format, dilations, groups);
   py::array out(input.dtype(), p.OutputShape());
@@ -91,7 +104,7 @@ py::array BackpropInput(const std::vector<int64_t>& input_sizes, const py::objec
                         const py::object& padding, const std::string& data_format,
                         const py::object& dilations, int64_t groups) {
   py::array dout = AsInput(out_backprop_obj);
-  py::array filters = Like(filters_obj, dout);
+  py::array filters = Like(filters_obj, dout, "filters");
   const Im2colConv2DParams p =
       ConvParams(input_sizes, Dims(filters), strides, padding, data_format, dilations, groups);
   ThrowIfError(CheckShapeIs("out_backprop", Dims(dout), p.OutputShape()));
@@ -112,7 +125,7 @@ py::array BackpropFilter(const py::object& input_obj, const std::vector<int64_t>
                          const py::object& padding, const std::string& data_format,
                          const py::object& dilations, int64_t groups) {
   py::array input = AsInput(input_obj);
-  py::array dout = Like(out_backprop_obj, input);
+  py::array dout = Like(out_backprop_obj, input, "out_backprop");
   const Im2colConv2DParams p =
       ConvParams(Dims(input), filter_sizes, strides, padding, data_format, dilations, groups);
   ThrowIfError(CheckShapeIs("out_backprop", Dims(dout), p.OutputShape()));

@@ -1,6 +1,9 @@
 // iapdcnn._C.fci(x, y): pairwise FCI on NumPy arrays (csrc/fci), and the block-screening
 // functions fci_class_stats, fci_prototype and fci_within_class.
+#include <string>
+
 #include "binding_util.h"
+#include "common/checked.h"
 #include "common/parallel.h"
 #include "fci/fci.h"
 
@@ -21,14 +24,38 @@ py::array_t<T> Fci(CArray<T> x, CArray<T> y) {
   return out;
 }
 
-using Labels = CArray<int64_t>;
+// Labels: an integer array (any integer dtype, cast to int64); float labels are not truncated.
+struct Labels {
+  CArray<int64_t> a;
+  const int64_t* data() const { return a.data(); }
+};
+Labels LabelsOf(const py::object& obj, const char* fn) {
+  py::array arr = py::module_::import("numpy").attr("asarray")(obj);
+  const char kind = arr.dtype().kind();
+  if (kind != 'i' && kind != 'u') {
+    throw py::type_error(std::string(fn) + ": labels must be integers, got dtype " +
+                         std::string(py::str(arr.dtype())));
+  }
+  return Labels{CArray<int64_t>::ensure(arr)};
+}
 
 template <typename T>
-py::tuple FciClassStats(CArray<T> x, Labels labels, int64_t num_classes) {
+py::tuple FciClassStats(CArray<T> x, const py::object& labels_obj, int64_t num_classes) {
+  const Labels labels = LabelsOf(labels_obj, "fci_class_stats");
   FciBlocksParams p;
-  ThrowIfError(ValidateFciBlocks(Dims(x), Dims(labels), num_classes, &p));
-  py::array_t<double> counts({p.num_classes});
-  py::array_t<double> sums({p.num_classes, p.positions, p.block_len});
+  ThrowIfError(ValidateFciBlocks(Dims(x), Dims(labels.a), num_classes, &p));
+  ThrowIfError(CheckedElements("fci_class_stats", "sums [num_classes, positions, block_len]",
+                               {p.num_classes, p.positions, p.block_len}));
+  py::array_t<double> counts, sums;
+  try {
+    counts = py::array_t<double>({p.num_classes});
+    sums = py::array_t<double>({p.num_classes, p.positions, p.block_len});
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_MemoryError)) throw;
+    throw OutOfMemory("fci_class_stats: num_classes = " + std::to_string(p.num_classes) +
+                      " needs float64 sums of shape " +
+                      ShapeStr({p.num_classes, p.positions, p.block_len}) + ": " + e.what());
+  }
   {
     py::gil_scoped_release nogil;
     ThrowIfError(FciClassStatsCpu<T>(p, x.data(), labels.data(), counts.mutable_data(),
@@ -38,10 +65,11 @@ py::tuple FciClassStats(CArray<T> x, Labels labels, int64_t num_classes) {
 }
 
 template <typename T>
-py::array_t<T> FciPrototype(CArray<T> x, Labels labels, CArray<T> prototypes) {
+py::array_t<T> FciPrototype(CArray<T> x, const py::object& labels_obj, CArray<T> prototypes) {
+  const Labels labels = LabelsOf(labels_obj, "fci_prototype");
   FciBlocksParams p;
   ThrowIfError(
-      ValidateFciBlocks(Dims(x), Dims(labels), prototypes.ndim() ? prototypes.shape(0) : 0, &p));
+      ValidateFciBlocks(Dims(x), Dims(labels.a), prototypes.ndim() ? prototypes.shape(0) : 0, &p));
   ThrowIfError(ValidateFciPrototypes(p, Dims(prototypes)));
   py::array_t<T> out({p.n, p.positions});
   {
@@ -53,9 +81,10 @@ py::array_t<T> FciPrototype(CArray<T> x, Labels labels, CArray<T> prototypes) {
 }
 
 template <typename T>
-py::array_t<T> FciWithinClass(CArray<T> x, Labels labels, int64_t num_classes) {
+py::array_t<T> FciWithinClass(CArray<T> x, const py::object& labels_obj, int64_t num_classes) {
+  const Labels labels = LabelsOf(labels_obj, "fci_within_class");
   FciBlocksParams p;
-  ThrowIfError(ValidateFciBlocks(Dims(x), Dims(labels), num_classes, &p));
+  ThrowIfError(ValidateFciBlocks(Dims(x), Dims(labels.a), num_classes, &p));
   py::array_t<T> out({p.n, p.positions});
   {
     py::gil_scoped_release nogil;

@@ -25,6 +25,13 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  pybind11::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const iapdcnn::bindings::OutOfMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    }
+  });
   for (auto& bind : iapdcnn::bindings::FirstRegistry()) bind(m);
   for (auto& bind : iapdcnn::bindings::Registry()) bind(m);
 }

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ._args import as_int
+
 IntOrSeq = int | Sequence[int]
 Padding = str | Sequence[int] | Sequence[Sequence[int]]
 
@@ -14,10 +16,21 @@ def spatial(name: str, value: IntOrSeq, data_format: str) -> list[int]:
     """1, 2 or 4 values (4 in data_format order) -> the 4-value attribute in data_format order.
 
     Range checks are left to the kernel, which names the argument in its error."""
+    if isinstance(value, str | bytes):
+        raise TypeError(
+            f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
+        )
     if isinstance(value, int) or hasattr(value, "__index__"):
-        vals = [int(value)]
+        vals = [as_int("im2col_conv2d", name, value)]
     else:
-        vals = [int(v) for v in value]
+        try:
+            vals = [as_int("im2col_conv2d", name, v) for v in value]
+        except TypeError as e:
+            if "im2col_conv2d" in str(e):
+                raise
+            raise TypeError(
+                f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
+            ) from None
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) == 2:
@@ -43,9 +56,9 @@ def padding_attrs(padding: Padding, data_format: str) -> tuple[str, list[int]]:
     flat: list[int] = []
     for item in items:
         if isinstance(item, int) or hasattr(item, "__index__"):
-            flat.append(int(item))
+            flat.append(as_int("im2col_conv2d", "padding", item))
         else:
-            flat.extend(int(v) for v in item)
+            flat.extend(as_int("im2col_conv2d", "padding", v) for v in item)
     if len(items) == 2 and len(flat) == 4:  # ((top, bottom), (left, right))
         top, bottom, left, right = flat
     elif len(items) == 4 and len(flat) == 4:  # (top, bottom, left, right)

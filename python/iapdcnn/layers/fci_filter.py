@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import ops
+from .._args import as_float, as_int
 from .._keras import keras
 
 _MODES = ("prototype", "pairwise")
@@ -87,6 +88,16 @@ class FCIFilter(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        block_size = as_int("FCIFilter", "block_size", block_size)
+        epsilon = as_float("FCIFilter", "epsilon", epsilon)
+        if epsilon > 0.5:
+            raise ValueError(
+                f"FCIFilter: epsilon must be <= 0.5 (FCI's maximum, identical blocks), got "
+                f"{epsilon!r}: every block would be zeroed"
+            )
+        min_keep = as_float("FCIFilter", "min_keep", min_keep)
+        if num_classes is not None:
+            num_classes = as_int("FCIFilter", "num_classes", num_classes)
         if int(block_size) < 1:
             raise ValueError(f"FCIFilter: block_size must be >= 1, got {block_size}")
         if mode not in _MODES:
@@ -178,6 +189,10 @@ class FCIFilter(keras.layers.Layer):
             f = ops.fci_prototype(blocks, labels, self.prototypes())
         else:
             f = ops.fci_within_class(blocks, labels, self.num_classes)
+        # NaN policy: a NaN score (a block with NaN or Inf pixels) must not decide the mask.
+        f = tf.debugging.assert_all_finite(
+            f, "FCIFilter: non-finite FCI scores: the images contain NaN or Inf"
+        )
         return tf.cast(f >= self.epsilon, tf.float32)
 
     def screen(
@@ -264,6 +279,12 @@ class FCIFilter(keras.layers.Layer):
                 f = ops.fci_prototype(blocks, y, protos).numpy().astype(np.float64)
                 fci_sum = f.sum(0) if fci_sum is None else fci_sum + f.sum(0)
                 n_seen += x.shape[0]
+        if not np.all(np.isfinite(fci_sum)):
+            bad = np.flatnonzero(~np.isfinite(fci_sum))
+            raise ValueError(
+                f"FCIFilter.adapt: the FCI at block positions {bad[:10].tolist()} is NaN: the "
+                "images contain NaN or Inf; the position mask cannot be learned from them"
+            )
         stats = red(np.concatenate([fci_sum, [n_seen]]), "sum")
         mean_fci = stats[:-1] / max(stats[-1], 1.0)
         self.position_fci.assign(mean_fci.astype(np.float32))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .._args import as_int
 from .._conv_args import IntOrSeq, Padding, padding_attrs, spatial
 from .._loader import load_ops
 
@@ -72,7 +73,7 @@ def im2col_conv2d(
         explicit_paddings=explicit,
         data_format=data_format,
         dilations=spatial("dilations", dilations, data_format),
-        groups=int(groups),
+        groups=as_int("im2col_conv2d", "groups", groups),
         name=name,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .._args import as_float32_attr, as_int
 from .._loader import load_ops
 
 
@@ -38,10 +39,10 @@ def cosine_nlm(
         raise TypeError(f"cosine_nlm: x must be float32 or float64, got {x.dtype.name}")
     return load_ops().iapdcnn_cosine_nlm(
         x=x,
-        patch_radius=int(patch_radius),
-        search_radius=int(search_radius),
-        h=float(h),
-        eps=float(eps),
+        patch_radius=as_int("cosine_nlm", "patch_radius", patch_radius),
+        search_radius=as_int("cosine_nlm", "search_radius", search_radius),
+        h=as_float32_attr("cosine_nlm", "h", h, positive=True),
+        eps=as_float32_attr("cosine_nlm", "eps", eps, positive=True),
         name=name,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .._args import as_int
 from .._loader import load_ops
 
 
@@ -63,7 +64,10 @@ def fci_class_stats(
     """
     x, labels = _blocks_and_labels(x, labels, "fci_class_stats")
     return load_ops().iapdcnn_fci_class_stats(
-        x=x, labels=labels, num_classes=int(num_classes), name=name
+        x=x,
+        labels=labels,
+        num_classes=as_int("fci_class_stats", "num_classes", num_classes),
+        name=name,
     )
 
 
@@ -109,7 +113,10 @@ def fci_within_class(
     """
     x, labels = _blocks_and_labels(x, labels, "fci_within_class")
     return load_ops().iapdcnn_fci_within_class(
-        x=x, labels=labels, num_classes=int(num_classes), name=name
+        x=x,
+        labels=labels,
+        num_classes=as_int("fci_within_class", "num_classes", num_classes),
+        name=name,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .._args import as_bool, as_float32_attr, as_int
 from .._loader import load_ops
 
 
@@ -39,12 +40,18 @@ def marr_hildreth(
         raise TypeError(f"marr_hildreth: x must be float32 or float64, got {x.dtype.name}")
     return load_ops().iapdcnn_marr_hildreth(
         x=x,
-        laplacian=int(laplacian),
-        threshold=float(threshold),
-        relative=bool(relative),
-        mode=str(mode),
+        laplacian=as_int("marr_hildreth", "laplacian", laplacian),
+        threshold=as_float32_attr("marr_hildreth", "threshold", threshold),
+        relative=as_bool("marr_hildreth", "relative", relative),
+        mode=_mode(mode),
         name=name,
     )
+
+
+def _mode(mode: str) -> str:
+    if not isinstance(mode, str):
+        raise TypeError(f"marr_hildreth: mode must be a str, got {mode!r}")
+    return mode
 
 
 tf.no_gradient("Iapdcnn>MarrHildreth")

@@ -173,6 +173,15 @@ def plan(
     if criterion in crit.DATA_CRITERIA:
         kwargs.setdefault("feature_layers", {n: graph.feature_layer(n) for n in layers})
     scores = score_layers(model, layers, criterion, data, **kwargs)
+    # NaN policy (docs/nan_policy.md): filters are never chosen from NaN or Inf scores (NaN
+    # sorts last in argsort, so a NaN filter would be kept and healthy ones removed).
+    for n, sc in scores.items():
+        if not np.all(np.isfinite(sc)):
+            bad = np.flatnonzero(~np.isfinite(sc))
+            raise ValueError(
+                f"prune: criterion {criterion!r} gave non-finite scores to filters "
+                f"{bad[:10].tolist()} of layer {n!r} (NaN or Inf weights or feature maps?)"
+            )
     raw, norm = [], []
     for g in groups:
         cols = [scores[n][g.index[:, j]] for j, n in enumerate(g.layers)]

@@ -34,15 +34,26 @@ def cosine_nlm(
         raise ValueError(
             f"cosine_nlm: x must be 4-D [batch, height, width, channels], got {x.shape}"
         )
-    if patch_radius < 0 or search_radius < 0 or not h > 0:
+    if patch_radius < 0 or search_radius < 0 or not (h > 0 and np.isfinite(h)):
         raise ValueError("cosine_nlm: need patch_radius >= 0, search_radius >= 0, h > 0")
     r, s = patch_radius, search_radius
     n, hh, ww, cc = x.shape
     out = np.empty_like(x)
     R = r + s
+    if out.size == 0:
+        return out
     for b in range(n):
         for c in range(cc):
             e = reflect_pad(x[b, :, :, c], R)
+            # NaN policy: NaN exactly where the (2R+1)^2 reflected window holds a NaN or Inf;
+            # the other pixels never read those values (computed here with them zeroed).
+            bad = ~np.isfinite(e)
+            poisoned = np.zeros((hh, ww), bool)
+            if bad.any():
+                for k in range(2 * R + 1):
+                    for m in range(2 * R + 1):
+                        poisoned |= bad[k : k + hh, m : m + ww]
+                e = np.where(bad, 0.0, e)
 
             def at(dy: int, dx: int, e: np.ndarray = e) -> np.ndarray:
                 # ext(i + dy, j + dx) for the image pixels (i, j).
@@ -65,8 +76,10 @@ def cosine_nlm(
                         for m in range(-r, r + 1)
                     )
                     cos = dot / (norm_a * norm(dy, dx) + eps)
-                    w = np.exp(-(1.0 - cos) / h)
+                    # floored at exp(-700), as the float64 kernel (float32: 2^-125): a window
+                    # whose weights would all underflow averages instead of giving 0 / 0
+                    w = np.exp(np.maximum(-(1.0 - cos) / h, -700.0))
                     num += w * at(dy, dx)
                     den += w
-            out[b, :, :, c] = num / den
+            out[b, :, :, c] = np.where(poisoned, np.nan, num / den)
     return out

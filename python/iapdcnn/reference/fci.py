@@ -8,7 +8,8 @@ import numpy as np
 def fci(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pairwise FCI between rows of ``x`` [n_x, L] and rows of ``y`` [n_y, L] -> [n_x, n_y].
 
-    Population moments; identical constant blocks give 0.5 (SPEC 1c).
+    Population moments; identical constant blocks give 0.5 (SPEC 1c); a block with a NaN or Inf
+    gives NaN (docs/nan_policy.md).
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -17,6 +18,10 @@ def fci(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     out = np.empty((x.shape[0], y.shape[0]))
     for i, a in enumerate(x):
         for j, b in enumerate(y):
+            # NaN policy: a block with NaN or Inf (or an overflowing sum) has no FCI.
+            if not (np.isfinite(a.sum()) and np.isfinite(b.sum())):
+                out[i, j] = np.nan
+                continue
             const_a, const_b = a.min() == a.max(), b.min() == b.max()
             ma = a[0] if const_a else a.mean()
             mb = b[0] if const_b else b.mean()
@@ -24,7 +29,10 @@ def fci(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             vb = 0.0 if const_b else ((b - mb) ** 2).mean()
             cov = 0.0 if (const_a or const_b) else ((a - ma) * (b - mb)).mean()
             den = va + vb + (ma - mb) ** 2
-            out[i, j] = cov / den if den > 0 else 0.5
+            if not (np.isfinite(den) and np.isfinite(cov)):
+                out[i, j] = np.nan
+            else:
+                out[i, j] = cov / den if den > 0 else 0.5
     return out
 
 

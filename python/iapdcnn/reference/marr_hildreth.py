@@ -14,7 +14,11 @@ _K8 = np.array([[1, 1, 1], [1, -8, 1], [1, 1, 1]], dtype=np.float64)
 def _filter3(plane: np.ndarray, k: np.ndarray) -> np.ndarray:
     e = reflect_pad(plane, 1)
     h, w = plane.shape
-    return sum(k[a, b] * e[a : a + h, b : b + w] for a in range(3) for b in range(3))
+    # zero taps are skipped, not multiplied: 0 * NaN would spread a NaN to pixels the stencil
+    # does not read (NaN policy)
+    return sum(
+        k[a, b] * e[a : a + h, b : b + w] for a in range(3) for b in range(3) if k[a, b] != 0
+    )
 
 
 def laplacian(plane: np.ndarray, neighbours: int = 4) -> np.ndarray:
@@ -55,7 +59,10 @@ def marr_hildreth(
     relative: bool = True,
     mode: str = "masked",
 ) -> np.ndarray:
-    """Marr-Hildreth edges of ``x`` [N, H, W, C] per channel -> [N, H, W, C] (float64)."""
+    """Marr-Hildreth edges of ``x`` [N, H, W, C] per channel -> [N, H, W, C] (float64).
+
+    NaN policy (docs/nan_policy.md): a pixel whose decision reads a non-finite value is NaN; the
+    relative threshold is taken over the finite magnitudes."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 4:
         raise ValueError(
@@ -65,9 +72,24 @@ def marr_hildreth(
     for b in range(x.shape[0]):
         for c in range(x.shape[3]):
             g = x[b, :, :, c]
-            mag = sobel_magnitude(g)
-            t = threshold * mag.max() if relative else threshold
-            edge = zero_crossings(laplacian(g, laplacian_neighbours)) & (mag >= t)
+            if g.size == 0:
+                continue
+            with np.errstate(invalid="ignore", over="ignore"):
+                mag = sobel_magnitude(g)
+                lap = laplacian(g, laplacian_neighbours)
+                finite_mag = mag[np.isfinite(mag)]
+                top = finite_mag.max() if finite_mag.size else 0.0
+                t = threshold * top if relative else threshold
+                edge = zero_crossings(lap) & (mag >= t)
+            # NaN policy: NaN where the decision reads a non-finite magnitude or Laplacian (the
+            # pixel's or one of its 8 reflected neighbours').
+            bad = ~np.isfinite(reflect_pad(lap, 1))
+            h, w = g.shape
+            near = np.zeros(g.shape, bool)
+            for dy in range(3):
+                for dx in range(3):
+                    near |= bad[dy : dy + h, dx : dx + w]
             val = {"masked": g, "binary": np.ones_like(g), "magnitude": mag}[mode]
-            out[b, :, :, c] = np.where(edge, val, 0.0)
+            res = np.where(edge, val, 0.0)
+            out[b, :, :, c] = np.where(near | ~np.isfinite(mag), np.nan, res)
     return out

@@ -29,6 +29,12 @@ def mdcv_distances(
     w = np.asarray(filters, dtype=np.float64)
     if w.ndim != 4 or w.shape[3] < 2:
         raise ValueError(f"mdcv_distances: filters must be [kh, kw, cin, cout>=2], got {w.shape}")
+    if not np.all(np.isfinite(w)):
+        bad = int(np.flatnonzero(~np.isfinite(w.reshape(-1, w.shape[3])).any(axis=0))[0])
+        raise ValueError(
+            f"mdcv_distances: filters contains a non-finite value in filter {bad} (NaN policy: "
+            "distances of NaN or Inf weights would decide what is pruned)"
+        )
     x = w.reshape(-1, w.shape[3]).T  # [n, d]: one filter per row
     n, d = x.shape
     mu = x.mean(axis=0)

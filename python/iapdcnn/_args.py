@@ -1,0 +1,67 @@
+"""Argument checks shared by the op wrappers: an integer must be an integer (``2.5`` is not
+truncated to 2, ``True`` is not 1) and a float attribute must survive TensorFlow's float32
+attribute type (``h=1e-50`` would arrive as 0). Every message names the function and the
+argument, and shows the value as ``repr`` does. Framework-free."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import numpy as np
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
+
+def as_int(fn: str, name: str, value: Any) -> int:
+    """``value`` as a Python int; TypeError for bools, floats and other non-integers."""
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{fn}: {name} must be an integer, got the bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{fn}: {name} must be an integer, got {value!r} ({type(value).__name__})"
+        ) from None
+
+
+def as_float(fn: str, name: str, value: Any) -> float:
+    """``value`` as a finite Python float; TypeError for non-numbers, ValueError for NaN/Inf."""
+    if isinstance(value, bool | np.bool_) or isinstance(value, str | bytes):
+        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{fn}: {name} must be a real number, got {value!r} ({type(value).__name__})"
+        ) from None
+    if not math.isfinite(v):
+        raise ValueError(f"{fn}: {name} must be a finite number, got {v!r}")
+    return v
+
+
+def as_float32_attr(fn: str, name: str, value: Any, positive: bool = False) -> float:
+    """A finite float that a float32 op attribute holds without becoming 0 or inf."""
+    v = as_float(fn, name, value)
+    if positive and not v > 0:
+        raise ValueError(f"{fn}: {name} must be a finite number > 0, got {v!r}")
+    if abs(v) > _F32_MAX:
+        raise ValueError(
+            f"{fn}: {name} = {v!r} does not fit the op's float32 attribute (|{name}| <= "
+            f"{_F32_MAX!r})"
+        )
+    if v != 0 and abs(v) < _F32_TINY:
+        raise ValueError(
+            f"{fn}: {name} = {v!r} is below float32's smallest value {_F32_TINY!r} and would "
+            f"reach the op as 0"
+        )
+    return v
+
+
+def as_bool(fn: str, name: str, value: Any) -> bool:
+    """A bool (Python or NumPy); TypeError otherwise (``"False"`` is not False)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{fn}: {name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
