@@ -1,4 +1,4 @@
-"""Benchmark of the Im2col + GEMM convolution (SPEC 2b) against TensorFlow's own Conv2D (oneDNN)
+"""Benchmark of the Im2col + GEMM convolution (spec §2b) against TensorFlow's own Conv2D (oneDNN)
 on ResNet-50's distinct convolution shapes at batch 8 and 1: forward, gradient w.r.t. input and
 w.r.t. filter, interleaved in one process. Ratio = TF time / our time (> 1: we are faster).
 Ratios are medians of per-pair ratios of interleaved runs. Last stdout line: one JSON object

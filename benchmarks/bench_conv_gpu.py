@@ -1,4 +1,4 @@
-"""GPU benchmark of the CUDA Im2col + cuBLAS convolution (csrc/conv/conv_cuda.cu, SPEC 2b) against
+"""GPU benchmark of the CUDA Im2col + cuBLAS convolution (csrc/conv/conv_cuda.cu, spec §2b) against
 cuDNN (torch.nn.functional.conv2d) on ResNet-50's distinct convolution shapes at batch 32, fp32
 (TF32 off on both sides: true fp32) and fp16, both in NHWC memory (channels_last for cuDNN).
 Correctness is checked first; timings are interleaved CUDA-event means. Ratio = cuDNN time / our

@@ -1,4 +1,4 @@
-"""Benchmark of the MHO-PFES feature stage (SPEC 1): EdgeFeatures (cosine NLM r=2, s=5, then
+"""Benchmark of the MHO-PFES feature stage (spec §1): EdgeFeatures (cosine NLM r=2, s=5, then
 Marr-Hildreth) images/s at 28x28 and 224x224, against what a user would otherwise run in the same
 process, interleaved: scikit-image denoise_nl_means(fast_mode=True) + scipy's LoG, and OpenCV
 fastNlMeansDenoising at the same windows (5x5 template, 11x11 search). Also FCIFilter adapt

@@ -1,4 +1,4 @@
-"""Benchmark of MDCV filter pruning (SPEC 2a, issue 5) against FPGM, L1, PDCNNO's FMP and random
+"""Benchmark of MDCV filter pruning (spec §2a, issue 5) against FPGM, L1, PDCNNO's FMP and random
 filter choice: train the small ResNet briefly on Fashion-MNIST, prune each way to 40% fewer
 multiply-adds, fine-tune each for the same number of steps and LR schedule (the unpruned model
 too), compare test accuracy, and time training / inference throughput of the pruned model against

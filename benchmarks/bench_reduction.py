@@ -1,4 +1,4 @@
-"""Benchmark of the LSG reduction (SPEC 3). (1) Overhead: step time of the small ResNet under
+"""Benchmark of the LSG reduction (spec §3). (1) Overhead: step time of the small ResNet under
 `horovodrun -np 2` with iapdcnn's DistributedOptimizer(lsg) against Horovod's own
 DistributedOptimizer (Average), interleaved in the same processes, after checking both give the
 same update when no worker is an outlier. (2) Robustness: final Fashion-MNIST test accuracy after

@@ -1,4 +1,4 @@
-"""Im2col + GEMM convolution (SPEC 2b): the TF op against tf.nn.conv2d on a broad grid, the NumPy
+"""Im2col + GEMM convolution (spec §2b): the TF op against tf.nn.conv2d on a broad grid, the NumPy
 reference == _C == TF op for all three kernels, gradients, random configs, and bad input."""
 
 import ml_dtypes

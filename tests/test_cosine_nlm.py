@@ -1,4 +1,4 @@
-"""Cosine NLM (SPEC 1a): NumPy reference == _C == TF op, Theorem 1's noise-variance property,
+"""Cosine NLM (spec §1a): NumPy reference == _C == TF op, Theorem 1's noise-variance property,
 and bad input rejected with errors naming the argument."""
 
 import numpy as np

@@ -1,6 +1,6 @@
 """LSG and the other reductions under real Horovod workers (Gloo): no outlier == Average, an
 outlier or NaN worker is excluded, a sign-flipped worker is caught by the direction screen,
-all-rejected steps are skipped and logged, K = 2 per SPEC 3, the tape and Keras ways in. The checks themselves live in distributed/reduction_worker.py."""
+all-rejected steps are skipped and logged, K = 2 per spec §3, the tape and Keras ways in. The checks themselves live in distributed/reduction_worker.py."""
 
 import os
 

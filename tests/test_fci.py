@@ -1,4 +1,4 @@
-"""FCI (SPEC 1c) through the whole chain: NumPy reference == _C == TensorFlow op."""
+"""FCI (spec §1c) through the whole chain: NumPy reference == _C == TensorFlow op."""
 
 import numpy as np
 import pytest
@@ -95,7 +95,7 @@ def test_op_in_graph_and_tf_function(rng):
         np.testing.assert_allclose(sess.run(out, {xp: x}), reference.fci(x, y), atol=1e-12)
 
 
-# --- block screening: class statistics, prototype FCI, within-class FCI (SPEC 1c) ---------------
+# --- block screening: class statistics, prototype FCI, within-class FCI (spec §1c) ---------------
 
 
 def _blocks(rng, n=11, positions=5, length=8, classes=3, dtype=np.float64):

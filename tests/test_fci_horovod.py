@@ -1,5 +1,5 @@
 """FCI prototype statistics merged across `horovodrun -np 2` equal the single-process ones
-exactly (SPEC 1c: class sums are the "reduce" step), and the preprocessing job runs under
+exactly (spec §1c: class sums are the "reduce" step), and the preprocessing job runs under
 horovodrun. Needs Horovod's horovodrun; skipped with the reason when it is absent."""
 
 import json

@@ -1,4 +1,4 @@
-"""Keras layers EdgeFeatures and FCIFilter (SPEC 1): inside models and tf.data, adapt as
+"""Keras layers EdgeFeatures and FCIFilter (spec §1): inside models and tf.data, adapt as
 map/reduce, the static mask saved with the model, per-sample screening with labels."""
 
 import numpy as np

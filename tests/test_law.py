@@ -1,4 +1,4 @@
-"""Per-sample and worker-level LAW (SPEC 3) against the NumPy oracle, with hand-worked cases:
+"""Per-sample and worker-level LAW (spec §3) against the NumPy oracle, with hand-worked cases:
 the K = 2 rule, non-finite values, and the all-rejected case. No Horovod needed."""
 
 import numpy as np
@@ -166,7 +166,7 @@ def test_healthy_workers_kept_in_simulation():
 
 
 def test_k2_rule():
-    # SPEC 3: with K = 2 the deviations are equal. Relative tau keeps both ...
+    # spec §3: with K = 2 the deviations are equal. Relative tau keeps both ...
     assert worker_law([0.5, 9.0], [1.0, 1.0], [1.0, 1.0]).numpy().tolist() == [1, 1]
     # ... absolute tau keeps both or rejects both
     assert worker_law([0.5, 0.6], [1, 1], [1, 1], tau=0.1).numpy().tolist() == [1, 1]

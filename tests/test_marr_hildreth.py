@@ -1,4 +1,4 @@
-"""Marr-Hildreth edges (SPEC 1b): reference == _C == TF op, synthetic shapes, the Laplacian sign
+"""Marr-Hildreth edges (spec §1b): reference == _C == TF op, synthetic shapes, the Laplacian sign
 against scipy, real scikit-image photographs against a LoG zero-crossing reference, bad input."""
 
 import numpy as np
@@ -60,7 +60,7 @@ def test_disk_edges_land_on_its_boundary():
 
 def test_laplacian_sign_matches_scipy(rng):
     # scipy's "mirror" mode is numpy's "reflect" (our border); its 4-neighbour kernel has -4 at
-    # the centre, like SPEC 1b's.
+    # the centre, like spec §1b's.
     g = rng.uniform(size=(15, 17))
     np.testing.assert_allclose(laplacian(g, 4), ndi.laplace(g, mode="mirror"), atol=1e-12)
     # Edges sit on the negative-Laplacian side: every edge pixel has scipy laplace <= 0.

@@ -1,4 +1,4 @@
-"""MDCV distances (SPEC 2a) through the whole chain: NumPy reference == _C == TensorFlow op, the
+"""MDCV distances (spec §2a) through the whole chain: NumPy reference == _C == TensorFlow op, the
 degenerate unshrunk case, invariances of the ranking, and clear errors on bad input."""
 
 import numpy as np
@@ -53,7 +53,7 @@ def test_hand_worked_case():
 
 @pytest.mark.parametrize("n", [3, 8, 40])
 def test_unshrunk_rule_is_degenerate(rng, n):
-    # SPEC 2a: with n <= d and the pseudo-inverse, every filter is at sqrt((n-1)^2/n).
+    # spec §2a: with n <= d and the pseudo-inverse, every filter is at sqrt((n-1)^2/n).
     w = rng.normal(size=(3, 3, 8, n))
     for d, *_ in (_C.mdcv_distances(w, 0.0), _tf(w, 0.0), reference.mdcv_distances(w, 0.0)):
         np.testing.assert_allclose(d, np.sqrt((n - 1) ** 2 / n), rtol=1e-9)

@@ -1,4 +1,4 @@
-"""The preprocessing job and the CLI (SPEC 1): sharded TFRecords in iapdcnn's schema, the JSON
+"""The preprocessing job and the CLI (spec §1): sharded TFRecords in iapdcnn's schema, the JSON
 report, resuming, atomic shards, the preview PNG. Small synthetic data, small windows."""
 
 import json

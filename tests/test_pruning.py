@@ -1,4 +1,4 @@
-"""iapdcnn.pruning (SPEC 2a): physical pruning with known answers on toy models, exact output
+"""iapdcnn.pruning (spec §2a): physical pruning with known answers on toy models, exact output
 preservation when the pruned channels are zero, residual groups, ResNet-50, save/load, the
 MDCVPruning callback + strip, and clear errors naming the argument."""
 

@@ -1,4 +1,4 @@
-// TensorFlow adapter for the Im2col convolution (csrc/conv, SPEC 2b): Iapdcnn>Im2colConv2D and
+// TensorFlow adapter for the Im2col convolution (csrc/conv, spec §2b): Iapdcnn>Im2colConv2D and
 // its two gradient ops, with tf.nn.conv2d's attributes (4-value strides / dilations in
 // data_format order, padding SAME / VALID / EXPLICIT + explicit_paddings) plus groups.
 #include "conv/conv.h"
@@ -92,7 +92,7 @@ REGISTER_OP("Iapdcnn>Im2colConv2D")
       c->set_output(0, out);
       return ::tensorflow::OkStatus();
     })
-    .Doc("Im2col + GEMM conv2d with tf.nn.conv2d semantics (SPEC 2b).");
+    .Doc("Im2col + GEMM conv2d with tf.nn.conv2d semantics (spec §2b).");
 
 REGISTER_OP("Iapdcnn>Im2colConv2DBackpropInput")
     .Input("input_sizes: int32")

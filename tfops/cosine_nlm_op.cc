@@ -19,7 +19,7 @@ REGISTER_OP("Iapdcnn>CosineNlm")
       c->set_output(0, x);
       return ::tensorflow::OkStatus();
     })
-    .Doc("Cosine-similarity non-local means per channel, reflect borders (SPEC 1a).");
+    .Doc("Cosine-similarity non-local means per channel, reflect borders (spec §1a).");
 
 // kGpu: the DEVICE_GPU kernel (csrc CUDA entry point on TF's stream).
 template <typename T, bool kGpu = false>

@@ -20,7 +20,7 @@ REGISTER_OP("Iapdcnn>Fci")
       c->set_output(0, c->Matrix(c->Dim(x, 0), c->Dim(y, 0)));
       return ::tensorflow::OkStatus();
     })
-    .Doc("Pairwise Feature Correlation Index between rows of x and rows of y (SPEC 1c).");
+    .Doc("Pairwise Feature Correlation Index between rows of x and rows of y (spec §1c).");
 
 template <typename T, bool kGpu = false>
 class FciOp : public OpKernel {
@@ -78,7 +78,7 @@ REGISTER_OP("Iapdcnn>FciClassStats")
       c->set_output(1, c->MakeShape({c->MakeDim(k), c->Dim(x, 1), c->Dim(x, 2)}));
       return ::tensorflow::OkStatus();
     })
-    .Doc("Mergeable per-class block counts and sums for FCI prototype mode (SPEC 1c).");
+    .Doc("Mergeable per-class block counts and sums for FCI prototype mode (spec §1c).");
 
 REGISTER_OP("Iapdcnn>FciPrototype")
     .Input("x: T")
@@ -87,7 +87,7 @@ REGISTER_OP("Iapdcnn>FciPrototype")
     .Output("fci: T")
     .Attr("T: {float, double}")
     .SetShapeFn(BlockShape)
-    .Doc("FCI of every block against its class prototype block (SPEC 1c, prototype mode).");
+    .Doc("FCI of every block against its class prototype block (spec §1c, prototype mode).");
 
 REGISTER_OP("Iapdcnn>FciWithinClass")
     .Input("x: T")
@@ -96,7 +96,7 @@ REGISTER_OP("Iapdcnn>FciWithinClass")
     .Attr("num_classes: int")
     .Attr("T: {float, double}")
     .SetShapeFn(BlockShape)
-    .Doc("Mean FCI of every block with the same block of the other same-class samples (SPEC 1c).");
+    .Doc("Mean FCI of every block with the same block of the other same-class samples (spec §1c).");
 
 template <typename T, bool kGpu = false>
 class FciClassStatsOp : public OpKernel {

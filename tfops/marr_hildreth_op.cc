@@ -22,7 +22,7 @@ REGISTER_OP("Iapdcnn>MarrHildreth")
       c->set_output(0, x);
       return ::tensorflow::OkStatus();
     })
-    .Doc("Marr-Hildreth edges: Laplacian zero crossings gated by Sobel magnitude (SPEC 1b).");
+    .Doc("Marr-Hildreth edges: Laplacian zero crossings gated by Sobel magnitude (spec §1b).");
 
 // kGpu: the DEVICE_GPU kernel (csrc CUDA entry point on TF's stream).
 template <typename T, bool kGpu = false>

@@ -23,7 +23,7 @@ REGISTER_OP("Iapdcnn>MdcvDistances")
       c->set_output(2, c->Scalar());
       return ::tensorflow::OkStatus();
     })
-    .Doc("MDCV filter distances from the filters' mean under a shrunk covariance (SPEC 2a).");
+    .Doc("MDCV filter distances from the filters' mean under a shrunk covariance (spec §2a).");
 
 template <typename T>
 class MdcvDistancesOp : public OpKernel {

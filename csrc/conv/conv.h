@@ -1,4 +1,4 @@
-// Im2col + GEMM 2-D convolution (SPEC 2b): O = im2col(I) x reshape(K), with the gradient with
+// Im2col + GEMM 2-D convolution (spec §2b): O = im2col(I) x reshape(K), with the gradient with
 // respect to the input (GEMM then col2im) and to the filter (im2col^T x dO). Semantics are those
 // of tf.nn.conv2d: NHWC or NCHW input, HWIO filter [k_h, k_w, in_c / groups, out_c], strides,
 // dilations, SAME / VALID / explicit (asymmetric) padding, groups.

@@ -1,4 +1,4 @@
-// CPU Im2col + GEMM convolution (SPEC 2b). The paper's "map" is a tile of output pixels (forward,
+// CPU Im2col + GEMM convolution (spec §2b). The paper's "map" is a tile of output pixels (forward,
 // grad-input) or a block of im2col columns (grad-filter) handed to one task of the ParallelFor;
 // each task packs its tile with im2col into a bounded buffer and multiplies it with Eigen's GEMM.
 // The float32 NHWC forward (and pointwise filter gradient) on AVX-512 CPUs is conv_direct_cpu.cc's
@@ -446,7 +446,7 @@ int64_t RowViewScratchBytes(const Im2colConv2DParams& p, const RowViewPlan& v, i
 
 constexpr int64_t kMaxTransposedDepth = 128;  // largest out_c / groups for TransposedForward
 
-// Stride-1 gradient with respect to the input as a forward convolution (SPEC 2b, the adjoint of
+// Stride-1 gradient with respect to the input as a forward convolution (spec §2b, the adjoint of
 // a stride-1 convolution is a convolution): dI = conv(dO, W') with W' the spatially flipped,
 // in/out-transposed filter and padding k_eff - 1 - pad on each side. It uses the forward's
 // GEMM (depth k_h * k_w * out_c instead of out_c) and writes dI directly: no col2im scatter of

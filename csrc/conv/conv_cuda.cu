@@ -1,4 +1,4 @@
-// CUDA Im2col + GEMM convolution (SPEC 2b), the device twin of conv_cpu.cc with the same
+// CUDA Im2col + GEMM convolution (spec §2b), the device twin of conv_cpu.cc with the same
 // semantics: im2col kernels write the column matrix of a chunk of images (bounded scratch), one
 // cuBLAS strided-batched GEMM per chunk (groups are the batch), and col2im gathers (no atomics,
 // deterministic). 1x1 / stride-1 / unpadded convolutions skip im2col: the input is the matrix.

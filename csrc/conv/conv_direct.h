@@ -1,5 +1,5 @@
 // The float32 NHWC forward of the Im2col convolution with our own AVX-512 GEMM micro-kernel
-// (SPEC 2b). The im2col matrix is never materialised: after one zero-padded copy of the input,
+// (spec §2b). The im2col matrix is never materialised: after one zero-padded copy of the input,
 // row r of im2col (output pixel r) restricted to one kernel row kh is a contiguous run of that
 // copy, so the micro-kernel reads it in place while TensorFlow's Eigen GEMM would pack it again.
 // Used by conv_cpu.cc's forward (and so by its stride-1 gradient with respect to the input).

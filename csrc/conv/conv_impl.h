@@ -1,4 +1,4 @@
-// Per-element index math of the Im2col convolution (SPEC 2b), shared by the CPU path and a later
+// Per-element index math of the Im2col convolution (spec §2b), shared by the CPU path and a later
 // CUDA path: output sizes and padding as tf.nn.conv2d computes them, and the input coordinate an
 // im2col column reads.
 #pragma once

@@ -1,4 +1,4 @@
-// Feature Correlation Index between blocks (SPEC 1c):
+// Feature Correlation Index between blocks (spec §1c):
 //   FCI(x, y) = cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2)
 // with population moments (1/L). Its maximum is 0.5 at x == y (the paper's "-> 1" is wrong);
 // 2*FCI is Lin's concordance correlation coefficient. Two identical constant blocks give 0.5,
@@ -29,7 +29,7 @@ Status ValidateFci(const std::vector<int64_t>& x_shape, const std::vector<int64_
 template <typename T>
 Status FciPairwiseCpu(const FciParams& p, const T* x, const T* y, T* out, const ParallelFor& pf);
 
-// Block screening (SPEC 1c). x: [n, positions, block_len] (block p of sample i is
+// Block screening (spec §1c). x: [n, positions, block_len] (block p of sample i is
 // x[i, p, :]), labels: [n] class ids in [0, num_classes).
 struct FciBlocksParams {
   int64_t n = 0;

@@ -1,4 +1,4 @@
-// CUDA FCI (SPEC 1c), same semantics and summation order as fci_cpu.cc: blocks are centred once
+// CUDA FCI (spec §1c), same semantics and summation order as fci_cpu.cc: blocks are centred once
 // with fci_impl::CentreBlock (shared with the CPU path) into scratch, then one thread per output
 // sums its covariance in double. Class statistics walk the samples in order per column, so they
 // are bitwise the CPU's. Label checks run on the device and report the first bad label (this

@@ -1,4 +1,4 @@
-// Per-element FCI math shared by the CPU and CUDA paths (SPEC 1c).
+// Per-element FCI math shared by the CPU and CUDA paths (spec §1c).
 #pragma once
 
 #include "common/host_device.h"
@@ -7,7 +7,7 @@ namespace iapdcnn {
 namespace fci_impl {
 
 // FCI from moments. The denominator is zero only when both blocks are the same constant
-// (var = 0 for both and equal means): SPEC 1c defines that case as 1/2.
+// (var = 0 for both and equal means): spec §1c defines that case as 1/2.
 // NaN policy (docs/nan_policy.md): a block with a NaN or Inf (or moments that overflow) has no
 // FCI: the result is NaN, never the 0.5 of identical constant blocks.
 IAPDCNN_HD double FciFromMoments(double cov, double var_x, double var_y, double mean_x,

@@ -1,4 +1,4 @@
-// Marr-Hildreth edges (SPEC 1b), per channel of NHWC images: lap = g * K (3x3, 4- or
+// Marr-Hildreth edges (spec §1b), per channel of NHWC images: lap = g * K (3x3, 4- or
 // 8-neighbour), an edge pixel has a Laplacian sign change across it along one of the 4 directions
 // and a Sobel gradient magnitude >= t (absolute, or a fraction of the plane's maximum).
 #pragma once

@@ -1,4 +1,4 @@
-// CPU Marr-Hildreth edges (SPEC 1b): one task per (image, channel) plane. Borders reflect
+// CPU Marr-Hildreth edges (spec §1b): one task per (image, channel) plane. Borders reflect
 // (numpy "reflect"), both for the 3x3 filters and for the neighbours of the zero-crossing test.
 #include <algorithm>
 #include <cmath>

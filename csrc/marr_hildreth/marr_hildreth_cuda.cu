@@ -1,4 +1,4 @@
-// CUDA Marr-Hildreth edges (SPEC 1b), same semantics as marr_hildreth_cpu.cc: one pass computes
+// CUDA Marr-Hildreth edges (spec §1b), same semantics as marr_hildreth_cpu.cc: one pass computes
 // the Laplacian and the Sobel magnitude per pixel (in double, in the CPU's operation order) and
 // each plane's maximum magnitude; a second pass applies the threshold and the zero-crossing test
 // of marr_hildreth_impl.h (shared with the CPU path). Borders reflect, as on the CPU.

@@ -1,4 +1,4 @@
-// Per-pixel math of the Marr-Hildreth kernel (SPEC 1b), shared by the CPU and CUDA paths.
+// Per-pixel math of the Marr-Hildreth kernel (spec §1b), shared by the CPU and CUDA paths.
 #pragma once
 
 #include "common/host_device.h"
@@ -9,7 +9,7 @@ namespace marr_hildreth_impl {
 // Zero-crossing test at a pixel whose Laplacian is c, given the Laplacian of its 8 neighbours in
 // 4 opposite pairs (n[2k], n[2k+1]) = (p - d_k, p + d_k). A sign change lies between p and a
 // neighbour when they have strictly opposite signs; it is attributed to the pixel on the negative
-// side (the brighter side for the SPEC's kernel sign), so edges are one pixel thin and sit on
+// side (the brighter side for spec §1b's kernel sign), so edges are one pixel thin and sit on
 // bright objects. A pixel with lap exactly 0 is an edge when its two neighbours along some
 // direction have strictly opposite signs (the crossing passes through it).
 IAPDCNN_HD bool ZeroCrossing(double c, const double n[8]) {

@@ -1,4 +1,4 @@
-// MDCV filter scores (SPEC 2a): the Mahalanobis distance of every filter of a conv layer from the
+// MDCV filter scores (spec §2a): the Mahalanobis distance of every filter of a conv layer from the
 // filters' mean under a shrunk covariance,
 //   d_i = sqrt((x_i - mu)^T S_l^-1 (x_i - mu)),  S_l = (1 - l) S + l (tr(S)/d) I,
 // with l estimated by Ledoit-Wolf when the caller passes a negative shrinkage.

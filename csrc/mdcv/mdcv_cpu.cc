@@ -1,6 +1,6 @@
-// CPU MDCV distances (SPEC 2a). The filters are centred, then every solve runs in k = min(n, d)
+// CPU MDCV distances (spec §2a). The filters are centred, then every solve runs in k = min(n, d)
 // dimensions: through the Woodbury identity in n x n Gram space when n <= d (the singular case the
-// SPEC is about, e.g. 512 filters of 3x3x512), and with the d x d shrunk covariance itself only
+// spec §2a is about, e.g. 512 filters of 3x3x512), and with the d x d shrunk covariance itself only
 // when d < n, where that matrix is the smaller of the two (e.g. 2048 filters of 1x1x512). No
 // matrix larger than min(n, d)^2 is ever formed; the cost is O(n d k + k^3).
 #define EIGEN_DONT_PARALLELIZE  // threads come from the ParallelFor, never from Eigen
@@ -161,7 +161,7 @@ Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* 
       for (int64_t i = 0; i < n; ++i) d2[i] = r[i] / cf.c;
     } else if (cf.c <= 0.0) {
       // l = 0: S is singular when n <= d; the pseudo-inverse keeps the nonzero eigen-directions.
-      // With n <= d this is the degenerate hat-matrix case, every d_i^2 = (n-1)^2/n (SPEC 2a).
+      // With n <= d this is the degenerate hat-matrix case, every d_i^2 = (n-1)^2/n (spec §2a).
       E::SelfAdjointEigenSolver<ColMat> eig(k);
       const E::VectorXd& lam = eig.eigenvalues();
       const double tol = static_cast<double>(std::max(n, d)) *

@@ -1,4 +1,4 @@
-// Scalar pieces of MDCV (SPEC 2a) shared by the CPU path and a future CUDA path: the Ledoit-Wolf
+// Scalar pieces of MDCV (spec §2a) shared by the CPU path and a future CUDA path: the Ledoit-Wolf
 // shrinkage from Gram-space moments, and the mapping from l to the Woodbury coefficients.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Cosine-similarity non-local means (SPEC 1a), per channel of NHWC images:
+// Cosine-similarity non-local means (spec §1a), per channel of NHWC images:
 //   cos(a,b) = <P_a, P_b> / (|P_a| |P_b| + eps),  w = exp(-(1 - cos) / h),
 //   out(a)   = sum_b w(a,b) g(b) / sum_b w(a,b)   over the (2s+1)^2 search window,
 // with reflect borders. Cost O(H W (2s+1)^2): for each offset the patch dot products of all

@@ -1,4 +1,4 @@
-// CPU cosine NLM (SPEC 1a). Work units are (image, channel, row strip): a whole plane per unit for
+// CPU cosine NLM (spec §1a). Work units are (image, channel, row strip): a whole plane per unit for
 // batches, row strips when there are fewer planes than threads want. Per unit and per search
 // offset d, one row-streaming pass computes the patch dot products <P_a, P_{a+d}> as a box filter
 // of the product image g(.) g(. + d): vertical running sums of the products (O(1) per pixel,
@@ -66,7 +66,7 @@ struct Scratch {
   std::vector<int64_t> cols;  // reflected source column offsets
 };
 
-// SPEC 1a's weight exp(-(1 - cos) / h) = exp((cos - 1) * scale), with scale = WeightScale(h):
+// spec §1a's weight exp(-(1 - cos) / h) = exp((cos - 1) * scale), with scale = WeightScale(h):
 // float folds log2(e) into the scale and takes the vectorised 2^t; double calls libm's exp.
 IAPDCNN_ALWAYS_INLINE float WeightOf(float cos, float scale) {
   return nlm_impl::FastExp2((cos - 1.0f) * scale);
@@ -89,7 +89,7 @@ T WeightScale(double h) {
 }
 
 // One row of weights w(a, a + d) for n pixels a: the horizontal box of width 2r+1 over v (the
-// vertical sums, starting r columns left of the first a), then SPEC 1a's
+// vertical sums, starting r columns left of the first a), then spec §1a's
 // cos = <P_a, P_b> / (|P_a| |P_b| + eps) and w = exp(-(1 - cos) / h). kR >= 0: r = kR, direct
 // taps; kR < 0: any r, prefix-sum difference.
 template <typename T, int kR>

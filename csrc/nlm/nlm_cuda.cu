@@ -1,4 +1,4 @@
-// CUDA cosine NLM (SPEC 1a), same semantics as nlm_cpu.cc: every output pixel is one thread that
+// CUDA cosine NLM (spec §1a), same semantics as nlm_cpu.cc: every output pixel is one thread that
 // visits its (2s+1)^2 search window directly (patch dot products summed in place, no running
 // sums, so all-zero patches give exactly 0). Planes are first copied reflect-padded into scratch
 // so the inner loops read coalesced rows without index math; patch norms are computed once per
@@ -80,7 +80,7 @@ __global__ void NlmKernel(Geo g, const T* __restrict__ ext, const T* __restrict_
           }
         }
         const T nb = nplane[(i + dy + g.s) * g.NW + (j + dx + g.s)];
-        // SPEC 1a: cos = <P_a, P_b> / (|P_a| |P_b| + eps), w = exp(-(1 - cos) / h).
+        // spec §1a: cos = <P_a, P_b> / (|P_a| |P_b| + eps), w = exp(-(1 - cos) / h).
         w = ExpOf((dot / (na * nb + eps) - T(1)) * inv_h);
         num += w * plane[(i + dy + g.R) * g.EW + (j + dx + g.R)];
         den += w;

@@ -1,4 +1,4 @@
-// Per-element math of the cosine NLM kernel (SPEC 1a), shared by the CPU and CUDA paths.
+// Per-element math of the cosine NLM kernel (spec §1a), shared by the CPU and CUDA paths.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 // iapdcnn._C.im2col_conv2d (+ _backprop_input / _backprop_filter): the Im2col convolution
-// (csrc/conv, SPEC 2b) on NumPy arrays, float16 / bfloat16 (ml_dtypes) / float32 / float64.
+// (csrc/conv, spec §2b) on NumPy arrays, float16 / bfloat16 (ml_dtypes) / float32 / float64.
 #include <pybind11/stl.h>
 
 #include <Eigen/Core>
@@ -156,7 +156,7 @@ const Register reg([](py::module_& m) {
   m.def("im2col_conv2d", &Forward, py::arg("input"), py::arg("filters"), py::arg("strides") = 1,
         py::arg("padding") = "VALID", py::arg("data_format") = "NHWC", py::arg("dilations") = 1,
         py::arg("groups") = 1,
-        "Im2col + GEMM conv2d with tf.nn.conv2d semantics (SPEC 2b). input NHWC/NCHW, filters "
+        "Im2col + GEMM conv2d with tf.nn.conv2d semantics (spec §2b). input NHWC/NCHW, filters "
         "[k_h, k_w, in_c / groups, out_c]; padding 'SAME', 'VALID' or explicit pads.");
   m.def("im2col_conv2d_backprop_input", &BackpropInput, py::arg("input_sizes"), py::arg("filters"),
         py::arg("out_backprop"), py::arg("strides") = 1, py::arg("padding") = "VALID",

@@ -22,7 +22,7 @@ py::array_t<T> CosineNlm(CArray<T> x, int64_t patch_radius, int64_t search_radiu
 
 const Register reg([](py::module_& m) {
   const char* doc =
-      "Cosine-similarity non-local means (SPEC 1a): x [N, H, W, C] -> [N, H, W, C], reflect "
+      "Cosine-similarity non-local means (spec §1a): x [N, H, W, C] -> [N, H, W, C], reflect "
       "borders.";
   m.def("cosine_nlm", &CosineNlm<float>, py::arg("x").noconvert(), py::arg("patch_radius") = 2,
         py::arg("search_radius") = 5, py::arg("h") = 0.1, py::arg("eps") = 1e-8, doc);

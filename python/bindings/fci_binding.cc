@@ -99,7 +99,7 @@ const Register reg_blocks([](py::module_& m) {
         py::arg("num_classes"));
   m.def("fci_class_stats", &FciClassStats<double>, py::arg("x"), py::arg("labels"),
         py::arg("num_classes"),
-        "Per-class (counts [K], float64 block sums [K, P, L]) of x [n, P, L] (SPEC 1c).");
+        "Per-class (counts [K], float64 block sums [K, P, L]) of x [n, P, L] (spec §1c).");
   m.def("fci_prototype", &FciPrototype<float>, py::arg("x").noconvert(), py::arg("labels"),
         py::arg("prototypes").noconvert());
   m.def("fci_prototype", &FciPrototype<double>, py::arg("x"), py::arg("labels"),
@@ -116,7 +116,7 @@ const Register reg([](py::module_& m) {
   m.def("fci", &Fci<double>, py::arg("x").noconvert(), py::arg("y").noconvert());
   m.def("fci", &Fci<float>, py::arg("x").noconvert(), py::arg("y").noconvert());
   m.def("fci", &Fci<double>, py::arg("x"), py::arg("y"),
-        "Pairwise Feature Correlation Index (SPEC 1c): x [n_x, L], y [n_y, L] -> [n_x, n_y].");
+        "Pairwise Feature Correlation Index (spec §1c): x [n_x, L], y [n_y, L] -> [n_x, n_y].");
 });
 
 }  // namespace

@@ -25,7 +25,7 @@ py::array_t<T> MarrHildreth(CArray<T> x, int64_t laplacian, double threshold, bo
 
 const Register reg([](py::module_& m) {
   const char* doc =
-      "Marr-Hildreth edges (SPEC 1b): x [N, H, W, C] -> [N, H, W, C]; mode 'masked', 'binary' "
+      "Marr-Hildreth edges (spec §1b): x [N, H, W, C] -> [N, H, W, C]; mode 'masked', 'binary' "
       "or 'magnitude'.";
   m.def("marr_hildreth", &MarrHildreth<float>, py::arg("x").noconvert(), py::arg("laplacian") = 4,
         py::arg("threshold") = 0.1, py::arg("relative") = true, py::arg("mode") = "masked", doc);

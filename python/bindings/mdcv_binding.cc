@@ -30,7 +30,7 @@ const Register reg([](py::module_& m) {
   m.def("mdcv_distances", &MdcvDistances<float>, py::arg("filters").noconvert(),
         py::arg("shrinkage") = -1.0);
   m.def("mdcv_distances", &MdcvDistances<double>, py::arg("filters"), py::arg("shrinkage") = -1.0,
-        "MDCV distances (SPEC 2a): filters [kh, kw, cin, cout] -> (distances [cout], "
+        "MDCV distances (spec §2a): filters [kh, kw, cin, cout] -> (distances [cout], "
         "center [kh, kw, cin], shrinkage used). shrinkage < 0 means Ledoit-Wolf.");
 });
 

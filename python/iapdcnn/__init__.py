@@ -7,6 +7,9 @@ Keras: iapdcnn's Keras code (layers, pruning, ``distributed``) follows the Keras
 picked for ``tf.keras`` in the process: Keras 3 by default on TensorFlow 2.21, tf_keras (Keras 2)
 when ``TF_USE_LEGACY_KERAS=1`` is set before TensorFlow loads (``use_tf_keras()``). The choice
 lives in ``iapdcnn._keras``.
+
+Citations of the form "spec §2a" in the code (Python and C++) are sections of docs/spec.md, the
+algorithms in full: formulas, the paper's corrected errors, departures.
 """
 
 from __future__ import annotations

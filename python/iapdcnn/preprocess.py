@@ -1,4 +1,4 @@
-"""The MHO-PFES preprocessing job (SPEC 1): EdgeFeatures (NLM + Marr-Hildreth) and FCIFilter
+"""The MHO-PFES preprocessing job (spec §1): EdgeFeatures (NLM + Marr-Hildreth) and FCIFilter
 adapt/apply over a dataset, one shard of the data per process (Horovod rank), written as sharded
 TFRecords with a JSON report. Resumable: finished shards are skipped, shards appear atomically.
 The output folder holds one configuration's output: a rerun with other settings is refused

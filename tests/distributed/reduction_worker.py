@@ -110,7 +110,7 @@ if R == 0:  # the reduction's own stats, for the test to read
         flush=True,
     )
 
-# 5. K = 2 (SPEC 3): relative tau keeps both, absolute tau rejects both.
+# 5. K = 2 (spec §3): relative tau keeps both, absolute tau rejects both.
 if K == 2:
     out, st = reduce("lsg", g, 9.0 if R == 1 else 0.5)
     check(st["workers_kept"] == 2 and np.allclose(flat(out), allg.mean(0), atol=1e-6), "K=2 rel")

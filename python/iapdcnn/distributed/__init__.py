@@ -1,4 +1,4 @@
-"""IM-BGDS (SPEC 3): LAW/LSG outlier-rejecting gradient reduction over Horovod, plus the
+"""IM-BGDS (spec §3): LAW/LSG outlier-rejecting gradient reduction over Horovod, plus the
 alternatives behind the same interface. Ways in: ``DistributedGradientTape`` (custom loops) and
 ``DistributedOptimizer`` + ``ReductionStatsCallback`` (``model.fit``). Importing this package
 imports TensorFlow; Horovod is imported on the first collective."""

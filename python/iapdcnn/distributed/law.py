@@ -1,4 +1,4 @@
-"""LAW weights (SPEC 3) in plain TensorFlow, with no Horovod: the per-sample LAW inside one
+"""LAW weights (spec §3) in plain TensorFlow, with no Horovod: the per-sample LAW inside one
 worker's batch, and the worker-level LAW every rank computes from the allgathered scalars. The
 reductions in ``reduction.py`` and the NumPy oracle ``iapdcnn.reference.lsg`` share these rules."""
 
@@ -80,7 +80,7 @@ def law_mask(
     valid: tf.Tensor | None = None,
     scale_floor: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """The LAW rule of SPEC 3: ``LAW_i = 1 if |v_i - c| < tau else 0``.
+    """The LAW rule of spec §3: ``LAW_i = 1 if |v_i - c| < tau else 0``.
 
     ``c`` is the mean (paper) or the median of the finite values. ``tau`` is absolute when given
     (paper), else relative: ``kappa * 1.4826 * MAD`` where MAD is the median of the deviations
@@ -90,7 +90,7 @@ def law_mask(
     ``one_sided`` rejects only values above the centre (the gradient-norm screen: a small
     gradient does no harm).
 
-    K = 2 (SPEC 3 asks what happens): both deviations from the centre are equal (the median of
+    K = 2 (spec §3 asks what happens): both deviations from the centre are equal (the median of
     two values is their mean), so the rule cannot single one out. With relative tau the MAD
     equals that common deviation and both are kept whenever ``kappa * 1.4826 > 1`` (any kappa >=
     0.68; a floor only raises tau); with absolute tau both are kept if ``|v_1 - v_2| / 2 < tau``,
@@ -142,7 +142,7 @@ def sample_law(
     centre: Centre = "mean",
     tau_floor: float = 1e-3,
 ) -> tf.Tensor:
-    """Per-sample LAW inside one worker's batch (SPEC 3, first formula).
+    """Per-sample LAW inside one worker's batch (spec §3, first formula).
 
     The paper's centre is the batch mean, kept as the default here; see ``law_mask`` for tau.
 
@@ -157,7 +157,7 @@ def sample_law(
 
 
 def lsg_loss(losses: tf.Tensor, law: tf.Tensor, normalise: Normalise = "batch") -> tf.Tensor:
-    """The LSG objective whose gradient is ``(1/B) sum_i LAW_i dJ_i/dtheta`` (SPEC 3, paper) or,
+    """The LSG objective whose gradient is ``(1/B) sum_i LAW_i dJ_i/dtheta`` (spec §3, paper) or,
     with ``normalise="kept"``, that sum divided by ``sum_i LAW_i``. Rejected (and non-finite)
     samples contribute exactly zero; if every sample is rejected the loss is 0.
 
@@ -193,7 +193,7 @@ def worker_law(
     grad_kappa: float = 6.0,
     grad_floor: float = 3.0,
 ) -> tf.Tensor:
-    """Worker-level LAW_k from the allgathered scalars (SPEC 3, across workers).
+    """Worker-level LAW_k from the allgathered scalars (spec §3, across workers).
 
     First screen: ``law_mask`` on the workers' losses. Second screen (optional): the gradient
     norms of the workers that passed, one-sided relative rule with ``grad_kappa`` (catches e.g. a
@@ -262,7 +262,7 @@ def worker_law(
 
 
 # ----------------------------------------------------------------------------- direction screen
-# SPEC 3, faults whose loss looks normal. The rule, its statistic and the measurements behind the
+# spec §3, faults whose loss looks normal. The rule, its statistic and the measurements behind the
 # defaults are described in ``direction_law``; the NumPy oracle is ``reference.lsg``.
 
 CHI2_1_MEDIAN = 0.454936  # median of chi-square(1): median squared deviation -> variance

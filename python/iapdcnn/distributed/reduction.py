@@ -1,4 +1,4 @@
-"""Gradient reductions over horovod.tensorflow collectives (SPEC 3): LSG (one allgather of
+"""Gradient reductions over horovod.tensorflow collectives (spec §3): LSG (one allgather of
 per-worker scalars, then one grouped allreduce(Sum) of LAW_k * g_k; its direction screen adds two
 scalars to that allgather and no collective), Horovod's plain Average,
 Dis-CNN's two-group weighting, and the coordinate median / trimmed mean (allgather of the
@@ -296,10 +296,10 @@ class _DirectionState:
 
 
 class LSGReduction(Reduction):
-    """LSG (SPEC 3): LAW_k from the allgathered scalars (``law.worker_law``), then
+    """LSG (spec §3): LAW_k from the allgathered scalars (``law.worker_law``), then
     ``sum_k LAW_k g_k / sum_k LAW_k`` (normalise="kept") or ``/ K`` (normalise="batch").
 
-    Departures from the paper (SPEC 3's engineering rules): the defaults are the relative
+    Departures from the paper (spec §3's engineering rules): the defaults are the relative
     threshold, the median centre and "kept" normalisation (paper: absolute tau, mean, 1/B); a
     non-finite worker always gets LAW = 0; an all-rejected step returns zeros with
     ``stats["skipped"] == 1`` instead of NaN; the gradient-norm screen and the direction screen
@@ -460,7 +460,7 @@ class LSGReduction(Reduction):
 class DisCNNReduction(LSGReduction):
     """Dis-CNN's two groups: weight 0.55 for a worker whose loss is <= b, 0.45 above it (paper's
     experimental values), then ``sum_k w_k g_k / sum_k w_k``. ``b`` is absolute, or None for the
-    median of the workers' losses. Non-finite workers get 0 (SPEC 3's rule for every reduction)."""
+    median of the workers' losses. Non-finite workers get 0 (spec §3's rule for every reduction)."""
 
     name = "dis_cnn"
 

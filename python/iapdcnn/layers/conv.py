@@ -1,5 +1,5 @@
 """``Im2colConv2D``: keras.layers.Conv2D with its convolution replaced by iapdcnn's Im2col + GEMM
-op (SPEC 2b), and ``convert(model)``, which swaps it in for every Conv2D of a built model."""
+op (spec §2b), and ``convert(model)``, which swaps it in for every Conv2D of a built model."""
 
 from __future__ import annotations
 

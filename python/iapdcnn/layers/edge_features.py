@@ -1,5 +1,5 @@
 """``iapdcnn.layers.EdgeFeatures``: the MHO-PFES feature map as a Keras layer, cosine NLM
-denoising (SPEC 1a) followed by Marr-Hildreth edges (SPEC 1b). Usable inside a model and inside
+denoising (spec §1a) followed by Marr-Hildreth edges (spec §1b). Usable inside a model and inside
 ``tf.data`` map functions (it is two graph ops, no Python state)."""
 
 from __future__ import annotations

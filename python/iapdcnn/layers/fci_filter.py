@@ -1,4 +1,4 @@
-"""``iapdcnn.layers.FCIFilter``: FCI block screening (SPEC 1c) as a Keras preprocessing-style
+"""``iapdcnn.layers.FCIFilter``: FCI block screening (spec §1c) as a Keras preprocessing-style
 layer. ``adapt`` runs the paper's map/reduce (per-class block statistics per shard, merged by
 addition, under Horovod by an allreduce); the static inference mask is non-trainable state saved
 with the model; with labels at training time it screens every sample against its class."""
@@ -43,7 +43,7 @@ def _batches(
         spec = data.element_spec
         if not (isinstance(spec, tuple) and len(spec) >= 2):
             raise ValueError(
-                "FCIFilter.adapt: the dataset must yield (images, labels) pairs (SPEC 1c screens "
+                "FCIFilter.adapt: the dataset must yield (images, labels) pairs (spec §1c screens "
                 f"within classes), got element_spec {spec}"
             )
         if spec[0].shape.rank == 3:
@@ -59,7 +59,7 @@ def _batches(
 
 @keras.saving.register_keras_serializable(package="iapdcnn")
 class FCIFilter(keras.layers.Layer):
-    """Zeroes the B x B blocks that are not typical of their class (SPEC 1c).
+    """Zeroes the B x B blocks that are not typical of their class (spec §1c).
 
     Images ``[N, H, W, C]`` are split into ``(H // B) x (W // B)`` blocks (a remainder strip on
     the bottom/right is never screened). With ``labels`` (training) a block is kept iff its FCI
@@ -67,7 +67,7 @@ class FCIFilter(keras.layers.Layer):
     of the other same-class images of the batch (``mode="pairwise"``, the paper's O(n^2)) is
     ``>= epsilon``. Without labels (inference) the static position mask learned by ``adapt``
     applies: position p is kept iff the mean within-class FCI at p is ``>= epsilon``. FCI's maximum
-    is 0.5 (SPEC 1c correction); ``epsilon`` is on that scale.
+    is 0.5 (spec §1c correction); ``epsilon`` is on that scale.
 
     Args:
       block_size: B >= 1, at most the image height and width.

@@ -1,4 +1,4 @@
-"""``iapdcnn.ops.im2col_conv2d``: the Im2col + GEMM convolution (SPEC 2b) as a TensorFlow op with
+"""``iapdcnn.ops.im2col_conv2d``: the Im2col + GEMM convolution (spec §2b) as a TensorFlow op with
 tf.nn.conv2d's semantics, and its gradient (both gradients are Im2col/GEMM ops too)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def im2col_conv2d(
 ) -> tf.Tensor:
     """2-D convolution as im2col + GEMM, a drop-in for ``tf.nn.conv2d``.
 
-    ``O = im2col(I) x reshape(K)`` (SPEC 2b). float16 and bfloat16 are packed into float32 and
+    ``O = im2col(I) x reshape(K)`` (spec §2b). float16 and bfloat16 are packed into float32 and
     multiplied with float32 accumulation. Runs on TensorFlow's intra-op thread pool.
 
     Args:

@@ -1,4 +1,4 @@
-"""``iapdcnn.ops.cosine_nlm``: cosine-similarity non-local means (SPEC 1a)."""
+"""``iapdcnn.ops.cosine_nlm``: cosine-similarity non-local means (spec §1a)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def cosine_nlm(
     """Denoises every channel of ``x`` with cosine-similarity non-local means.
 
     ``w(a, b) = exp(-(1 - cos(P_a, P_b)) / h)`` over a ``(2s+1)^2`` search window, with
-    ``cos = <P_a, P_b> / (|P_a| |P_b| + eps)`` (SPEC 1a: the paper's Def. 2 writes
+    ``cos = <P_a, P_b> / (|P_a| |P_b| + eps)`` (spec §1a: the paper's Def. 2 writes
     ``|x| + |y|``, a typo for the product). Reflect borders. Runs in ``O(H W (2s+1)^2)``.
     No gradient is defined (a preprocessing op).
 

@@ -1,4 +1,4 @@
-"""``iapdcnn.ops.fci``: pairwise Feature Correlation Index between blocks (SPEC 1c)."""
+"""``iapdcnn.ops.fci``: pairwise Feature Correlation Index between blocks (spec §1c)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def fci(x: tf.Tensor, y: tf.Tensor, name: str | None = None) -> tf.Tensor:
     """Pairwise FCI between the rows of ``x`` and the rows of ``y``.
 
     ``FCI(x, y) = cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2)`` with population
-    moments. Departs from the paper as SPEC 1c says: the maximum is 0.5 (identical blocks), not 1;
+    moments. Departs from the paper as spec §1c says: the maximum is 0.5 (identical blocks), not 1;
     two identical constant blocks give 0.5 and other constant pairs 0.
 
     Args:
@@ -48,7 +48,7 @@ def _blocks_and_labels(x: tf.Tensor, labels: tf.Tensor, fn: str) -> tuple[tf.Ten
 def fci_class_stats(
     x: tf.Tensor, labels: tf.Tensor, num_classes: int, name: str | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Mergeable per-class block statistics for prototype mode (SPEC 1c, the "map").
+    """Mergeable per-class block statistics for prototype mode (spec §1c, the "map").
 
     Statistics of disjoint shards merge by adding them (the "reduce", e.g. a Horovod allreduce);
     the prototypes are ``sums / counts``.
@@ -74,7 +74,7 @@ def fci_class_stats(
 def fci_prototype(
     x: tf.Tensor, labels: tf.Tensor, prototypes: tf.Tensor, name: str | None = None
 ) -> tf.Tensor:
-    """``out[i, p] = FCI(x[i, p], prototypes[labels[i], p])`` (SPEC 1c, prototype mode).
+    """``out[i, p] = FCI(x[i, p], prototypes[labels[i], p])`` (spec §1c, prototype mode).
 
     Args:
       x: float32/float64 ``[n, positions, block_len]``.

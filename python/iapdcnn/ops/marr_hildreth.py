@@ -1,4 +1,4 @@
-"""``iapdcnn.ops.marr_hildreth``: Laplacian zero-crossing edges gated by Sobel (SPEC 1b)."""
+"""``iapdcnn.ops.marr_hildreth``: Laplacian zero-crossing edges gated by Sobel (spec §1b)."""
 
 from __future__ import annotations
 

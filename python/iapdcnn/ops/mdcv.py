@@ -1,4 +1,4 @@
-"""``iapdcnn.ops.mdcv_distances``: MDCV filter distances from the layer's centre (SPEC 2a)."""
+"""``iapdcnn.ops.mdcv_distances``: MDCV filter distances from the layer's centre (spec §2a)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def mdcv_distances(
     """Mahalanobis distance of every filter from the filters' mean under a shrunk covariance.
 
     ``d_i = sqrt((x_i - mu)^T S_l^-1 (x_i - mu))`` with ``S_l = (1-l) S + l tr(S)/d I``. Departs
-    from the paper as SPEC 2a says: the paper's unshrunk rule is degenerate when n <= d (every
+    from the paper as spec §2a says: the paper's unshrunk rule is degenerate when n <= d (every
     distance equals sqrt((n-1)^2/n)), so the default shrinkage is Ledoit-Wolf. Computed through
     the Woodbury identity in n x n Gram space (or the d x d covariance only when d < n, where it
     is the smaller matrix): O(n d min(n, d) + min(n, d)^3).

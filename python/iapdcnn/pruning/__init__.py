@@ -1,4 +1,4 @@
-"""MDCV filter pruning that physically shrinks Keras models (SPEC 2a), with L1, FPGM, PDCNNO's
+"""MDCV filter pruning that physically shrinks Keras models (spec §2a), with L1, FPGM, PDCNNO's
 FMP and Dis-CNN's feature-map redundancy behind the same interface.
 
     small = iapdcnn.pruning.prune(model, "mdcv", target_flops_reduction=0.4)

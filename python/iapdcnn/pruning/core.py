@@ -1,5 +1,5 @@
 """``prune`` and ``plan``: score filters, select them (alpha / ratio / FLOPs target) per channel
-group, and rebuild a smaller model with the weights copied (SPEC 2a)."""
+group, and rebuild a smaller model with the weights copied (spec §2a)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Filter scores behind one interface (SPEC 2a): higher = more worth keeping.
+"""Filter scores behind one interface (spec §2a): higher = more worth keeping.
 
 Weight criteria see one conv kernel [kh, kw, cin, cout]: ``mdcv`` (distance from the layer's
 centre under a shrunk covariance; filters near the centre are replaceable), ``l1`` and ``fpgm``
@@ -19,7 +19,7 @@ from .._keras import keras
 
 
 def mdcv(kernel: np.ndarray, shrinkage: float = -1.0) -> np.ndarray:
-    """MDCV distances d_i (SPEC 2a) through ``iapdcnn._C``; Ledoit-Wolf by default."""
+    """MDCV distances d_i (spec §2a) through ``iapdcnn._C``; Ledoit-Wolf by default."""
     from .. import _C
 
     return np.asarray(

@@ -1,4 +1,4 @@
-"""Channel dependency graph of a Keras model for physical filter pruning (SPEC 2a).
+"""Channel dependency graph of a Keras model for physical filter pruning (spec §2a).
 
 Every channel of every tensor gets an id; layers that keep the channel axis pass ids through,
 merges (Add, Subtract, Multiply, Average, Maximum, Minimum and their op forms) unite them

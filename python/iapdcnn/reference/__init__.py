@@ -1,6 +1,6 @@
 """NumPy reference implementations (oracles for the tests), written for clarity, not speed."""
 
-from . import lsg  # SPEC 3 oracle: lsg.law, lsg.worker_law, lsg.combine, ...
+from . import lsg  # spec §3 oracle: lsg.law, lsg.worker_law, lsg.combine, ...
 from .conv import im2col_conv2d, im2col_conv2d_backprop_filter, im2col_conv2d_backprop_input
 from .cosine_nlm import cosine_nlm
 from .fci import fci, fci_class_stats, fci_prototype, fci_within_class

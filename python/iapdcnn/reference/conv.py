@@ -1,4 +1,4 @@
-"""NumPy reference of the Im2col convolution (SPEC 2b) and its two gradients, with
+"""NumPy reference of the Im2col convolution (spec §2b) and its two gradients, with
 tf.nn.conv2d's semantics: one strided slice of the padded input per kernel tap and group, written
 for clarity. Computes in float64 and returns float64."""
 

@@ -1,4 +1,4 @@
-"""NumPy reference for cosine-similarity non-local means (SPEC 1a): the formula as written, one
+"""NumPy reference for cosine-similarity non-local means (spec §1a): the formula as written, one
 patch element at a time (O(H W (2s+1)^2 (2r+1)^2)), for tests only."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""NumPy reference for the Feature Correlation Index (SPEC 1c)."""
+"""NumPy reference for the Feature Correlation Index (spec §1c)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 def fci(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pairwise FCI between rows of ``x`` [n_x, L] and rows of ``y`` [n_y, L] -> [n_x, n_y].
 
-    Population moments; identical constant blocks give 0.5 (SPEC 1c); a block with a NaN or Inf
+    Population moments; identical constant blocks give 0.5 (spec §1c); a block with a NaN or Inf
     gives NaN (docs/nan_policy.md).
     """
     x = np.asarray(x, dtype=np.float64)
@@ -39,7 +39,7 @@ def fci(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def fci_class_stats(
     x: np.ndarray, labels: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class counts [K] and block sums [K, P, L] of ``x`` [n, P, L] (SPEC 1c, prototype mode)."""
+    """Per-class counts [K] and block sums [K, P, L] of ``x`` [n, P, L] (spec §1c, prototype mode)."""
     x = np.asarray(x, dtype=np.float64)
     labels = np.asarray(labels)
     counts = np.zeros(num_classes)
@@ -64,7 +64,7 @@ def fci_prototype(x: np.ndarray, labels: np.ndarray, prototypes: np.ndarray) -> 
 def fci_within_class(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Mean FCI of each block with the same block of the other same-class samples -> [n, P].
 
-    A sample alone in its class gets 0.5 (SPEC 1c pairwise mode; nothing to disagree with).
+    A sample alone in its class gets 0.5 (spec §1c pairwise mode; nothing to disagree with).
     """
     x = np.asarray(x, dtype=np.float64)
     labels = np.asarray(labels)

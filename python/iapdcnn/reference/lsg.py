@@ -1,4 +1,4 @@
-"""NumPy oracle for SPEC 3 (IM-BGDS): per-sample LAW, the LSG combination, the worker-level LAW
+"""NumPy oracle for spec §3 (IM-BGDS): per-sample LAW, the LSG combination, the worker-level LAW
 and the alternative reductions (mean, Dis-CNN two-group weighting, coordinate median, trimmed
 mean) over a stack of K workers' flattened gradients."""
 
@@ -113,7 +113,7 @@ def trimmed_mean(grads, finite, trim=0.25):
     return g[t : n - t].mean(axis=0)
 
 
-# ------------------------------------------------------------------ direction screen (SPEC 3)
+# ------------------------------------------------------------------ direction screen (spec §3)
 CHI2_1_MEDIAN = 0.454936
 
 

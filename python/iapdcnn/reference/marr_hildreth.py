@@ -1,4 +1,4 @@
-"""NumPy reference for Marr-Hildreth edges (SPEC 1b): reflect borders, 3x3 Laplacian, zero
+"""NumPy reference for Marr-Hildreth edges (spec §1b): reflect borders, 3x3 Laplacian, zero
 crossings attributed to the negative-Laplacian pixel, Sobel magnitude gate."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _filter3(plane: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def laplacian(plane: np.ndarray, neighbours: int = 4) -> np.ndarray:
-    """3x3 Laplacian of a 2-D plane with reflect borders (SPEC sign: -4 at the centre)."""
+    """3x3 Laplacian of a 2-D plane with reflect borders (spec §1b's sign: -4 at the centre)."""
     return _filter3(np.asarray(plane, np.float64), _K4 if neighbours == 4 else _K8)
 
 

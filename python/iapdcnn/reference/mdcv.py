@@ -1,4 +1,4 @@
-"""NumPy reference for MDCV filter distances (SPEC 2a). Forms the d x d covariance on purpose:
+"""NumPy reference for MDCV filter distances (spec §2a). Forms the d x d covariance on purpose:
 it is the oracle for the Gram-space kernel, so it follows the formulas literally."""
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def _all_layers(model):
 
 
 def build_model(cfg: TrainConfig, input_shape, num_classes: int, train_xy) -> Any:
-    """The network ``--model`` names; MHO-PFES's EdgeFeatures + FCIFilter (SPEC 1) in front
+    """The network ``--model`` names; MHO-PFES's EdgeFeatures + FCIFilter (spec §1) in front
     under ``--features``, the FCI statistics adapted on the first 4096 training images."""
     import tensorflow as tf
 
@@ -140,7 +140,7 @@ def build_reduction(cfg: TrainConfig, faulty_gradients: bool) -> Any:
 
 def build_pruner(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     """``--prune-mode soft``: masks ramp up to the ``--prune`` FLOPs target between
-    ``--prune-at`` and ``--prune-end`` (SPEC 2a's criterion by default), then ``strip`` makes them
+    ``--prune-at`` and ``--prune-end`` (spec §2a's criterion by default), then ``strip`` makes them
     physical at the end."""
     from iapdcnn.pruning import MDCVPruning
 

@@ -57,7 +57,7 @@ class TrainConfig:
     prune_end: float = 2 / 3
     prune_criterion: str = "mdcv"
     prune_round_to: int = 8
-    # reduction (SPEC 3)
+    # reduction (spec §3)
     reduction: str = "lsg"
     sync: str = "step"
     local_steps: int = 8
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fci-epsilon",
         type=float,
         default=D.fci_epsilon,
-        help="FCIFilter threshold (SPEC 1c scale, max 0.5). On Fashion-MNIST edge maps the "
+        help="FCIFilter threshold (spec §1c scale, max 0.5). On Fashion-MNIST edge maps the "
         "per-position mean FCI has median ~0.05: 0.02 drops the ~4%% least class-typical block "
         "positions, 0.1 would drop ~92%% (the paper gives no value)",
     )
@@ -333,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--prune-criterion",
         default=D.prune_criterion,
         choices=PRUNE_CRITERIA,
-        help="filter score (mdcv: the paper's Mahalanobis distance, SPEC 2a)",
+        help="filter score (mdcv: the paper's Mahalanobis distance, spec §2a)",
     )
-    r = p.add_argument_group("reduction (SPEC 3)")
+    r = p.add_argument_group("reduction (spec §3)")
     r.add_argument("--reduction", default=D.reduction, choices=REDUCTIONS)
     r.add_argument(
         "--sync",

@@ -1,4 +1,4 @@
-"""MHO-PFES as a preprocessing stage (SPEC 1d): the edge features of every train and test image
+"""MHO-PFES as a preprocessing stage (spec §1d): the edge features of every train and test image
 computed once per dataset and settings, kept in a verified ``.npz`` cache, and FCI data pruning
 that drops the most prototypical training images of each class. The trainer calls ``prepare``
 once, after loading the arrays and before building the model. Importing it imports TensorFlow
@@ -63,10 +63,10 @@ class FeatureSettings:
       mode: ``"channels"`` stacks ``[image, edge map]`` as channels (C -> 2C), ``"replace"``
         keeps the edge map alone (the paper's form), ``"none"`` keeps the pixels (FCI data
         pruning alone, scored on the pixels).
-      patch_radius, search_radius, h: cosine NLM (SPEC 1a), ``EdgeFeatures``' defaults.
-      laplacian, threshold, edge_mode: Marr-Hildreth (SPEC 1b), ``EdgeFeatures``' defaults.
+      patch_radius, search_radius, h: cosine NLM (spec §1a), ``EdgeFeatures``' defaults.
+      laplacian, threshold, edge_mode: Marr-Hildreth (spec §1b), ``EdgeFeatures``' defaults.
       fci_drop: fraction in [0, 1) of each class's training images to drop, the most
-        prototypical first (highest mean block FCI with the class prototype, SPEC 1c/1d).
+        prototypical first (highest mean block FCI with the class prototype, spec §1c/§1d).
       fci_block_size: FCI block size B (``FCIFilter``'s default).
     """
 
@@ -133,7 +133,7 @@ def to_blocks(x: np.ndarray, block_size: int) -> np.ndarray:
 def prototypicality(
     x: np.ndarray, labels: np.ndarray, block_size: int, chunk: int = BATCH
 ) -> np.ndarray:
-    """Mean over blocks of FCI(image block, class prototype block), SPEC 1c prototype mode.
+    """Mean over blocks of FCI(image block, class prototype block), spec §1c prototype mode.
 
     The prototype of a class is its mean block at each position, over the images given. Scores
     are in [-0.5, 0.5] (FCI's maximum is 0.5, an image equal to its prototype).
