@@ -18,5 +18,16 @@ cd "$ROOT"
   "$ROOT/.venv/bin/python" "$ROOT/train.py" --dataset fashion_mnist --conv im2col \
   --prune 0.3 --prune-mode early --reduction lsg --lr-schedule cosine --epochs 8 \
   --eval-every 100 --out runs/main "$@"
-echo "The same model without the pipeline (plain Keras + Horovod, and each stage alone), measured"
-echo "side by side: README section 'What each stage is worth', from benchmarks/bench_pipeline.py."
+# Beside this run: the plain baseline's time to accuracy as bench_pipeline.py measured it (3 seeds,
+# saved in benchmarks/results/), since a run alone cannot show what it saves.
+OUT=runs/main
+prev=""
+for a in "$@"; do
+  [ "$prev" = "--out" ] && OUT="$a"
+  case "$a" in --out=*) OUT="${a#--out=}" ;; esac
+  prev="$a"
+done
+if [ -f "$OUT/report.json" ]; then
+  "$ROOT/.venv/bin/python" -m iapdcnn.training.compare "$OUT/report.json" \
+    "$ROOT/benchmarks/results/bench_pipeline.json" || true
+fi

@@ -41,3 +41,23 @@ def test_bench_pipeline_quick(tmp_path):
     assert 0.2 < runs["prune_early"]["flops_saved"] < 0.7
     assert runs["pipeline"]["train_tflop"] < runs["baseline"]["train_tflop"]
     assert (tmp_path / "time_to_accuracy.png").stat().st_size > 0
+
+
+def test_compare_puts_the_run_beside_the_benchmark(tmp_path, capsys):
+    from iapdcnn.training import compare
+
+    report = {"time_to_accuracy": {"0.90": 70.0, "0.91": None}, "test_accuracy": 0.9212}
+    bench = {
+        "seeds": [0, 1, 2],
+        "runs": {"baseline": {"final_acc": 0.923, "s_to_0.90": 75.0, "s_to_0.90_sd": 2.5}},
+        "ratio_to_0.90": 1.05,
+    }
+    out = compare.lines(report, bench)
+    assert out[0] == "this run: 0.90 after 70.0 s, 0.91 not reached; final test accuracy 0.9212"
+    assert out[1] == (
+        "bench_pipeline baseline (mean of 3 seeds): 0.90 after 75.0 s (sd 2.5); final 0.9230"
+    )
+    assert "1.05x the baseline's time to 0.90" in out[2]
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    assert compare.main([str(tmp_path / "r.json"), str(tmp_path / "missing.json")]) == 1
+    assert "cannot read" in capsys.readouterr().err

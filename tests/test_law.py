@@ -298,5 +298,22 @@ def test_direction_screen_nan_first_step_and_k2(rng):
     # K = 2: both reputations are equally far from their median: neither is ever rejected
     laws = _simulate(rng, 50, lambda i, t: [0.5, -0.5][i] + 0.01 * rng.normal(), k=2)
     assert laws.min() == 1.0
+    # K = 2 as it really is: both leave-one-out cosines are cos(g_1, g_2), the same number up to
+    # round-off, so the spread is ~0. Round-off alone once gave z = -5.2 and dropped a healthy
+    # worker for the rest of a run (step 412 of bench_pipeline's pipeline, seed 0).
+    same = rng.uniform(0.05, 0.4, size=500)
+    laws = _simulate(rng, 500, lambda i, t: same[t] * (1 + 1e-7 * (i - 0.5)), k=2)
+    assert laws.min() == 1.0
+    # the state that run reached: equal reputations up to round-off, a spread of ~0
+    st = {"num": [0.2567, 0.25669], "s1": [1.0, 1.0], "s2": [0.03, 0.03]}
+    st |= {"var_num": 1e-14, "var_s1": 1.0}
+    np.testing.assert_array_equal(direction_law(_tf_state(st))[0].numpy(), [1, 1])
+    np.testing.assert_array_equal(
+        ref.direction_law({k: np.asarray(v) for k, v in st.items()})[0], [1, 1]
+    )
+    # with 3 or more the screen works as before (the sign-flip test above), and 2 healthy
+    # workers out of 3 still reject a third that disagrees
+    laws = _simulate(rng, 300, lambda i, t: (-0.15 if i == 2 else 0.15) + 0.05 * rng.normal(), k=3)
+    assert laws[:, :2].min() == 1.0 and (laws[100:, 2] == 0).mean() > 0.9
     with pytest.raises(ValueError, match="dir_kappa must be > 0"):
         direction_law(_tf_state(st), kappa=0.0)

@@ -339,8 +339,8 @@ def direction_law(
     the median reputation: ``r_k < median(r) - kappa * sigma / sqrt(n_k)``, with ``sigma^2`` the
     pooled variance of one step's cosines around their median and ``n_k = s1_k^2 / s2_k`` the
     effective number of steps in worker k's average. A worker without a reputation yet passes.
-    Below the median by a positive margin: fewer than half the workers can be rejected, and with
-    K = 2 neither is.
+    Below the median by a positive margin: fewer than half the workers can be rejected; with
+    fewer than 3 workers that have a reputation, none is.
 
     Why a reputation and not one step's cosine (measured, Fashion-MNIST, small ResNet, K = 4,
     batch 32, 400 steps): a healthy worker's cosine to the others' aggregate has median 0.34
@@ -369,6 +369,15 @@ def direction_law(
     neff = tf.where(s1 > 0, tf.math.divide_no_nan(s1 * s1, s2), 1.0)
     var = tf.math.divide_no_nan(state["var_num"], state["var_s1"])
     se = tf.sqrt(var / neff)
-    z = tf.where(tf.logical_and(s1 > 0, se > 0), (r - masked_median(r, has)) / se, 0.0)
+    # A minority needs a majority to be told from: with fewer than 3 workers that have a
+    # reputation nobody is rejected. (With K = 2 both leave-one-out cosines are the same number,
+    # cos(g_1, g_2), so the spread is 0 and round-off alone made z = +-5: a healthy worker was
+    # rejected at step 412 of a clean run and, with the spread frozen, never came back.)
+    enough = tf.reduce_sum(tf.cast(has, tf.int32)) >= 3
+    z = tf.where(
+        tf.logical_and(enough, tf.logical_and(s1 > 0, se > 1e-6)),
+        (r - masked_median(r, has)) / tf.maximum(se, 1e-6),
+        0.0,
+    )
     keep = tf.logical_not(tf.logical_and(s1 > 0, z < -kappa))
     return tf.cast(keep, tf.float32), {"reputation": r, "z": z}

@@ -156,7 +156,8 @@ def new_reputation(k):
 
 def direction_law(state, valid=None, kappa=5.0):
     """LAW_k = 0 iff worker k's reputation is more than kappa standard errors below the median
-    reputation (workers without one pass); returns (law, z)."""
+    reputation (workers without one pass; with fewer than 3 that have one, nobody is rejected);
+    returns (law, z)."""
     s1, s2 = state["s1"], state["s2"]
     k = len(s1)
     has = s1 > 0 if valid is None else (s1 > 0) & np.asarray(valid, bool)
@@ -165,7 +166,9 @@ def direction_law(state, valid=None, kappa=5.0):
     var = state["var_num"] / state["var_s1"] if state["var_s1"] > 0 else 0.0
     se = np.sqrt(var / neff)
     med = np.median(r[has]) if has.any() else 0.0
-    z = np.where((s1 > 0) & (se > 0), (r - med) / np.where(se > 0, se, 1), 0.0)
+    # fewer than 3 workers with a reputation: no majority to tell a minority from, none rejected
+    use = (s1 > 0) & (se > 1e-6) & (has.sum() >= 3)
+    z = np.where(use, (r - med) / np.where(se > 1e-6, se, 1e-6), 0.0)
     law = np.ones(k, np.float32)
     law[(s1 > 0) & (z < -kappa)] = 0.0
     return law, z
