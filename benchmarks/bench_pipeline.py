@@ -64,7 +64,11 @@ RUNS: dict[str, tuple[list[str], str]] = {
     ),
     "pipeline": (
         ["--conv", "im2col", "--reduction", "lsg", "--prune", "0.3", "--prune-mode", "early"],
-        "the main job's configuration",
+        "every stage that runs on each step: im2col + LSG + pruning cut early",
+    ),
+    "pipeline_tfconv": (
+        ["--conv", "keras", "--reduction", "lsg", "--prune", "0.3", "--prune-mode", "early"],
+        "the same with TensorFlow's Conv2D: LSG + pruning cut early",
     ),
 }
 STAGES = (
