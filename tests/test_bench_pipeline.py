@@ -55,7 +55,8 @@ def test_compare_puts_the_run_beside_the_benchmark(tmp_path, capsys):
     out = compare.lines(report, bench)
     assert out[0] == "this run: 0.90 after 70.0 s, 0.91 not reached; final test accuracy 0.9212"
     assert out[1] == (
-        "bench_pipeline baseline (mean of 3 seeds): 0.90 after 75.0 s (sd 2.5); final 0.9230"
+        "bench_pipeline baseline (mean of 3 seeds): 0.90 after 75.0 s (sd 2.5); final 0.9230 "
+        "(sd 0.0000)"
     )
     assert "1.05x the baseline's time to 0.90" in out[2]
     (tmp_path / "r.json").write_text(json.dumps(report))

@@ -9,7 +9,7 @@ import sys
 
 
 def lines(report: dict, bench: dict) -> list[str]:
-    """The comparison, one line each: this run, then the benchmark's runs that it names."""
+    """The comparison, one line each: this run, then every run of the benchmark."""
     t = report.get("time_to_accuracy", {})
     out = [
         "this run: "
@@ -18,17 +18,15 @@ def lines(report: dict, bench: dict) -> list[str]:
     ]
     runs = bench.get("runs", {})
     seeds = len(bench.get("seeds", []))
-    for name in ("keras_fit", "baseline", "pipeline"):
-        r = runs.get(name)
-        if not r:
-            continue
+    for name, r in runs.items():
         times = ", ".join(
             f"{k[5:]} after {r[k]:.1f} s (sd {r.get(k + '_sd', 0):.1f})"
             for k in sorted(r)
             if k.startswith("s_to_") and not k.endswith("_sd") and r[k] is not None
         )
         out.append(
-            f"bench_pipeline {name} (mean of {seeds} seeds): {times}; final {r['final_acc']:.4f}"
+            f"bench_pipeline {name} (mean of {seeds} seeds): {times}; final "
+            f"{r['final_acc']:.4f} (sd {r.get('final_acc_sd', 0):.4f})"
         )
     if bench.get("ratio_to_0.90") is not None:
         out.append(
