@@ -63,6 +63,11 @@ RUNS: dict[str, tuple[list[str], str]] = {
         "+ FCI data pruning: the 20% most prototypical training images of each class dropped",
     ),
     "pipeline": (
+        ["--conv", "keras", "--reduction", "mean", "--prune", "0.3", "--prune-mode", "early"],
+        "the main job's configuration: the stages that won here (pruning cut early); the same "
+        "flags as prune_early",
+    ),
+    "pipeline_im2col_lsg": (
         ["--conv", "im2col", "--reduction", "lsg", "--prune", "0.3", "--prune-mode", "early"],
         "every stage that runs on each step: im2col + LSG + pruning cut early",
     ),
