@@ -151,6 +151,26 @@ X* OutTilePtr(const Im2colConv2DParams& p, X* img, int64_t r0, int64_t oc0, int6
   return img + r0 * p.out_c + oc0;
 }
 
+// Rows [r0, r0 + rows) x channels [oc0, oc0 + og) of one image's output gradient as a GEMM
+// operand [rows, og]: read in place when T is the compute type C, else converted into `buf`.
+template <typename T, typename C>
+Mat<C> OutBackpropTile(const Im2colConv2DParams& p, const T* img, int64_t r0, int64_t oc0,
+                       int64_t rows, int64_t og, std::vector<C>& buf) {
+  int64_t ld;
+  bool t;
+  const T* src = OutTilePtr(p, img, r0, oc0, &ld, &t);
+  if constexpr (std::is_same<T, C>::value) {
+    return {src, ld, t};
+  } else {
+    buf.resize(static_cast<size_t>(rows * og));
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t j = 0; j < og; ++j)
+        buf[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
+    }
+    return {buf.data(), og, false};
+  }
+}
+
 // ---- im2col / col2im over a channel range ---------------------------------------------------
 
 // Columns k in [k0, k1) of the im2col matrix of channels [cb, cb + cn): k = (kh * k_w + kw) * cn
@@ -1013,21 +1033,7 @@ Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filter
         const T* do_img = out_backprop + n * OutImageSize(p);
         for (int64_t r0 = oh_lo * p.out_w; r0 < oh_hi * p.out_w; r0 += b.tile_rows) {
           const int64_t r1 = std::min(oh_hi * p.out_w, r0 + b.tile_rows), rows = r1 - r0;
-          Mat<C> dot;
-          int64_t ld;
-          bool t;
-          const T* src = OutTilePtr(p, do_img, r0, g * og, &ld, &t);
-          if constexpr (kPacked) {
-            dotile.resize(static_cast<size_t>(rows * og));
-            for (int64_t i = 0; i < rows; ++i) {
-              for (int64_t j = 0; j < og; ++j) {
-                dotile[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
-              }
-            }
-            dot = {dotile.data(), og, false};
-          } else {
-            dot = {src, ld, t};
-          }
+          const Mat<C> dot = OutBackpropTile<T, C>(p, do_img, r0, g * og, rows, og, dotile);
           dcol.resize(static_cast<size_t>(rows * kc));
           const OutMat<C> dc =
               p.nchw ? OutMat<C>{dcol.data(), rows, true} : OutMat<C>{dcol.data(), kc, false};
@@ -1114,21 +1120,8 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
                }
                a = p.nchw ? Mat<C>{col.data(), rows, true} : Mat<C>{col.data(), kn, false};
              }
-             int64_t ld;
-             bool t;
-             const T* src = OutTilePtr(p, out_backprop + n * OutImageSize(p), r0, g * og, &ld, &t);
-             Mat<C> dot;
-             if constexpr (kPacked) {
-               dotile.resize(static_cast<size_t>(rows * og));
-               for (int64_t i = 0; i < rows; ++i) {
-                 for (int64_t j = 0; j < og; ++j) {
-                   dotile[i * og + j] = static_cast<C>(src[t ? j * ld + i : i * ld + j]);
-                 }
-               }
-               dot = {dotile.data(), og, false};
-             } else {
-               dot = {src, ld, t};
-             }
+             const Mat<C> dot = OutBackpropTile<T, C>(p, out_backprop + n * OutImageSize(p), r0,
+                                                      g * og, rows, og, dotile);
              MatMul<C>(kn, og, rows, a.T(), dot, out, true);
            }
          }
