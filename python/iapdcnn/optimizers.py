@@ -155,17 +155,19 @@ class CGMSE(keras.optimizers.Optimizer):
         g = [tf.convert_to_tensor(x) for x in grads]
         y = [a - tf.cast(b, a.dtype) for a, b in zip(g, g_old, strict=True)]
         ss = _dot(s_old, s_old)
-        theta = 6.0 * (self._f_prev - self._f_now) + 3.0 * (_dot(g_old, s_old) + _dot(g, s_old))
+        gs = _dot(g, s_old)
+        gdo = _dot(g, d_old)  # g . d_old, used by beta's descent check and the secant step
+        sy = _dot(s_old, y)
+        theta = 6.0 * (self._f_prev - self._f_now) + 3.0 * (_dot(g_old, s_old) + gs)
         known = (self._f_known >= 2.0) & tf.math.is_finite(theta)
         theta = tf.where(known, theta, 0.0) if self.use_secant_correction else tf.zeros([])
         coef = tf.math.divide_no_nan(tf.maximum(theta, 0.0), ss)
         # y* = y + coef s, expanded into dot products so nothing of y* is materialised
-        gy = _dot(g, y) + coef * _dot(g, s_old)
+        gy = _dot(g, y) + coef * gs
         dy = _dot(d_old, y) + coef * _dot(d_old, s_old)
-        gs = _dot(g, s_old)
         gg = _dot(g, g)
         d_norm = tf.sqrt(_dot(d_old, d_old))
-        y_norm = tf.sqrt(_dot(y, y) + 2.0 * coef * _dot(y, s_old) + coef * coef * ss)
+        y_norm = tf.sqrt(_dot(y, y) + 2.0 * coef * sy + coef * coef * ss)
         curved = dy > 1e-12 * d_norm * y_norm + 1e-30
         beta = tf.maximum(
             tf.math.divide_no_nan(gy, dy), 0.0
@@ -173,7 +175,7 @@ class CGMSE(keras.optimizers.Optimizer):
         ok = (self._has_prev > 0) & curved & tf.math.is_finite(beta)
         beta = tf.where(ok, beta, 0.0)
         # sufficient descent of the new direction: g.d = -|g|^2 + beta g.d_old
-        gd = -gg + beta * _dot(g, d_old)
+        gd = -gg + beta * gdo
         descent = gd <= -self.restart_c * gg
         beta = tf.where(descent, beta, 0.0)
         self._restarts.assign_add(tf.where(beta == 0.0, 1.0, 0.0))
@@ -181,9 +183,9 @@ class CGMSE(keras.optimizers.Optimizer):
         if self.step_size == "secant":
             # alpha = -g.d / (kappa |d|^2), kappa = s.y* / s.s: the curvature met along the last
             # step; capped by the learning rate (the schedule still rules the largest step)
-            gd = -gg + beta * _dot(g, d_old)
-            dd = gg - 2.0 * beta * _dot(g, d_old) + beta * beta * d_norm * d_norm
-            kappa = tf.math.divide_no_nan(_dot(s_old, y) + coef * ss, ss)
+            gd = -gg + beta * gdo
+            dd = gg - 2.0 * beta * gdo + beta * beta * d_norm * d_norm
+            kappa = tf.math.divide_no_nan(sy + coef * ss, ss)
             alpha = tf.math.divide_no_nan(-gd, kappa * dd)
             usable = (self._has_prev > 0) & (kappa > 0) & tf.math.is_finite(alpha) & (alpha > 0)
             lr = tf.where(usable, tf.minimum(alpha, lr), lr)

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from .reduction import Reduction, _hvd
 
-__all__ = ["LocalReduction", "agwu_weights", "merge_bytes", "merge_models"]
+__all__ = ["LocalReduction", "agwu_weights", "merge_models", "nbytes"]
 
 
 def agwu_weights(accuracies: Any) -> np.ndarray:
@@ -64,13 +64,12 @@ class LocalReduction(Reduction):
             "loss_min": loss,
             "loss_max": loss,
         }
-        if not isinstance(grads, list):
-            grads = list(grads)
         return [tf.where(ok, g, tf.zeros_like(g)) for g in grads], stats
 
 
-def merge_bytes(variables: list) -> int:
-    """Bytes one merge allreduces per rank (the weights and optimizer slots it averages)."""
+def nbytes(variables: list) -> int:
+    """Bytes of ``variables``: what one allreduce of them (or of their gradients) sends per
+    rank."""
     return int(sum(v.shape.num_elements() * v.dtype.size for v in variables))
 
 

@@ -99,20 +99,23 @@ class Trainer:
         (``distributed.agwu``). A no-op in step mode or with no local step since the last one."""
         if self.cfg.sync != "agwu" or not self._round[1]:
             return
-        from iapdcnn.distributed.agwu import merge_bytes, merge_models
+        from iapdcnn.distributed.agwu import merge_models, nbytes
 
         variables = list(self.model.variables) + list(self.opt.variables)
         res = merge_models(variables, self._round[0] / self._round[1])
         if not res["merged"]:
             self.log.say("agwu: every rank's copy is non-finite or scored 0; nothing merged")
         self.merges += 1
-        self.comm_bytes += merge_bytes([v for v in variables if v.dtype.is_floating])
+        self.comm_bytes += nbytes([v for v in variables if v.dtype.is_floating])
         self._round = [0.0, 0]
 
     def _compile(self) -> None:
         """Fresh step functions for the current model (after a cut, the old traces hold the old
         variables)."""
+        from iapdcnn.distributed.agwu import nbytes
+
         self._train_step = tf.function(self._step, reduce_retracing=True)
+        self.grad_bytes = nbytes(self.model.trainable_variables)  # one step's gradients
         self._eval_step = tf.function(self._eval, reduce_retracing=True)
 
     # ------------------------------------------------------------------------- state
@@ -310,7 +313,7 @@ class Trainer:
                     self.log.say(f"step {gstep}: balanced batches {bal.sizes}")
             self.train_macs += self.step_macs * bs * size
             if cfg.sync == "step":  # one allreduce of the gradients per step
-                self.comm_bytes += self._grad_bytes()
+                self.comm_bytes += self.grad_bytes
             workers = res.pop("workers", None)
             workers = None if workers is None else {k: v.numpy() for k, v in workers.items()}
             st = {k: float(v) for k, v in res.items()}
@@ -386,11 +389,6 @@ class Trainer:
             hit = [e["train_s"] for e in self.evals if e["val_acc"] >= t]
             out[f"{t:.2f}"] = min(hit) if hit else None
         return out
-
-    def _grad_bytes(self) -> int:
-        return int(
-            sum(v.shape.num_elements() * v.dtype.size for v in self.model.trainable_variables)
-        )
 
     def stages(self, flops_after: int) -> dict[str, dict[str, Any]]:
         """What each IA-PDCNNOA stage did in this run (its measured effect across runs is
