@@ -321,12 +321,14 @@ MISMATCHED = [
     "median_split",
     "trimmed_split_fn",
     "median_split_f16",
+    "lsg_one_split",
+    "lsg_one_split_fn",
 ]
 
 
 @pytest.mark.horovod
 def test_mismatched_gradient_lists_raise_on_every_rank():
-    cases = [*MISMATCHED, "median_total", "lsg_same", "median_same_f16"]
+    cases = [*MISMATCHED, "median_total", "lsg_one_total", "lsg_same", "median_same_f16"]
     p = run_hvd(2, [WORKER, *cases], timeout=240)  # a hang fails here, not in CI's timeout
     out = p.stdout
     lines = {}
@@ -344,6 +346,7 @@ def test_mismatched_gradient_lists_raise_on_every_rank():
                 assert "rank 0 has 2 gradients, 17 elements" in msg, (case, msg)
         # another total size: Horovod's own allgather check, still an error and no hang
         assert "Mismatched ALLGATHER tensor shapes" in lines[(r, "median_total")]
+        assert "Mismatched ALLREDUCE tensor shapes" in lines[(r, "lsg_one_total")]
         for case in ("lsg_same", "median_same_f16"):
             assert lines[(r, case)].startswith("OK"), (case, lines[(r, case)])
     # rank 1's own description: the count and size it handed in

@@ -1,7 +1,9 @@
 """Runs under `horovodrun -np 2`: the ranks hand a reduction different gradient lists (another
 count, another size, the same total split differently). Without the fingerprint in the scalar
-allgather, LSG's grouped allreduce blocks forever and the gather path mixes coordinates; with
-it every rank raises an error that says what each rank handed in. Prints one line per case and
+allgather, LSG's two-round grouped allreduce blocks forever and the gather path mixes
+coordinates; with it every rank raises an error that says what each rank handed in. LSG's
+one-round allreduce meets Horovod's shape check when the totals differ, and the fingerprint
+check when they agree. Prints one line per case and
 rank; tests/test_hostile_py.py launches it with a timeout and reads them."""
 
 import os
@@ -29,15 +31,27 @@ def grads(shapes, dtype=tf.float32):
 BASE = [(3, 4), (5,)]
 # case -> (reduction, options, in tf.function?, rank 0's shapes, rank 1's shapes, dtype)
 CASES = {
-    "lsg_count": ("lsg", {}, False, BASE, BASE + [(2,)], tf.float32),
-    "lsg_size_fn": ("lsg", {}, True, BASE, [(3, 5), (5,)], tf.float32),
-    "lsg_off_fn": ("lsg", {"direction": "off"}, True, BASE, BASE + [(1,)], tf.float32),
+    "lsg_count": ("lsg", {"rounds": "two"}, False, BASE, BASE + [(2,)], tf.float32),
+    "lsg_size_fn": ("lsg", {"rounds": "two"}, True, BASE, [(3, 5), (5,)], tf.float32),
+    "lsg_off_fn": (
+        "lsg",
+        {"direction": "off", "rounds": "two"},
+        True,
+        BASE,
+        BASE + [(1,)],
+        tf.float32,
+    ),
+    # LSG's one-round form: the same total laid out differently meets the fingerprint check
+    "lsg_one_split": ("lsg", {}, False, BASE, [(5,), (3, 4)], tf.float32),
+    "lsg_one_split_fn": ("lsg", {"direction": "off"}, True, BASE, [(4, 3), (5,)], tf.float32),
     "dis_cnn_count": ("dis_cnn", {}, False, BASE, BASE[:1], tf.float32),
     "median_split": ("median", {}, False, BASE, [(5,), (3, 4)], tf.float32),
     "trimmed_split_fn": ("trimmed_mean", {}, True, BASE, [(4, 3), (5,)], tf.float32),
     "median_split_f16": ("median", {}, False, BASE, [(5,), (3, 4)], tf.float16),
     # another total: Horovod's own allgather check refuses it (no hang)
     "median_total": ("median", {}, False, BASE, [(3, 4), (6,)], tf.float32),
+    # ... and another total size meets Horovod's allreduce shape check (no hang)
+    "lsg_one_total": ("lsg", {}, False, BASE, BASE + [(2,)], tf.float32),
     # the control: identical lists reduce normally
     "lsg_same": ("lsg", {}, True, BASE, BASE, tf.float32),
     "median_same_f16": ("median", {}, False, BASE, BASE, tf.float16),

@@ -237,4 +237,24 @@ if K >= 3:
         print(
             f"flipped worker weights: {' '.join(str(float(w)) for w in flipped[:, -1])}", flush=True
         )
+
+# 10. LSG's two ways to communicate agree: one allreduce with the scalars riding along (a second
+# only when a finite worker is rejected) and allgather-then-allreduce; weights, stats and result,
+# eager and traced, on a clean step, a NaN worker, a rejected finite worker (K >= 3: the second
+# round), and float16 / float64 gradients (float64 takes the two-round path).
+cases = [("clean", g, 1.0 + 1e-3 * R), ("nan", gn, 1.0)]
+if K >= 3:
+    cases.append(("outlier", g, 100.0 if R == K - 1 else 1.0 + 1e-3 * R))
+cases.append(("float16", [tf.cast(x, tf.float16) for x in g], 1.0 + 1e-3 * R))
+cases.append(("float64", [tf.cast(x, tf.float64) for x in g], 1.0 + 1e-3 * R))
+for what, grads, loss in cases:
+    for fn in (False, True):
+        o1, s1 = reduce("lsg", grads, loss, fn=fn, rounds="one")
+        o2, s2 = reduce("lsg", grads, loss, fn=fn, rounds="two")
+        tol = 1e-3 if what == "float16" else 1e-6
+        check([o.dtype for o in o1] == [x.dtype for x in grads], f"{what}: dtypes {o1}")
+        check(np.allclose(flat(o1), flat(o2), atol=tol), f"{what} fn={fn}: one != two rounds")
+        for key in ("weights", "workers_kept", "skipped", "loss", "table"):
+            same = np.array_equal(s1[key], s2[key], equal_nan=True)
+            check(same, f"{what} fn={fn}: {key} {s1[key]} {s2[key]}")
 print(f"RANK {R} OK", flush=True)

@@ -1,6 +1,7 @@
-"""Gradient reductions over horovod.tensorflow collectives (spec §3): LSG (one allgather of
-per-worker scalars, then one grouped allreduce(Sum) of LAW_k * g_k; its direction screen adds two
-scalars to that allgather and no collective), Horovod's plain Average,
+"""Gradient reductions over horovod.tensorflow collectives (spec §3): LSG (one allreduce of
+every finite worker's gradient with a table of per-worker scalars riding along; a second
+allreduce of LAW_k * g_k only on a step where LSG rejects a finite worker; its direction screen
+adds two scalars to that table and no collective), Horovod's plain Average,
 Dis-CNN's two-group weighting, and the coordinate median / trimmed mean (allgather of the
 gradients, K times the traffic). Every reduction returns the reduced gradients and the step's
 statistics; ``make_reduction(name, **options)`` picks one by name. The gathering reductions
@@ -18,6 +19,7 @@ from .law import direction_law, loo_cosine, masked_median, reputation_update, wo
 
 REDUCTIONS = ("mean", "lsg", "dis_cnn", "median", "trimmed_mean")
 DIRECTIONS = ("reputation", "off")
+ROUNDS = ("one", "two")
 
 Stats = dict[str, tf.Tensor]
 
@@ -194,6 +196,23 @@ class Reduction:
     def _reduce(self, grads, loss, samples, loss_se):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _worker_row(self, grads, loss, samples, loss_se, extra=()):
+        """This worker's ``[loss, grad_norm, finite, samples, loss_se, *extra, *fingerprint]``
+        row, its finite flag, its fingerprint and the fingerprint in words."""
+        norm, ok = _finite_norm(grads)
+        ok = tf.logical_and(ok, tf.math.is_finite(loss))
+        fp, text = gradient_fingerprint(grads)
+        row = tf.stack([loss, norm, tf.cast(ok, tf.float32), samples, loss_se, *extra])
+        return tf.concat([row, fp], 0), ok, fp, text
+
+    def _checked_table(self, full, fp, text) -> tf.Tensor:
+        """The ``[K, C]`` table without its fingerprint columns, once every rank's fingerprint
+        has been compared with this rank's: nothing that uses it runs on a mismatch."""
+        f = len(FINGERPRINT_COLUMNS)
+        check = _check_fingerprints(type(self).__name__, self.rank(), full[:, -f:], fp, text)
+        with tf.control_dependencies([check] if check is not None else []):
+            return tf.identity(full[:, :-f])
+
     def _gather_scalars(self, grads, loss, samples, loss_se, extra=()) -> tf.Tensor:
         """One allgather of ``[loss, grad_norm, finite, samples, loss_se, *extra]``
         (``TABLE_COLUMNS``, then e.g. ``DIRECTION_COLUMNS``) per worker -> ``[K, 5 + n]``
@@ -201,16 +220,9 @@ class Reduction:
         carries the gradients' fingerprint (``FINGERPRINT_COLUMNS``): the returned table
         depends on every rank's matching this one's, so nothing that uses it (the allreduce
         included) runs on a mismatch; the error names what each rank handed in."""
-        norm, ok = _finite_norm(grads)
-        ok = tf.logical_and(ok, tf.math.is_finite(loss))
-        fp, text = gradient_fingerprint(grads)
-        row = tf.stack([loss, norm, tf.cast(ok, tf.float32), samples, loss_se, *extra])
-        row = tf.concat([row, fp], 0)[None, :]
-        full = _hvd().allgather(row, name="iapdcnn_worker_scalars", **self._ps())
-        f = len(FINGERPRINT_COLUMNS)
-        check = _check_fingerprints(type(self).__name__, self.rank(), full[:, -f:], fp, text)
-        with tf.control_dependencies([check] if check is not None else []):
-            return tf.identity(full[:, :-f])
+        row, _, fp, text = self._worker_row(grads, loss, samples, loss_se, extra)
+        full = _hvd().allgather(row[None, :], name="iapdcnn_worker_scalars", **self._ps())
+        return self._checked_table(full, fp, text)
 
     def _masked_sum(self, grads, weight: tf.Tensor) -> list[tf.Tensor]:
         """One grouped allreduce(Sum) of ``weight * g``. A worker with weight 0 sends exact
@@ -340,6 +352,7 @@ class LSGReduction(Reduction):
       direction: "reputation" (default) or "off" (``DIRECTIONS``).
       dir_decay: decay of the reputation's average, in (0, 1).
       dir_kappa: the direction screen's margin in standard errors.
+      rounds: "one" (default) or "two" (``ROUNDS``), see above.
     """
 
     name = "lsg"
@@ -358,6 +371,7 @@ class LSGReduction(Reduction):
         direction="reputation",
         dir_decay=0.95,
         dir_kappa=5.0,
+        rounds="one",
         process_set=None,
     ) -> None:
         super().__init__(process_set)
@@ -377,6 +391,9 @@ class LSGReduction(Reduction):
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
         if not 0 < dir_decay < 1:
             raise ValueError(f"dir_decay must be in (0, 1), got {dir_decay}")
+        if rounds not in ROUNDS:
+            raise ValueError(f"rounds must be one of {', '.join(ROUNDS)}, got {rounds!r}")
+        self.rounds = rounds
         self.tau, self.kappa, self.centre, self.normalise = tau, kappa, centre, normalise
         self.grad_screen, self.grad_kappa, self.tau_floor = grad_screen, grad_kappa, tau_floor
         self.grad_floor, self.se_kappa = grad_floor, se_kappa
@@ -408,42 +425,56 @@ class LSGReduction(Reduction):
         return tf.cast(tf.shape(law)[0], tf.float32)
 
     def _reduce(self, grads, loss, samples, loss_se):
-        if self.direction == "off" or not self._can_keep_state:
-            table = self._gather_scalars(grads, loss, samples, loss_se)
-            law = self.weights(table)
-            # the normalisation rides in the per-worker factor: law_k / denom before the allreduce
-            out = self._masked_sum(
-                grads, tf.math.divide_no_nan(tf.gather(law, self.rank()), self._denominator(law))
-            )
-            stats = self._stats(table, law)
-            stats.update(weights=law, table=table)
-            return out, stats
-        return self._reduce_with_direction(grads, loss, samples, loss_se)
-
-    def _reduce_with_direction(self, grads, loss, samples, loss_se):
-        k = self.size()
-        if k not in self._dir_states:  # per world size: an elastic job may change it
-            self._dir_states[k] = _DirectionState(k)
-        st = self._dir_states[k]
-        table = self._gather_scalars(
-            grads, loss, samples, loss_se, [st.dot.read_value(), st.agg_sq.read_value()]
-        )
+        st = None
+        if self.direction != "off" and self._can_keep_state:
+            k = self.size()
+            if k not in self._dir_states:  # per world size: an elastic job may change it
+                self._dir_states[k] = _DirectionState(k)
+            st = self._dir_states[k]
+        extra = [st.dot.read_value(), st.agg_sq.read_value()] if st is not None else []
+        one_round = self.rounds == "one" and all(g.dtype in _FLAT_DTYPES for g in grads)
+        if one_round:  # the scalars and every finite worker's g_k in one allreduce
+            table, flat, total = self._sum_with_table(grads, loss, samples, loss_se, extra)
+        else:
+            table = self._gather_scalars(grads, loss, samples, loss_se, extra)
         law = self.weights(table)
-        # the previous step's evidence; agg_sq from rank 0's row, so every rank uses one value
-        cos = loo_cosine(table[:, 5], st.prev_norm, st.prev_weight, table[0, 6])
-        cos = tf.where(st.has_prev > 0, cos, tf.fill([k], float("nan")))
-        rep = reputation_update(st.reputation(), cos, st.prev_weight > 0, self.dir_decay)
-        dlaw, info = direction_law(rep, valid=table[:, 2] > 0.5, kappa=self.dir_kappa)
-        law = law * dlaw
-        weight = tf.math.divide_no_nan(law, self._denominator(law))
-        out = self._masked_sum(grads, tf.gather(weight, self.rank()))
+        info = None
+        if st is not None:  # the previous step's evidence; agg_sq from rank 0's row
+            cos = loo_cosine(table[:, 5], st.prev_norm, st.prev_weight, table[0, 6])
+            cos = tf.where(st.has_prev > 0, cos, tf.fill([self.size()], float("nan")))
+            rep = reputation_update(st.reputation(), cos, st.prev_weight > 0, self.dir_decay)
+            dlaw, info = direction_law(rep, valid=table[:, 2] > 0.5, kappa=self.dir_kappa)
+            law = law * dlaw
+        denom = self._denominator(law)
+        weight = tf.math.divide_no_nan(law, denom)
+        if one_round:
+            mine = tf.gather(weight, self.rank())
+            # the sum already holds exactly the kept workers when LAW_k == finite_k for all k
+            # (the clean step); otherwise a second allreduce of LAW_k g_k, on every rank alike
+            # since the table is the same everywhere
+            out_flat = tf.cond(
+                tf.reduce_all(tf.equal(law, table[:, 2])),
+                lambda: tf.math.divide_no_nan(total, denom),
+                lambda: self._flat_masked_sum(flat, mine),
+            )
+            out = _unflatten(out_flat, grads)
+        else:
+            out = self._masked_sum(grads, tf.gather(weight, self.rank()))
+        stats = self._stats(table, law)
+        stats.update(weights=law, table=table)
+        if st is None:
+            return out, stats
         # this rank's g_k . A and |A|^2 for the next step (local passes, no collective). No
         # control dependency holds the outputs back: the assignments are stateful, so the step
         # function runs them anyway, next to the optimizer's update.
-        dot = tf.add_n(
-            [tf.reduce_sum(tf.cast(g * o, tf.float32)) for g, o in zip(grads, out, strict=True)]
-        )
-        agg_sq = tf.add_n([tf.reduce_sum(tf.cast(tf.square(o), tf.float32)) for o in out])
+        if one_round:
+            dot = tf.reduce_sum(flat * out_flat)
+            agg_sq = tf.reduce_sum(tf.square(out_flat))
+        else:
+            dot = tf.add_n(
+                [tf.reduce_sum(tf.cast(g * o, tf.float32)) for g, o in zip(grads, out, strict=True)]
+            )
+            agg_sq = tf.add_n([tf.reduce_sum(tf.cast(tf.square(o), tf.float32)) for o in out])
         skipped = tf.reduce_sum(law) <= 0
         for key in _DirectionState.KEYS:
             getattr(st, key).assign(rep[key])
@@ -452,9 +483,52 @@ class LSGReduction(Reduction):
         st.has_prev.assign(tf.where(skipped, 0.0, 1.0))
         st.dot.assign(dot)
         st.agg_sq.assign(agg_sq)
-        stats = self._stats(table, law)
-        stats.update(weights=law, table=table, reputation=info["reputation"], dir_z=info["z"])
+        stats.update(reputation=info["reputation"], dir_z=info["z"])
         return out, stats
+
+    def _sum_with_table(self, grads, loss, samples, loss_se, extra):
+        """One allreduce(Sum) of ``[finite_k * g_k, this worker's row in a [K, C] table of
+        zeros]`` (flattened, float32): the summed tail is every worker's row, the head
+        ``sum_k finite_k g_k``. Returns ``(table, flat g_k, that sum)``. A non-finite worker
+        sends zeros (selected, not multiplied, so no NaN spreads); ranks whose totals differ
+        fail in Horovod's shape check, and the same total laid out differently fails the
+        fingerprint check before anything uses the result."""
+        row, ok, fp, text = self._worker_row(grads, loss, samples, loss_se, extra)
+        flat = tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], 0)
+        k, c = self.size(), row.shape[0]
+        mine = tf.equal(tf.range(k), self.rank())[:, None]
+        table = tf.where(mine, row[None, :], tf.zeros([k, c]))
+        sent = tf.cond(ok, lambda: flat, lambda: tf.zeros_like(flat))
+        hvd = _hvd()
+        summed = hvd.allreduce(
+            tf.concat([sent, tf.reshape(table, [-1])], 0),
+            op=hvd.Sum,
+            name="iapdcnn_lsg_one",
+            **self._ps(),
+        )
+        n = tf.size(flat)
+        return self._checked_table(tf.reshape(summed[n:], [k, c]), fp, text), flat, summed[:n]
+
+    def _flat_masked_sum(self, flat, weight):
+        hvd = _hvd()
+        masked = tf.cond(weight > 0, lambda: flat * weight, lambda: tf.zeros_like(flat))
+        return hvd.allreduce(masked, op=hvd.Sum, name="iapdcnn_lsg_retry", **self._ps())
+
+
+_FLAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32)
+
+
+def _unflatten(flat: tf.Tensor, like: list[tf.Tensor]) -> list[tf.Tensor]:
+    """``flat`` (float32) cut back into tensors shaped and typed like ``like``."""
+    if all(g.shape.is_fully_defined() for g in like):
+        sizes, shapes = [g.shape.num_elements() for g in like], [g.shape for g in like]
+    else:
+        sizes, shapes = tf.stack([tf.size(g) for g in like]), [tf.shape(g) for g in like]
+    parts = tf.split(flat, sizes)
+    out = [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
+    return [
+        o if g.dtype == tf.float32 else tf.cast(o, g.dtype) for o, g in zip(out, like, strict=True)
+    ]
 
 
 class DisCNNReduction(LSGReduction):
@@ -465,7 +539,8 @@ class DisCNNReduction(LSGReduction):
     name = "dis_cnn"
 
     def __init__(self, b=None, low=0.55, high=0.45, process_set=None) -> None:
-        super().__init__(normalise="kept", direction="off", process_set=process_set)
+        # two rounds: its weights are not 0/1, so the unweighted sum is never the answer
+        super().__init__(normalise="kept", direction="off", rounds="two", process_set=process_set)
         self.b, self.low, self.high = b, low, high
 
     def weights(self, table):

@@ -72,6 +72,7 @@ class TrainConfig:
     se_kappa: float = 8.0
     direction: str = "reputation"
     dir_kappa: float = 5.0
+    lsg_rounds: str = "one"
     dis_cnn_b: float | None = None
     trim: float = 0.25
     sample_law: bool = False
@@ -204,6 +205,7 @@ class TrainConfig:
                 se_kappa=self.se_kappa,
                 direction=self.direction,
                 dir_kappa=self.dir_kappa,
+                rounds=self.lsg_rounds,
             )
         if self.reduction == "dis_cnn":
             return dict(b=self.dis_cnn_b)
@@ -376,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="lsg's direction screen for faults whose loss looks normal (off: loss and norm only)",
     )
     r.add_argument("--dir-kappa", type=float, default=D.dir_kappa, help="its margin (std errors)")
+    r.add_argument(
+        "--lsg-rounds",
+        default=D.lsg_rounds,
+        choices=("one", "two"),
+        help="lsg: one allreduce with the scalars riding along, a second only when a finite "
+        "worker is rejected (default); two: allgather the scalars, then the allreduce",
+    )
     r.add_argument("--dis-cnn-b", type=float, default=D.dis_cnn_b, help="Dis-CNN loss threshold b")
     r.add_argument("--trim", type=float, default=D.trim, help="trimmed_mean fraction per side")
     r.add_argument("--sample-law", action="store_true", help="per-sample LAW inside each batch")
