@@ -286,8 +286,8 @@ class MeanReduction(Reduction):
 
 class _DirectionState:
     """LSG's direction-screen state, ``[K]`` scalars and a few more, identical on every rank (it
-    is updated from the allgathered table only), except ``dot`` and ``agg_sq``: this rank's
-    ``g_k . A`` and ``|A|^2`` of the previous step, sent in the next allgather."""
+    is updated from the shared table only), except ``dot`` and ``agg_sq``: this rank's
+    ``g_k . A`` and ``|A|^2`` of the previous step, sent in the next step's row."""
 
     KEYS = ("num", "s1", "s2", "var_num", "var_s1")
 
@@ -308,7 +308,7 @@ class _DirectionState:
 
 
 class LSGReduction(Reduction):
-    """LSG (spec §3): LAW_k from the allgathered scalars (``law.worker_law``), then
+    """LSG (spec §3): LAW_k from every worker's scalars (``law.worker_law``), then
     ``sum_k LAW_k g_k / sum_k LAW_k`` (normalise="kept") or ``/ K`` (normalise="batch").
 
     Departures from the paper (spec §3's engineering rules): the defaults are the relative
@@ -321,7 +321,7 @@ class LSGReduction(Reduction):
     the backward pass under a normal loss (sign flips, random directions), which the norm screen
     lets through below 4x the median norm. After the allreduce each worker computes ``g_k . A``
     and ``|A|^2`` locally (two passes over its gradients, no communication); they ride in the
-    NEXT step's allgather (two more scalars, no other collective), where every rank turns them
+    NEXT step's row (two more scalars, no other collective), where every rank turns them
     into each worker's cosine to the aggregate of the others (``law.loo_cosine``), averages
     those over about ``1 / (1 - dir_decay)`` steps (``law.reputation_update``) and rejects a
     worker whose average lies ``dir_kappa`` standard errors below the median
