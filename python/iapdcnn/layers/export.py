@@ -176,7 +176,6 @@ def _export(model: Any, preprocessing: str) -> tuple[Any, set[str]]:
         raise ExportError(f"model {model.name!r} has no input layers in its config")
     layers = {layer.name: layer for layer in model.layers}
     stripped: set[str] = set()
-    nested: dict[str, Any] = {}
     kept_entries = []
     first = True
     for entry in config["layers"]:
@@ -198,8 +197,10 @@ def _export(model: Any, preprocessing: str) -> tuple[Any, set[str]]:
             continue
         first = False
         if isinstance(layer, keras.Model):
-            sub, _ = _export(layer, "error")
-            nested[name] = sub
+            try:  # preprocessing stripped inside would change what the outer model feeds it
+                sub, _ = _export(layer, "error")
+            except ExportError as e:
+                raise ExportError(f"in nested model {name!r}: {e}") from e
             _patch(entry, sub)
         else:
             new = _replacement(layer, None if sequential else entry.get("inbound_nodes") or [])
