@@ -24,7 +24,7 @@ IAPDCNN_TEST_KERAS=tf_keras "$V/python" -m pytest -p no:cacheprovider tests "$@"
 echo "[test] pytest, tf.keras = Keras 3"
 IAPDCNN_TEST_KERAS=keras3 "$V/python" -m pytest -p no:cacheprovider \
   tests/test_keras3.py tests/test_conv_layers.py tests/test_feature_layers.py \
-  tests/test_pruning.py tests/test_pruning_apps.py tests/test_distributed.py \
+  tests/test_pruning.py tests/test_pruning_apps.py tests/test_distributed.py tests/test_export.py \
   tests/test_optimizers.py tests/test_initializers.py \
   --deselect "tests/test_distributed.py::test_reductions_under_horovod[4]" "$@" || {
   r=$?
