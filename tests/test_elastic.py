@@ -24,7 +24,6 @@ TRAIN = os.path.join(ROOT, "train.py")
 DISCOVER = os.path.join(ROOT, "scripts", "elastic_discover.sh")
 # one slot per distinct local name: the driver blacklists a whole host when a worker on it fails
 HOSTS = ["localhost", "127.0.0.1", socket.gethostname()]
-VICTIM = "127.0.0.1"  # never rank 0 at the start (hosts are ranked in the listed order)
 JOB_TIMEOUT = 120
 TINY = [
     "--dataset",
@@ -126,6 +125,16 @@ class ElasticJob:
 
     def worker_pid(self, host: str) -> int:
         return int((self.out / "elastic_pids" / host).read_text().split()[0])
+
+    def host_of_rank(self, rank: int) -> str:
+        """The host whose worker last said it holds ``rank`` (``--out``/elastic_pids)."""
+        hosts = [
+            f.name
+            for f in (self.out / "elastic_pids").glob("*")
+            if int(f.read_text().split()[1]) == rank
+        ]
+        assert len(hosts) == 1, hosts
+        return hosts[0]
 
     def kill(self, host: str) -> int:
         pid = self.worker_pid(host)
@@ -252,7 +261,8 @@ def test_kill_one_of_three_mid_epoch(job_factory):
 
     job = job_factory("killed", [*TINY, *SLOW])
     job.wait_for(r"elastic: commit 1 at step 4 \(epoch 0, step 4/12\) with 3 ranks")
-    job.kill(VICTIM)  # SIGKILL: no cleanup, its connections just drop
+    victim = job.host_of_rank(1)
+    job.kill(victim)  # SIGKILL: no cleanup, its connections just drop
     i = job.wait_for(r"elastic: reset after a collective failed")
     job.wait_for(r"elastic: 2 ranks on", after=i)
     _, rep = job.finish()
@@ -262,7 +272,7 @@ def test_kill_one_of_three_mid_epoch(job_factory):
     assert reset["size_before"] == 3 and reset["size_after"] == 2, reset
     # rolled back to a commit inside the first epoch (commits every 4 steps, 12 an epoch)
     assert reset["at_step"] in (4, 8) and reset["lost_steps"] >= 0, reset
-    assert VICTIM not in job.text().split("elastic: 2 ranks on", 1)[1].split("\n", 1)[0]
+    assert victim not in job.text().split("elastic: 2 ranks on", 1)[1].split("\n", 1)[0]
     # the same seed and data: the final accuracy is the undisturbed run's within noise
     # (after the kill the global batch is 2/3 as large, with 2/3 of the learning rate)
     assert ref["test_accuracy"] > 0.8, ref["test_accuracy"]  # it learned the task
@@ -278,8 +288,9 @@ def test_killed_worker_rejoins(job_factory):
     # TensorFlow imported before it can join
     job = job_factory("rejoin", [*TINY, *SLOWER], cooldown=True)
     job.wait_for(r"elastic: commit 1 at step 4 ")
-    job.set_hosts([h for h in HOSTS if h != VICTIM])  # the discovery script drops it ...
-    old = job.kill(VICTIM)
+    victim = job.host_of_rank(1)
+    job.set_hosts([h for h in HOSTS if h != victim])  # the discovery script drops it ...
+    old = job.kill(victim)
     i = job.wait_for(r"elastic: 2 ranks on")
     job.set_hosts(HOSTS)  # ... and lists it again: Horovod starts a new worker there
     i = job.wait_for(r"elastic: reset after the host list changed: 2 -> 3 ranks", after=i)
@@ -289,7 +300,7 @@ def test_killed_worker_rejoins(job_factory):
     assert el["final_ranks"] == 3 and rep["ranks"] == 3
     assert [(r["size_before"], r["size_after"]) for r in el["resets"]] == [(3, 2), (2, 3)], el
     assert el["resets"][1]["lost_steps"] == 0  # a host update is handled at a commit
-    assert job.worker_pid(VICTIM) != old  # a new process holds the host
+    assert job.worker_pid(victim) != old  # a new process holds the host
 
 
 @pytest.mark.horovod
@@ -299,7 +310,7 @@ def test_rank_rejected_by_lsg_is_evicted(job_factory):
     _, rep = job.finish()
     el = _check_steps(rep)
     [ev] = el["evicted"]
-    host = socket.gethostname()  # rank 2: the third host listed
+    host = job.host_of_rank(2)  # the evicted worker's file; the others now hold ranks 0, 1
     assert ev == {"host": host, "rank": 2, "step": 5, "rejected_steps": 4}, ev
     text = job.text()
     assert f"elastic: evicting rank 2 (host {host}): LSG rejected it for 4 consecutive" in text
