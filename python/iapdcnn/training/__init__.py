@@ -97,10 +97,14 @@ def run(cfg: TrainConfig) -> dict:
         if cfg.features_mode != "none" or cfg.fci_drop:
             arrays, prep = _prepare_features(cfg, hvd, arrays)
         trainer = Trainer(cfg, hvd, arrays, prep)
-        trainer.restore_or_broadcast()
+        trainer.restore_or_broadcast(broadcast=not cfg.elastic)
     except ConfigError as e:  # also the settings that only the data or world size show wrong,
         # and a checkpoint that --resume cannot use (checkpoint.CheckpointError names it)
         raise SystemExit(f"train.py: {e}") from None
+    if cfg.elastic:  # the same epochs, driven by hvd.elastic's reset-and-retry (elastic.py)
+        from .elastic import run_elastic
+
+        return run_elastic(trainer)
     trainer.log.say(trainer.describe())
     for epoch in range(trainer.start_epoch, cfg.epochs):
         trainer.train_epoch(epoch)

@@ -101,6 +101,10 @@ class TrainConfig:
     # fault injection and test hooks
     inject_fault: list[Fault] = field(default_factory=list)
     straggler_seconds: float = 0.5
+    # elastic Horovod (training/elastic.py)
+    elastic: bool = False
+    commit_every: int = 10
+    evict_after: int | None = None
 
     def check(self) -> TrainConfig:
         """Raises ``ConfigError`` naming the flag of the first bad setting; returns self."""
@@ -183,7 +187,36 @@ class TrainConfig:
         for name, choices in (("dataset", DATASETS), ("reduction", REDUCTIONS)):
             if getattr(self, name) not in choices:
                 raise bad(name, f"must be one of {', '.join(choices)}", getattr(self, name))
+        self._check_elastic()
         return self
+
+    def _check_elastic(self) -> None:
+        """The rules of ``--elastic``, ``--commit-every`` and ``--evict-after``."""
+        if self.commit_every < 1:
+            raise ConfigError(f"--commit-every must be >= 1, got {self.commit_every}")
+        if self.evict_after is not None:
+            if self.evict_after < 1:
+                raise ConfigError(f"--evict-after must be >= 1, got {self.evict_after}")
+            if not self.elastic:
+                raise ConfigError(
+                    "--evict-after needs --elastic: only an elastic job can go on without a rank"
+                )
+            if self.reduction != "lsg":
+                raise ConfigError(
+                    f"--evict-after needs --reduction lsg (LSG's weights say which rank is "
+                    f"rejected), got --reduction {self.reduction}"
+                )
+        if not self.elastic:
+            return
+        refused = [
+            (self.balance, "--balance (its per-rank batch shares)"),
+            (self.sync != "step", "--sync agwu"),
+            (self.prune > 0 and self.prune_mode == "soft", "--prune-mode soft (its masks)"),
+            (self.features_mode != "none" or self.fci_drop > 0, "--features-mode/--fci-drop"),
+        ]
+        for on, what in refused:
+            if on:
+                raise ConfigError(f"--elastic does not support {what} yet")
 
     def feature_settings(self) -> Any:
         """``--features-mode`` and ``--fci-drop`` as ``features.FeatureSettings`` (imports
@@ -461,6 +494,31 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"make one rank faulty; KIND in {', '.join(FAULT_KINDS)}",
     )
     f.add_argument("--straggler-seconds", type=float, default=D.straggler_seconds)
+    e = p.add_argument_group("elastic Horovod (docs/elastic.md)")
+    e.add_argument(
+        "--elastic",
+        action="store_true",
+        help="run under `horovodrun --min-np/--max-np --host-discovery-script ...`: when a rank "
+        "dies the others roll back to the last commit and go on with fewer ranks; ranks that "
+        "come back get the state and join",
+    )
+    e.add_argument(
+        "--commit-every",
+        type=int,
+        default=D.commit_every,
+        metavar="STEPS",
+        help="--elastic: commit the training state in memory every STEPS steps (the most a "
+        "failure can undo)",
+    )
+    e.add_argument(
+        "--evict-after",
+        type=int,
+        default=D.evict_after,
+        metavar="M",
+        help="--elastic with --reduction lsg: a rank that LSG rejects for M consecutive steps "
+        "is reported, blacklisted for the host-discovery script and told to exit; the job goes "
+        "on without it",
+    )
     return p
 
 

@@ -31,6 +31,13 @@ from .output import RunLog
 STEP_STATS = ("workers_kept", "samples_kept", "skipped", "loss", "loss_min", "loss_max")
 
 
+def new_epoch_acc() -> dict[str, float]:
+    """The sums an epoch's record is made of. ``correct``/``seen`` are this rank's since the last
+    elastic commit, ``*_all`` those of every rank before it (0 without ``--elastic``)."""
+    keys = ("n", "kept", "samples", "skipped", "loss_sum", "correct", "seen", "epoch_s")
+    return dict.fromkeys(keys + ("correct_all", "seen_all"), 0.0)
+
+
 class Trainer:
     """One rank's part of a run.
 
@@ -92,6 +99,8 @@ class Trainer:
         self.merges, self.comm_bytes = 0, 0  # AGWU merges; bytes allreduced per rank (either mode)
         self.step_macs = self.flops_before  # per image, of the model the steps train
         self.train_macs = 0.0  # forward multiply-adds of all training images so far
+        self.acc = new_epoch_acc()  # the running epoch's sums (elastic.py commits them)
+        self.elastic = None  # --elastic: the elastic.ElasticState that drives this trainer
         self._compile()
 
     def _agwu_merge(self) -> None:
@@ -120,9 +129,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------- state
 
-    def restore_or_broadcast(self) -> None:
+    def restore_or_broadcast(self, broadcast: bool = True) -> None:
         """Resumes from ``--out``'s checkpoint under ``--resume``, then makes every rank hold
-        rank 0's model and optimizer state."""
+        rank 0's model and optimizer state (unless not ``broadcast``: under ``--elastic`` the
+        state's first sync does that, once every rank has joined)."""
         if self.cfg.resume and os.path.exists(self.ckpt_path):
             pruned = checkpoint.read_meta(self.ckpt_path, self.ckpt_identity).get("pruned")
             if pruned:  # the run was cut early: cut the fresh model the same way first
@@ -145,8 +155,9 @@ class Trainer:
             self.log.say(f"resumed from {self.ckpt_path} after epoch {meta['epoch'] + 1}")
         elif self.cfg.resume:
             self.log.say(f"--resume: no checkpoint at {self.ckpt_path}, starting from scratch")
-        self.hvd.broadcast_variables(self.model.variables, root_rank=0)
-        self.hvd.broadcast_variables(self.opt.variables, root_rank=0)
+        if broadcast:
+            self.hvd.broadcast_variables(self.model.variables, root_rank=0)
+            self.hvd.broadcast_variables(self.opt.variables, root_rank=0)
         if self.cfg.prune > 0 and self.prune_step is None:
             self.pruner = build.build_pruner(self.cfg, self.steps)
             self.model.optimizer = self.opt  # the callback reads the step from it, as under fit
@@ -224,7 +235,7 @@ class Trainer:
         apply_unless_skipped(self.opt, zip(grads, variables, strict=True), tape.stats)
         out = {k: tape.stats[k] for k in STEP_STATS}
         out["correct"] = self._correct(y, probs)
-        if self.cfg.step_log:
+        if self.cfg.step_log or self.cfg.evict_after:  # --evict-after reads the LAW weights
             out["workers"] = worker_table(tape.stats)
         return {k: v for k, v in out.items() if v is not None}
 
@@ -279,47 +290,59 @@ class Trainer:
         self.evals.append({**point, "val_loss": val_loss, "val_acc": val_acc})
         return val_loss, val_acc
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        """One epoch; returns its record (also appended to ``history`` and written out)."""
+    def train_epoch(self, epoch: int, start: int = 0, after_step: Any = None) -> dict[str, Any]:
+        """One epoch; returns its record (also appended to ``history`` and written out).
+        ``--elastic`` continues an epoch from step ``start`` (its sums so far in ``acc``) and
+        calls ``after_step(epoch, i, stats, workers)`` after each step (commits, eviction)."""
         cfg, size, bs = self.cfg, self.size, self.cfg.batch_size
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.xtr))
+        if start == 0:
+            self.acc = new_epoch_acc()
+        a = self.acc
         self.log.begin_epoch(self.steps)
         if self.pruner is not None:
             self.pruner.on_epoch_begin(epoch)
-        n = kept = samples = skipped = loss_sum = correct = seen = 0.0
-        epoch_time, t0 = 0.0, time.perf_counter()
-        for i in range(self.steps):
+        t0 = time.perf_counter()
+        for i in range(start, self.steps):
             gstep = epoch * self.steps + i
-            if gstep == self.prune_step:
+            if gstep == self.prune_step and not self.pruned:
                 self._agwu_merge()  # the copies agree before rank 0's plan cuts them all
                 self._cut()
                 self.log.say(f"step {gstep}: pruned to {self.flops_now() / 1e6:.1f} MFLOPs")
             bal = self.balancer
             if bal is None:
-                idx = perm[(i * size + self.rank) * bs : (i * size + self.rank + 1) * bs]
+                lo = (i * size + self.rank) * bs
+                if lo + bs <= len(perm):
+                    idx = perm[lo : lo + bs]
+                else:  # more ranks than the epoch was sized for (--elastic): wrap around
+                    idx = perm.take(range(lo, lo + bs), mode="wrap")
             else:  # this rank's slice of the global batch, sized by its speed
-                start = i * size * bs + bal.offset
-                idx = perm[start : start + bal.sizes[self.rank]]
+                first = i * size * bs + bal.offset
+                idx = perm[first : first + bal.sizes[self.rank]]
                 self.reduction.weight.assign(bal.weight)
                 cpu0 = time.process_time()
             x, y, factor = self.faults.batch(self.xtr[idx], self.ytr[idx], gstep)
             if self.faults.corrupts_gradients:
                 self.reduction.factor.assign(factor)
             res = self._train_step(x, y)
-            seen += len(idx)
+            a["seen"] += len(idx)
             if bal is not None:
                 bal.record(time.process_time() - cpu0, len(idx))
                 if bal.maybe_update(gstep):
                     self.log.say(f"step {gstep}: balanced batches {bal.sizes}")
             self.train_macs += self.step_macs * bs * size
+            self.images += bs * size
             if cfg.sync == "step":  # one allreduce of the gradients per step
                 self.comm_bytes += self.grad_bytes
             workers = res.pop("workers", None)
             workers = None if workers is None else {k: v.numpy() for k, v in workers.items()}
             st = {k: float(v) for k, v in res.items()}
-            n, kept, samples = n + 1, kept + st["workers_kept"], samples + st["samples_kept"]
-            skipped, correct = skipped + st["skipped"], correct + st["correct"]
-            loss_sum += 0.0 if st["skipped"] else st["loss"]
+            a["n"] += 1
+            a["kept"] += st["workers_kept"]
+            a["samples"] += st["samples_kept"]
+            a["skipped"] += st["skipped"]
+            a["correct"] += st["correct"]
+            a["loss_sum"] += 0.0 if st["skipped"] else st["loss"]
             self.log.step(i, gstep, st, workers)
             if self.pruner is not None:
                 self.pruner.on_train_batch_end(i)
@@ -332,25 +355,34 @@ class Trainer:
                     self._agwu_merge()
             if eval_now:
                 dt = time.perf_counter() - t0  # the clock stops while evaluating
-                epoch_time, self.train_time = epoch_time + dt, self.train_time + dt
+                a["epoch_s"], self.train_time = a["epoch_s"] + dt, self.train_time + dt
                 self._record_eval(epoch + (i + 1) / self.steps, gstep + 1)
                 t0 = time.perf_counter()
+            if after_step is not None:
+                dt = time.perf_counter() - t0  # the clock so far, so that a commit holds it
+                a["epoch_s"], self.train_time = a["epoch_s"] + dt, self.train_time + dt
+                after_step(epoch, i, st, workers)
+                t0 = time.perf_counter()
         dt = time.perf_counter() - t0
-        epoch_time, self.train_time = epoch_time + dt, self.train_time + dt
-        self.images += self.steps * bs * size
+        a["epoch_s"], self.train_time = a["epoch_s"] + dt, self.train_time + dt
+        epoch_time, n, skipped = a["epoch_s"], a["n"], a["skipped"]
         if self.pruner is not None:
             self.pruner.on_epoch_end(epoch)
-        tot = self.hvd.allreduce(tf.constant([correct, seen]), op=self.hvd.Sum, name="train_acc")
+        # correct/seen: this rank's since the last commit, plus the committed sums of all ranks
+        tot = self.hvd.allreduce(
+            tf.constant([a["correct"], a["seen"]]), op=self.hvd.Sum, name="train_acc"
+        )
+        tot = tot + tf.constant([a["correct_all"], a["seen_all"]])
         train_acc = float(tot[0] / tf.maximum(tot[1], 1.0))
         val_loss, val_acc = self._record_eval(epoch + 1, (epoch + 1) * self.steps)
         rec = {
             "epoch": epoch + 1,
-            "loss": loss_sum / (n - skipped) if n > skipped else float("nan"),
+            "loss": a["loss_sum"] / (n - skipped) if n > skipped else float("nan"),
             "acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
-            "workers_kept_mean": kept / n,
-            "samples_kept_mean": samples / n,
+            "workers_kept_mean": a["kept"] / n,
+            "samples_kept_mean": a["samples"] / n,
             "skipped_steps": int(skipped),
             "lr": float(self.schedule(self.opt.iterations)),
             "epoch_s": epoch_time,
@@ -465,5 +497,7 @@ class Trainer:
             "history": self.history,
             "evals": self.evals,
         }
+        if self.elastic is not None:
+            report["elastic"] = self.elastic.summary()
         self.log.finish(report)
         return report

@@ -1,0 +1,324 @@
+"""``train.py --elastic`` (training/elastic.py) under elastic ``horovodrun`` on localhost: the
+flags' rules; one of three workers killed with SIGKILL mid-epoch (the job finishes, no step is
+lost or trained twice after the last commit, the accuracy is that of an undisturbed run within
+noise); a killed worker that the discovery script lists again rejoins; a rank that LSG keeps
+rejecting is evicted. Every job runs under a timeout and is killed as a whole if it overruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from hvdrun import ROOT, child_env, horovodrun_path
+
+TRAIN = os.path.join(ROOT, "train.py")
+DISCOVER = os.path.join(ROOT, "scripts", "elastic_discover.sh")
+# one slot per distinct local name: the driver blacklists a whole host when a worker on it fails
+HOSTS = ["localhost", "127.0.0.1", socket.gethostname()]
+JOB_TIMEOUT = 120
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--width",
+    "8",
+    "--batch-size",
+    "16",
+    "--threads",
+    "1",
+    "--no-progress",
+    "--bn-momentum",
+    "0.9",
+    "--eval-limit",
+    "512",
+    "--epochs",
+    "3",
+    "--steps-per-epoch",
+    "12",
+    "--elastic",
+    "--commit-every",
+    "4",
+]
+STEPS = 36  # 3 epochs x 12
+# rank 0 sleeps every step (fault "straggler"), so that a kill lands inside an epoch
+SLOW = ["--inject-fault", "0:straggler:0", "--straggler-seconds", "0.25"]
+SLOWER = ["--inject-fault", "0:straggler:0", "--straggler-seconds", "0.5"]
+
+
+class ElasticJob:
+    """An elastic horovodrun job of up to 3 local workers whose output is read as it comes."""
+
+    def __init__(self, tmp, args: list[str], cooldown: bool = False) -> None:
+        self.out = tmp / "out"
+        self.hosts_file = tmp / "hosts"
+        self.blacklist = tmp / "blacklist"
+        self.set_hosts(HOSTS)
+        cmd = [horovodrun_path(), "-np", "3", "--min-np", "2", "--max-np", "3"]
+        cmd += ["--host-discovery-script", DISCOVER, "--network-interface", "lo", "--gloo"]
+        if cooldown:  # a blacklisted host may come back after 2-5 s
+            cmd += ["--blacklist-cooldown-range", "2", "5"]
+        cmd += [sys.executable, TRAIN, *args, "--out", str(self.out)]
+        env = dict(
+            child_env(),
+            IAPDCNN_ELASTIC_HOSTS=str(self.hosts_file),
+            IAPDCNN_ELASTIC_BLACKLIST=str(self.blacklist),
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def set_hosts(self, hosts: list[str]) -> None:
+        tmp = self.hosts_file.with_suffix(".tmp")
+        tmp.write_text("".join(f"{h}:1\n" for h in hosts))
+        tmp.replace(self.hosts_file)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def left(self) -> float:
+        return JOB_TIMEOUT - (time.monotonic() - self.t0)
+
+    def wait_for(self, pattern: str, after: int = 0) -> int:
+        """Index of the first output line from ``after`` on matching ``pattern``; fails the test
+        (killing the job) when the job ends or overruns first."""
+        rx = re.compile(pattern)
+        with self._cond:
+            i = after
+            while True:
+                while i < len(self.lines):
+                    if rx.search(self.lines[i]):
+                        return i
+                    i += 1
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    break
+                if self.left() <= 0:
+                    break
+                self._cond.wait(timeout=min(1.0, max(self.left(), 0.01)))
+        self.stop()
+        pytest.fail(f"no line matching {pattern!r}; output:\n{self.text()[-6000:]}")
+
+    def worker_pid(self, host: str) -> int:
+        return int((self.out / "elastic_pids" / host).read_text().split()[0])
+
+    def host_of_rank(self, rank: int) -> str:
+        """The host whose worker last said it holds ``rank`` (``--out``/elastic_pids)."""
+        hosts = [
+            f.name
+            for f in (self.out / "elastic_pids").glob("*")
+            if int(f.read_text().split()[1]) == rank
+        ]
+        assert len(hosts) == 1, hosts
+        return hosts[0]
+
+    def kill(self, host: str) -> int:
+        pid = self.worker_pid(host)
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def finish(self) -> tuple[int, dict]:
+        """Waits for the job's end; its exit status and rank 0's report."""
+        try:
+            rc = self.proc.wait(timeout=max(self.left(), 1))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"elastic job still running after {JOB_TIMEOUT}s:\n{self.text()[-6000:]}")
+        self._reader.join(timeout=10)
+        assert rc == 0, self.text()[-6000:]
+        report = json.loads((self.out / "report.json").read_text())
+        return rc, report
+
+    def stop(self) -> None:
+        """Kills the whole job (horovodrun and its workers) if it is still running."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+        pids = self.out / "elastic_pids"
+        for f in pids.glob("*") if pids.exists() else []:
+            # a worker that outlived horovodrun: only a process of this job (its environment
+            # names this job's hosts file), never a pid reused by another process
+            try:
+                pid = int(f.read_text().split()[0])
+                with open(f"/proc/{pid}/environ", "rb") as env:
+                    ours = f"IAPDCNN_ELASTIC_HOSTS={self.hosts_file}".encode() in env.read()
+                if ours:
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
+
+
+@pytest.fixture
+def job_factory(tmp_path):
+    jobs: list[ElasticJob] = []
+
+    def make(name: str, args: list[str], cooldown: bool = False) -> ElasticJob:
+        d = tmp_path / name
+        d.mkdir()
+        jobs.append(ElasticJob(d, args, cooldown))
+        return jobs[-1]
+
+    yield make
+    for j in jobs:
+        j.stop()
+
+
+def _check_steps(report: dict) -> dict:
+    """No step lost or trained twice: the steps trained after every rollback are exactly the
+    run's, in order, and the optimizer (restored with the variables) counted each once."""
+    el = report["elastic"]
+    assert el["steps_expected"] == STEPS
+    assert el["steps_done"] == STEPS and el["optimizer_steps"] == STEPS, el
+    assert el["steps_in_order"] is True, el
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
+    return el
+
+
+# ------------------------------------------------------------------------------ flags
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--elastic", "--commit-every", "0"], "--commit-every must be >= 1, got 0"),
+        (["--evict-after", "3"], "--evict-after needs --elastic"),
+        (
+            ["--elastic", "--evict-after", "3", "--reduction", "mean"],
+            "--evict-after needs --reduction lsg",
+        ),
+        (["--elastic", "--evict-after", "0"], "--evict-after must be >= 1, got 0"),
+        (["--elastic", "--balance"], "--elastic does not support --balance"),
+        (["--elastic", "--sync", "agwu"], "--elastic does not support --sync agwu"),
+    ],
+)
+def test_elastic_flags(argv, needle, capsys):
+    from iapdcnn.training import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_defaults_leave_elastic_off():
+    from iapdcnn.training import parse_args
+
+    cfg = parse_args([])
+    assert cfg.elastic is False and cfg.commit_every == 10 and cfg.evict_after is None
+
+
+def test_eviction_counts_consecutive_rejections():
+    from iapdcnn.training.elastic import Eviction
+
+    ev, hosts = Eviction(3), ["a", "b", "c"]
+    assert ev.observe([1, 0, 1], hosts) == []
+    assert ev.observe([1, 0, 1], hosts) == []
+    assert ev.observe([1, 1, 1], hosts) == []  # a kept step breaks the run of rejections
+    for _ in range(2):
+        assert ev.observe([1, 0.0, 1], hosts) == []
+    assert ev.observe([1, 0, 1], hosts) == [1]
+    assert ev.record(1, "b", 7) == {"host": "b", "rank": 1, "step": 7, "rejected_steps": 3}
+    assert ev.observe([0, 0, 0], hosts) == []  # never every rank
+    assert Eviction(None).observe([0, 0, 0], hosts) == []
+
+
+# ------------------------------------------------------------------------------ jobs
+
+
+@pytest.mark.horovod
+def test_kill_one_of_three_mid_epoch(job_factory):
+    calm = job_factory("calm", [*TINY, *SLOW])
+    _, ref = calm.finish()
+    ref_el = _check_steps(ref)
+    assert ref_el["resets"] == [] and ref_el["final_ranks"] == 3
+
+    job = job_factory("killed", [*TINY, *SLOW])
+    job.wait_for(r"elastic: commit 1 at step 4 \(epoch 0, step 4/12\) with 3 ranks")
+    victim = job.host_of_rank(1)
+    job.kill(victim)  # SIGKILL: no cleanup, its connections just drop
+    i = job.wait_for(r"elastic: reset after a collective failed")
+    job.wait_for(r"elastic: 2 ranks on", after=i)
+    _, rep = job.finish()
+    el = _check_steps(rep)
+    assert el["final_ranks"] == 2 and rep["ranks"] == 2
+    [reset] = el["resets"]
+    assert reset["size_before"] == 3 and reset["size_after"] == 2, reset
+    # rolled back to a commit inside the first epoch (commits every 4 steps, 12 an epoch)
+    assert reset["at_step"] in (4, 8) and reset["lost_steps"] >= 0, reset
+    assert victim not in job.text().split("elastic: 2 ranks on", 1)[1].split("\n", 1)[0]
+    # the same seed and data: the final accuracy is the undisturbed run's within noise
+    # (after the kill the global batch is 2/3 as large, with 2/3 of the learning rate)
+    assert ref["test_accuracy"] > 0.8, ref["test_accuracy"]  # it learned the task
+    assert abs(rep["test_accuracy"] - ref["test_accuracy"]) < 0.1, (
+        rep["test_accuracy"],
+        ref["test_accuracy"],
+    )
+
+
+@pytest.mark.horovod
+def test_killed_worker_rejoins(job_factory):
+    # slower steps: the host comes back after a cooldown of 2-5 s, and its new process needs
+    # TensorFlow imported before it can join
+    job = job_factory("rejoin", [*TINY, *SLOWER], cooldown=True)
+    job.wait_for(r"elastic: commit 1 at step 4 ")
+    victim = job.host_of_rank(1)
+    job.set_hosts([h for h in HOSTS if h != victim])  # the discovery script drops it ...
+    old = job.kill(victim)
+    i = job.wait_for(r"elastic: 2 ranks on")
+    job.set_hosts(HOSTS)  # ... and lists it again: Horovod starts a new worker there
+    i = job.wait_for(r"elastic: reset after the host list changed: 2 -> 3 ranks", after=i)
+    job.wait_for(r"elastic: 3 ranks on", after=i)
+    _, rep = job.finish()
+    el = _check_steps(rep)
+    assert el["final_ranks"] == 3 and rep["ranks"] == 3
+    assert [(r["size_before"], r["size_after"]) for r in el["resets"]] == [(3, 2), (2, 3)], el
+    assert el["resets"][1]["lost_steps"] == 0  # a host update is handled at a commit
+    assert job.worker_pid(victim) != old  # a new process holds the host
+
+
+@pytest.mark.horovod
+def test_rank_rejected_by_lsg_is_evicted(job_factory):
+    # rank 2's gradients are NaN from step 2: LSG rejects it every step; after 4 it is evicted
+    job = job_factory("evict", [*TINY, "--inject-fault", "2:nan:2", "--evict-after", "4"])
+    _, rep = job.finish()
+    el = _check_steps(rep)
+    [ev] = el["evicted"]
+    host = job.host_of_rank(2)  # the evicted worker's file; the others now hold ranks 0, 1
+    assert ev == {"host": host, "rank": 2, "step": 5, "rejected_steps": 4}, ev
+    text = job.text()
+    assert f"elastic: evicting rank 2 (host {host}): LSG rejected it for 4 consecutive" in text
+    assert f"elastic: rank 2 (host {host}) evicted, exiting" in text
+    assert job.blacklist.read_text().split() == [host]
+    assert el["final_ranks"] == 2
+    [reset] = el["resets"]
+    assert (reset["size_before"], reset["size_after"], reset["lost_steps"]) == (3, 2, 0), reset
+    assert reset["at_step"] == 6
+    # after the eviction every step keeps both remaining workers
+    assert rep["history"][-1]["workers_kept_mean"] == 2.0
