@@ -75,19 +75,6 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
 int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t elem_bytes);
 int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes);
 
-// im2col of one image, output pixels [row_begin, row_end) (row = oh * out_w + ow), im2col
-// columns [k_begin, k_end) of group g (column = (kh * k_w + kw) * (in_c / groups) + ci),
-// written to col [row_end - row_begin, k_end - k_begin] row-major. Padding reads as zero.
-template <typename T, typename C>
-void Im2col(const Im2colConv2DParams& p, const T* image, int64_t g, int64_t row_begin,
-            int64_t row_end, int64_t k_begin, int64_t k_end, C* col);
-
-// Adjoint of Im2col for all columns of group g: adds col into image, touching only input rows
-// [h_begin, h_end) (callers split an image into row bands that threads own).
-template <typename T, typename C>
-void Col2im(const Im2colConv2DParams& p, const C* col, int64_t g, int64_t row_begin,
-            int64_t row_end, int64_t h_begin, int64_t h_end, T* image);
-
 // CUDA entry points (conv_cuda.cu, built with IAPDCNN_WITH_CUDA): the three kernels above on
 // device pointers, enqueued on `stream` (asynchronous; the Status reports launch and cuBLAS
 // errors). T: float, double, __half, __nv_bfloat16 (the last two accumulate in fp32). Scratch

@@ -48,14 +48,9 @@ constexpr int64_t kMinSplitRows = 128;        // fewer rows per task: split outp
 constexpr int64_t kMinFilterTileRows = 256;   // grad-filter: fewer rows per tile, no split
 constexpr int64_t kMinOcBlock = 64;           // narrowest output-channel block of that split
 
-// Enough tasks to balance the pool (2 per hardware thread), few enough to keep GEMMs large. The
-// ParallelFor does not say its size; TensorFlow's intra-op pool defaults to the core count.
-int64_t TargetTasks() {
-  static const int64_t n = std::max<int64_t>(2, 2 * std::thread::hardware_concurrency());
-  return n;
-}
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// GEMM tiles per hardware thread: enough to balance the pool, few enough to keep GEMMs large.
+constexpr int64_t kTasksPerThread = 2;
+int64_t TargetTasks() { return iapdcnn::TargetTasks(kTasksPerThread); }
 
 // ---- GEMM -------------------------------------------------------------------------------------
 
@@ -1140,24 +1135,6 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
   });
 }
 
-// ---- public im2col / col2im (whole group, whole image) ---------------------------------------
-
-template <typename T, typename C>
-void Im2col(const Im2colConv2DParams& p, const T* image, int64_t g, int64_t row_begin,
-            int64_t row_end, int64_t k_begin, int64_t k_end, C* col) {
-  const int64_t cg = p.in_c / p.groups;
-  Im2colRange<T, C>(p, image, g * cg, cg, row_begin, row_end, k_begin, k_end, col);
-}
-
-template <typename T, typename C>
-void Col2im(const Im2colConv2DParams& p, const C* col, int64_t g, int64_t row_begin,
-            int64_t row_end, int64_t h_begin, int64_t h_end, T* image) {
-  const int64_t cg = p.in_c / p.groups;
-  const Strides s = InputStrides(p);
-  Col2imRange<C, T>(p, col, g * cg, cg, row_begin, row_end, h_begin, h_end,
-                    View<T>{image, s.h, s.w, s.c, 0, 0});
-}
-
 #define IAPDCNN_INSTANTIATE_CONV(T)                                                               \
   template Status Im2colConv2DCpu<T>(const Im2colConv2DParams&, const T*, const T*, T*,           \
                                      const ParallelFor&);                                         \
@@ -1170,14 +1147,5 @@ IAPDCNN_INSTANTIATE_CONV(double)
 IAPDCNN_INSTANTIATE_CONV(Eigen::half)
 IAPDCNN_INSTANTIATE_CONV(Eigen::bfloat16)
 #undef IAPDCNN_INSTANTIATE_CONV
-
-template void Im2col<float, float>(const Im2colConv2DParams&, const float*, int64_t, int64_t,
-                                   int64_t, int64_t, int64_t, float*);
-template void Im2col<double, double>(const Im2colConv2DParams&, const double*, int64_t, int64_t,
-                                     int64_t, int64_t, int64_t, double*);
-template void Col2im<float, float>(const Im2colConv2DParams&, const float*, int64_t, int64_t,
-                                   int64_t, int64_t, int64_t, float*);
-template void Col2im<double, double>(const Im2colConv2DParams&, const double*, int64_t, int64_t,
-                                     int64_t, int64_t, int64_t, double*);
 
 }  // namespace iapdcnn
