@@ -36,8 +36,9 @@ struct Im2colConv2DParams {
 
 // Checks every argument against tf.nn.conv2d's rules and fills p. Messages name the argument.
 //   strides, dilations: 1, 2 or 4 values (4 values in data_format order, batch/channel == 1).
-//   padding: "SAME", "VALID" or "EXPLICIT"; explicit_paddings: 8 values (pairs in data_format
-//     order, batch/channel pairs 0) or 4 values (top, bottom, left, right); empty otherwise.
+//   padding: "SAME", "VALID" or "EXPLICIT", in any case; explicit_paddings: 8 values (pairs in
+//     data_format order, batch/channel pairs 0) or 4 values (top, bottom, left, right); empty
+//     otherwise.
 //   data_format: "NHWC" or "NCHW".  groups >= 1, dividing in_c and out_c.
 Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
                             const std::vector<int64_t>& filter_shape,
@@ -71,7 +72,8 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
 
 // Largest per-task scratch buffer (bytes) any of the three kernels allocates for p, and the
 // shared buffer (bytes, filter converted to float) that half/bfloat16 add once per call.
-// The benchmark reports these; the kernels size their buffers with the same functions.
+// The benchmark reports these. Both add up the buffer sizes of conv_plan.h's plans, which the
+// kernels allocate from.
 int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t elem_bytes);
 int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes);
 
