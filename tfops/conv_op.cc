@@ -15,19 +15,20 @@ namespace tfops {
 namespace si = ::tensorflow::shape_inference;
 
 // padding is a plain string: ValidateIm2colConv2D says which (in any case) are valid.
-#define IAPDCNN_CONV_ATTRS                            \
-  Attr("T: {half, bfloat16, float, double}")          \
-      .Attr("strides: list(int) = [1, 1, 1, 1]")      \
-      .Attr("padding: string = 'VALID'")              \
-      .Attr("explicit_paddings: list(int) = []")      \
-      .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'") \
-      .Attr("dilations: list(int) = [1, 1, 1, 1]")    \
-      .Attr("groups: int = 1")
+using ConvDefaults = Im2colConv2DDefaults;
+#define IAPDCNN_CONV_ATTRS                                                        \
+  Attr("T: {half, bfloat16, float, double}")                                      \
+      .Attr(AttrList("strides", ConvDefaults::strides, 4))                        \
+      .Attr(AttrSpec("padding: string", ConvDefaults::padding))                   \
+      .Attr("explicit_paddings: list(int) = []")                                  \
+      .Attr(AttrSpec("data_format: {'NHWC', 'NCHW'}", ConvDefaults::data_format)) \
+      .Attr(AttrList("dilations", ConvDefaults::dilations, 4))                    \
+      .Attr(AttrSpec("groups: int", ConvDefaults::groups))
 
 struct ConvAttrs {
   std::vector<int64_t> strides, explicit_paddings, dilations;
   std::string padding, data_format;
-  int64_t groups = 1;
+  int64_t groups = ConvDefaults::groups;
   template <typename Ctx>
   ::tensorflow::Status Read(Ctx* c) {
     std::vector<int32_t> s, e, d;

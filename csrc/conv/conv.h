@@ -14,6 +14,17 @@
 
 namespace iapdcnn {
 
+// The arguments' defaults: the one place they are written. The TensorFlow op's attribute
+// defaults (tfops; [d, d, d, d] for strides and dilations), the _C keyword defaults and
+// _C.defaults, which the Python wrappers read, all come from here.
+struct Im2colConv2DDefaults {
+  static constexpr int64_t strides = 1;
+  static constexpr const char* padding = "VALID";
+  static constexpr const char* data_format = "NHWC";
+  static constexpr int64_t dilations = 1;
+  static constexpr int64_t groups = 1;
+};
+
 // Everything the kernels need, filled by ValidateIm2colConv2D. Field order follows the public
 // argument order (input, filters, strides, padding, data_format, dilations, groups).
 struct Im2colConv2DParams {

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from .._args import as_int
 from .._conv_args import IntOrSeq, Padding, int_list, op_padding
+from .._defaults import CONV as _D
 from .._loader import load_ops
 
 _DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -15,10 +16,10 @@ _DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 def im2col_conv2d(
     input: tf.Tensor,
     filters: tf.Tensor,
-    strides: IntOrSeq = 1,
-    padding: Padding = "VALID",
-    data_format: str = "NHWC",
-    dilations: IntOrSeq = 1,
+    strides: IntOrSeq = _D["strides"],
+    padding: Padding = _D["padding"],
+    data_format: str = _D["data_format"],
+    dilations: IntOrSeq = _D["dilations"],
     groups: int | None = None,
     name: str | None = None,
 ) -> tf.Tensor:
@@ -58,7 +59,7 @@ def im2col_conv2d(
             f"im2col_conv2d: data_format must be 'NHWC' or 'NCHW', got {data_format!r}"
         )
     if groups is None:
-        groups = 1
+        groups = _D["groups"]
         if input.shape.rank == 4 and filters.shape.rank == 4:
             c = input.shape[1 if data_format == "NCHW" else 3]
             fc = filters.shape[2]
