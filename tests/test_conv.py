@@ -547,3 +547,32 @@ def test_scratch_is_bounded_for_resnet50_batch64():
     ]:
         per_task, shared = _C.im2col_conv2d_scratch_bytes(shape, filt, s, "SAME")
         assert per_task < 64 << 20 and shared < 64 << 20
+
+
+@pytest.mark.parametrize("padding", ["same", "Same", "valid", "SAME", "VALID"])
+def test_padding_names_in_any_case_agree_across_c_ops_and_reference(rng, padding):
+    # One rule (csrc/conv/conv.cc): _C, the TF op and the reference accept the same names.
+    x = rng.normal(size=(2, 7, 6, 3))
+    f = rng.normal(size=(3, 3, 3, 4))
+    want = reference.im2col_conv2d(x, f, 2, padding.upper())
+    np.testing.assert_allclose(_C.im2col_conv2d(x, f, 2, padding), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        ops.im2col_conv2d(x, f, 2, padding).numpy(), want, rtol=1e-12, atol=1e-12
+    )
+    dy = rng.normal(size=want.shape)
+    np.testing.assert_allclose(
+        _C.im2col_conv2d_backprop_input(x.shape, f, dy, 2, padding),
+        reference.im2col_conv2d_backprop_input(x.shape, f, dy, 2, padding.upper()),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("padding", ["full", "", "SAMEX"])
+def test_unknown_padding_is_rejected_by_c_and_ops_alike(rng, padding):
+    x = rng.normal(size=(1, 5, 5, 2))
+    f = rng.normal(size=(3, 3, 2, 2))
+    with pytest.raises(ValueError, match="padding"):
+        _C.im2col_conv2d(x, f, 1, padding)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="padding"):
+        ops.im2col_conv2d(x, f, 1, padding)

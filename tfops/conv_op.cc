@@ -1,6 +1,7 @@
 // TensorFlow adapter for the Im2col convolution (csrc/conv, spec §2b): Iapdcnn>Im2colConv2D and
-// its two gradient ops, with tf.nn.conv2d's attributes (4-value strides / dilations in
-// data_format order, padding SAME / VALID / EXPLICIT + explicit_paddings) plus groups.
+// its two gradient ops, with tf.nn.conv2d's attributes (strides / dilations of 1, 2 or 4 values
+// in data_format order, padding SAME / VALID / EXPLICIT in any case + explicit_paddings) plus
+// groups. conv.cc checks them all.
 #include "conv/conv.h"
 #include "tf_adapter.h"
 #if GOOGLE_CUDA
@@ -13,19 +14,21 @@ namespace tfops {
 
 namespace si = ::tensorflow::shape_inference;
 
-#define IAPDCNN_CONV_ATTRS                                      \
-  Attr("T: {half, bfloat16, float, double}")                    \
-      .Attr("strides: list(int) = [1, 1, 1, 1]")                \
-      .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'} = 'VALID'") \
-      .Attr("explicit_paddings: list(int) = []")                \
-      .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")           \
-      .Attr("dilations: list(int) = [1, 1, 1, 1]")              \
-      .Attr("groups: int = 1")
+// padding is a plain string: ValidateIm2colConv2D says which (in any case) are valid.
+using ConvDefaults = Im2colConv2DDefaults;
+#define IAPDCNN_CONV_ATTRS                                                        \
+  Attr("T: {half, bfloat16, float, double}")                                      \
+      .Attr(AttrList("strides", ConvDefaults::strides, 4))                        \
+      .Attr(AttrSpec("padding: string", ConvDefaults::padding))                   \
+      .Attr("explicit_paddings: list(int) = []")                                  \
+      .Attr(AttrSpec("data_format: {'NHWC', 'NCHW'}", ConvDefaults::data_format)) \
+      .Attr(AttrList("dilations", ConvDefaults::dilations, 4))                    \
+      .Attr(AttrSpec("groups: int", ConvDefaults::groups))
 
 struct ConvAttrs {
   std::vector<int64_t> strides, explicit_paddings, dilations;
   std::string padding, data_format;
-  int64_t groups = 1;
+  int64_t groups = ConvDefaults::groups;
   template <typename Ctx>
   ::tensorflow::Status Read(Ctx* c) {
     std::vector<int32_t> s, e, d;

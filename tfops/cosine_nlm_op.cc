@@ -8,10 +8,10 @@ namespace tfops {
 REGISTER_OP("Iapdcnn>CosineNlm")
     .Input("x: T")
     .Output("y: T")
-    .Attr("patch_radius: int = 2")
-    .Attr("search_radius: int = 5")
-    .Attr("h: float = 0.1")
-    .Attr("eps: float = 1e-8")
+    .Attr(AttrSpec("patch_radius: int", CosineNlmDefaults::patch_radius))
+    .Attr(AttrSpec("search_radius: int", CosineNlmDefaults::search_radius))
+    .Attr(AttrSpec("h: float", CosineNlmDefaults::h))
+    .Attr(AttrSpec("eps: float", CosineNlmDefaults::eps))
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;

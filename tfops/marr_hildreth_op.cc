@@ -11,10 +11,10 @@ namespace tfops {
 REGISTER_OP("Iapdcnn>MarrHildreth")
     .Input("x: T")
     .Output("y: T")
-    .Attr("laplacian: int = 4")
-    .Attr("threshold: float = 0.1")
-    .Attr("relative: bool = true")
-    .Attr("mode: string = 'masked'")
+    .Attr(AttrSpec("laplacian: int", MarrHildrethDefaults::laplacian))
+    .Attr(AttrSpec("threshold: float", MarrHildrethDefaults::threshold))
+    .Attr(AttrSpec("relative: bool", MarrHildrethDefaults::relative))
+    .Attr(AttrSpec("mode: string", MarrHildrethDefaults::mode))
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;

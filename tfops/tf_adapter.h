@@ -2,6 +2,9 @@
 // pool as the csrc ParallelFor, and TensorShape -> the plain shape vectors csrc validates.
 #pragma once
 
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "common/checked.h"
@@ -29,6 +32,31 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 namespace shape_inference = ::tensorflow::shape_inference;
+
+// Attribute specs "name: type = default" whose default is csrc's (the <Kernel>Defaults structs),
+// so that no adapter restates a default. AttrList: "name: list(int) = [v, v, ...]" (n values).
+inline std::string AttrSpec(const char* name_type, int64_t v) {
+  return std::string(name_type) + " = " + std::to_string(v);
+}
+inline std::string AttrSpec(const char* name_type, bool v) {
+  return std::string(name_type) + " = " + (v ? "true" : "false");
+}
+inline std::string AttrSpec(const char* name_type, const char* v) {
+  return std::string(name_type) + " = '" + v + "'";
+}
+inline std::string AttrSpec(const char* name_type, double v) {
+  char buf[32];
+  for (int digits = 1; digits <= 17; ++digits) {  // the shortest text that reads back as v
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return std::string(name_type) + " = " + buf;
+}
+inline std::string AttrList(const char* name, int64_t v, int n) {
+  std::string s = std::string(name) + ": list(int) = [";
+  for (int i = 0; i < n; ++i) s += (i ? ", " : "") + std::to_string(v);
+  return s + "]";
+}
 
 inline ::tensorflow::Status ToTf(const Status& s) {
   switch (s.code()) {

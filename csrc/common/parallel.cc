@@ -48,6 +48,11 @@ const ParallelFor& DefaultParallelFor() {
   return pf;
 }
 
+int64_t TargetTasks(int64_t per_thread) {
+  static const int64_t hw = std::thread::hardware_concurrency();
+  return std::max<int64_t>(2, per_thread * hw);
+}
+
 const ParallelFor& SerialParallelFor() {
   static const ParallelFor pf = [](int64_t total, int64_t,
                                    const std::function<void(int64_t, int64_t)>& fn) {

@@ -21,4 +21,13 @@ const ParallelFor& DefaultParallelFor();
 // Runs fn over [0, total) serially (tests, tiny problems).
 const ParallelFor& SerialParallelFor();
 
+// ceil(a / b) for a >= 0, b > 0.
+constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How many units a kernel splits its work into: per_thread per hardware thread, at least 2.
+// Enough to balance the pool, few enough to keep each unit large. The ParallelFor does not say
+// its size; TensorFlow's intra-op pool defaults to the core count, as DefaultParallelFor does.
+// Each caller names its factor (conv's GEMM tiles 2, the AVX-512 micro-kernel's pixel shards 4).
+int64_t TargetTasks(int64_t per_thread);
+
 }  // namespace iapdcnn

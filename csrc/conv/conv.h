@@ -14,6 +14,17 @@
 
 namespace iapdcnn {
 
+// The arguments' defaults: the one place they are written. The TensorFlow op's attribute
+// defaults (tfops; [d, d, d, d] for strides and dilations), the _C keyword defaults and
+// _C.defaults, which the Python wrappers read, all come from here.
+struct Im2colConv2DDefaults {
+  static constexpr int64_t strides = 1;
+  static constexpr const char* padding = "VALID";
+  static constexpr const char* data_format = "NHWC";
+  static constexpr int64_t dilations = 1;
+  static constexpr int64_t groups = 1;
+};
+
 // Everything the kernels need, filled by ValidateIm2colConv2D. Field order follows the public
 // argument order (input, filters, strides, padding, data_format, dilations, groups).
 struct Im2colConv2DParams {
@@ -36,8 +47,9 @@ struct Im2colConv2DParams {
 
 // Checks every argument against tf.nn.conv2d's rules and fills p. Messages name the argument.
 //   strides, dilations: 1, 2 or 4 values (4 values in data_format order, batch/channel == 1).
-//   padding: "SAME", "VALID" or "EXPLICIT"; explicit_paddings: 8 values (pairs in data_format
-//     order, batch/channel pairs 0) or 4 values (top, bottom, left, right); empty otherwise.
+//   padding: "SAME", "VALID" or "EXPLICIT", in any case; explicit_paddings: 8 values (pairs in
+//     data_format order, batch/channel pairs 0) or 4 values (top, bottom, left, right); empty
+//     otherwise.
 //   data_format: "NHWC" or "NCHW".  groups >= 1, dividing in_c and out_c.
 Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
                             const std::vector<int64_t>& filter_shape,
@@ -71,22 +83,10 @@ Status Im2colConv2DBackpropFilterCpu(const Im2colConv2DParams& p, const T* input
 
 // Largest per-task scratch buffer (bytes) any of the three kernels allocates for p, and the
 // shared buffer (bytes, filter converted to float) that half/bfloat16 add once per call.
-// The benchmark reports these; the kernels size their buffers with the same functions.
+// The benchmark reports these. Both add up the buffer sizes of conv_plan.h's plans, which the
+// kernels allocate from.
 int64_t Im2colConv2DScratchBytesPerTask(const Im2colConv2DParams& p, int64_t elem_bytes);
 int64_t Im2colConv2DSharedBytes(const Im2colConv2DParams& p, int64_t elem_bytes);
-
-// im2col of one image, output pixels [row_begin, row_end) (row = oh * out_w + ow), im2col
-// columns [k_begin, k_end) of group g (column = (kh * k_w + kw) * (in_c / groups) + ci),
-// written to col [row_end - row_begin, k_end - k_begin] row-major. Padding reads as zero.
-template <typename T, typename C>
-void Im2col(const Im2colConv2DParams& p, const T* image, int64_t g, int64_t row_begin,
-            int64_t row_end, int64_t k_begin, int64_t k_end, C* col);
-
-// Adjoint of Im2col for all columns of group g: adds col into image, touching only input rows
-// [h_begin, h_end) (callers split an image into row bands that threads own).
-template <typename T, typename C>
-void Col2im(const Im2colConv2DParams& p, const C* col, int64_t g, int64_t row_begin,
-            int64_t row_end, int64_t h_begin, int64_t h_end, T* image);
 
 // CUDA entry points (conv_cuda.cu, built with IAPDCNN_WITH_CUDA): the three kernels above on
 // device pointers, enqueued on `stream` (asynchronous; the Status reports launch and cuBLAS

@@ -2,7 +2,8 @@
 // (spec §2b). The im2col matrix is never materialised: after one zero-padded copy of the input,
 // row r of im2col (output pixel r) restricted to one kernel row kh is a contiguous run of that
 // copy, so the micro-kernel reads it in place while TensorFlow's Eigen GEMM would pack it again.
-// Used by conv_cpu.cc's forward (and so by its stride-1 gradient with respect to the input).
+// Used by conv_cpu.cc's forward (and so by its stride-1 gradient with respect to the input) when
+// conv_plan.h's ForwardDirect says so.
 #pragma once
 
 #include <cstdint>

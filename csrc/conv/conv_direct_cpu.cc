@@ -47,8 +47,6 @@ constexpr int64_t kCopyBudgetBytes = 8 << 20;  // the padded copy of one chunk o
 constexpr int64_t kSegGroupBytes = 384 << 10;  // filter rows one pass keeps in L2 (1 MiB here)
 constexpr int64_t kMinTaskPixels = 8 * kR;
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // out[j][0:16V] (=|+=) sum over segments s, depth k < len of x[j][xoff[s] + k * xstep] *
 // w[woff[s] + k * ldw][0:16V], for j < R. Row j of the output is out + j * ldo. The forward
 // reads im2col rows (xstep 1); the pointwise filter gradient reads input columns (xstep C).
@@ -199,10 +197,9 @@ void PackColumns(const float* src, int64_t ld, int64_t rows, int64_t width, floa
   }
 }
 
-int64_t TargetTasks() {
-  static const int64_t n = std::max<int64_t>(2, 4 * std::thread::hardware_concurrency());
-  return n;
-}
+// Pixel shards per hardware thread: the micro-kernel's tasks are small, so more of them.
+constexpr int64_t kTasksPerThread = 4;
+int64_t TargetTasks() { return iapdcnn::TargetTasks(kTasksPerThread); }
 
 }  // namespace
 

@@ -15,15 +15,26 @@ namespace iapdcnn {
 
 enum class EdgeMode : int { kMasked = 0, kBinary = 1, kMagnitude = 2 };
 
+// The arguments' defaults: the one place they are written. The TensorFlow op's attribute
+// defaults (tfops), the _C keyword defaults and _C.defaults, which the Python wrappers read,
+// all come from here.
+struct MarrHildrethDefaults {
+  static constexpr int64_t laplacian = 4;
+  static constexpr double threshold = 0.1;
+  static constexpr bool relative = true;
+  static constexpr const char* mode = "masked";
+};
+
 // x and out: [batch, height, width, channels], row-major (NHWC).
 struct MarrHildrethParams {
   int64_t batch = 0;
   int64_t height = 0;
   int64_t width = 0;
   int64_t channels = 0;
-  int64_t laplacian = 4;   // 4: [[0,1,0],[1,-4,1],[0,1,0]]; 8: [[1,1,1],[1,-8,1],[1,1,1]]
-  double threshold = 0.0;  // Sobel magnitude threshold t >= 0
-  bool relative = true;    // t is a fraction of the plane's maximum Sobel magnitude
+  // 4: [[0,1,0],[1,-4,1],[0,1,0]]; 8: [[1,1,1],[1,-8,1],[1,1,1]]
+  int64_t laplacian = MarrHildrethDefaults::laplacian;
+  double threshold = MarrHildrethDefaults::threshold;  // Sobel magnitude threshold t >= 0
+  bool relative = MarrHildrethDefaults::relative;      // t is a fraction of the plane's maximum
   EdgeMode mode = EdgeMode::kMasked;
 };
 

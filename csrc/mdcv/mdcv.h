@@ -12,6 +12,13 @@
 
 namespace iapdcnn {
 
+// The arguments' defaults: the one place they are written. The TensorFlow op's attribute
+// defaults (tfops), the _C keyword defaults and _C.defaults, which the Python wrappers read,
+// all come from here.
+struct MdcvDefaults {
+  static constexpr double shrinkage = -1.0;  // Ledoit-Wolf
+};
+
 // filters: [kh, kw, cin, cout] row-major (Keras' Conv2D kernel layout); the n = cout filters are
 // points in d = kh*kw*cin dimensions. shrinkage: l in [0, 1], or < 0 for Ledoit-Wolf.
 struct MdcvParams {
@@ -19,7 +26,7 @@ struct MdcvParams {
   int64_t kw = 0;
   int64_t cin = 0;
   int64_t cout = 0;
-  double shrinkage = -1.0;
+  double shrinkage = MdcvDefaults::shrinkage;
   int64_t n() const { return cout; }
   int64_t d() const { return kh * kw * cin; }
 };

@@ -73,37 +73,6 @@ void EigenFallback(const ColMat& k, const mdcv_impl::Coeffs& cf, int64_t n, int6
 }
 }  // namespace
 
-Status ValidateMdcv(const std::vector<int64_t>& filters_shape, double shrinkage, MdcvParams* p) {
-  if (filters_shape.size() != 4) {
-    return Status::InvalidArgument(
-        "mdcv_distances: filters must be 4-D [kh, kw, cin, cout] (a Conv2D kernel), got shape " +
-        ShapeStr(filters_shape));
-  }
-  for (int64_t s : filters_shape) {
-    if (s < 1) {
-      return Status::InvalidArgument("mdcv_distances: filters has an empty dimension, shape " +
-                                     ShapeStr(filters_shape));
-    }
-  }
-  if (filters_shape[3] < 2) {
-    return Status::InvalidArgument(
-        "mdcv_distances: filters needs at least 2 filters (cout, the last dimension) to have a "
-        "covariance, got shape " +
-        ShapeStr(filters_shape));
-  }
-  if (!std::isfinite(shrinkage) || shrinkage > 1.0) {
-    return Status::InvalidArgument(
-        "mdcv_distances: shrinkage must be in [0, 1] (or negative for Ledoit-Wolf), got " +
-        NumStr(shrinkage));
-  }
-  p->kh = filters_shape[0];
-  p->kw = filters_shape[1];
-  p->cin = filters_shape[2];
-  p->cout = filters_shape[3];
-  p->shrinkage = shrinkage;
-  return Status::OK();
-}
-
 template <typename T>
 Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* center,
                         T* shrinkage_used, const ParallelFor& pf_in) {

@@ -14,16 +14,26 @@
 
 namespace iapdcnn {
 
+// The arguments' defaults: the one place they are written. The TensorFlow op's attribute
+// defaults (tfops), the _C keyword defaults and _C.defaults, which the Python wrappers read,
+// all come from here.
+struct CosineNlmDefaults {
+  static constexpr int64_t patch_radius = 2;
+  static constexpr int64_t search_radius = 5;
+  static constexpr double h = 0.1;
+  static constexpr double eps = 1e-8;
+};
+
 // x and out: [batch, height, width, channels], row-major (NHWC).
 struct CosineNlmParams {
   int64_t batch = 0;
   int64_t height = 0;
   int64_t width = 0;
   int64_t channels = 0;
-  int64_t patch_radius = 2;   // r: patches are (2r+1)^2
-  int64_t search_radius = 5;  // s: search windows are (2s+1)^2
-  double h = 0.1;             // filtering parameter, > 0
-  double eps = 1e-8;          // keeps cos defined for all-zero patches (cos = 0 there)
+  int64_t patch_radius = CosineNlmDefaults::patch_radius;    // r: patches are (2r+1)^2
+  int64_t search_radius = CosineNlmDefaults::search_radius;  // s: search windows are (2s+1)^2
+  double h = CosineNlmDefaults::h;                           // filtering parameter, > 0
+  double eps = CosineNlmDefaults::eps;  // keeps cos defined for all-zero patches (cos = 0 there)
 };
 
 // Checks x's shape ([N, H, W, C]) and the scalar arguments, fills p. Messages name the argument.

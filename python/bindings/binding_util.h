@@ -58,5 +58,12 @@ struct Register {
   }
 };
 
+// _C.defaults: {function: {argument: default}}, filled by each binding from csrc's
+// <Kernel>Defaults structs. The Python wrappers take their defaults from it.
+inline py::dict Defaults(py::module_& m) {
+  if (!py::hasattr(m, "defaults")) m.attr("defaults") = py::dict();
+  return m.attr("defaults").cast<py::dict>();
+}
+
 }  // namespace bindings
 }  // namespace iapdcnn

@@ -153,24 +153,30 @@ py::tuple ScratchBytes(const std::vector<int64_t>& input_shape,
 }
 
 const Register reg([](py::module_& m) {
-  m.def("im2col_conv2d", &Forward, py::arg("input"), py::arg("filters"), py::arg("strides") = 1,
-        py::arg("padding") = "VALID", py::arg("data_format") = "NHWC", py::arg("dilations") = 1,
-        py::arg("groups") = 1,
+  using D = Im2colConv2DDefaults;
+  m.def("im2col_conv2d", &Forward, py::arg("input"), py::arg("filters"),
+        py::arg("strides") = D::strides, py::arg("padding") = D::padding,
+        py::arg("data_format") = D::data_format, py::arg("dilations") = D::dilations,
+        py::arg("groups") = D::groups,
         "Im2col + GEMM conv2d with tf.nn.conv2d semantics (spec §2b). input NHWC/NCHW, filters "
-        "[k_h, k_w, in_c / groups, out_c]; padding 'SAME', 'VALID' or explicit pads.");
+        "[k_h, k_w, in_c / groups, out_c]; padding 'SAME', 'VALID' (any case) or explicit pads.");
   m.def("im2col_conv2d_backprop_input", &BackpropInput, py::arg("input_sizes"), py::arg("filters"),
-        py::arg("out_backprop"), py::arg("strides") = 1, py::arg("padding") = "VALID",
-        py::arg("data_format") = "NHWC", py::arg("dilations") = 1, py::arg("groups") = 1,
-        "Gradient of im2col_conv2d with respect to its input.");
+        py::arg("out_backprop"), py::arg("strides") = D::strides, py::arg("padding") = D::padding,
+        py::arg("data_format") = D::data_format, py::arg("dilations") = D::dilations,
+        py::arg("groups") = D::groups, "Gradient of im2col_conv2d with respect to its input.");
   m.def("im2col_conv2d_backprop_filter", &BackpropFilter, py::arg("input"), py::arg("filter_sizes"),
-        py::arg("out_backprop"), py::arg("strides") = 1, py::arg("padding") = "VALID",
-        py::arg("data_format") = "NHWC", py::arg("dilations") = 1, py::arg("groups") = 1,
-        "Gradient of im2col_conv2d with respect to its filters.");
+        py::arg("out_backprop"), py::arg("strides") = D::strides, py::arg("padding") = D::padding,
+        py::arg("data_format") = D::data_format, py::arg("dilations") = D::dilations,
+        py::arg("groups") = D::groups, "Gradient of im2col_conv2d with respect to its filters.");
   m.def("im2col_conv2d_scratch_bytes", &ScratchBytes, py::arg("input_shape"),
-        py::arg("filter_shape"), py::arg("strides") = 1, py::arg("padding") = "VALID",
-        py::arg("data_format") = "NHWC", py::arg("dilations") = 1, py::arg("groups") = 1,
-        py::arg("elem_bytes") = 4,
+        py::arg("filter_shape"), py::arg("strides") = D::strides, py::arg("padding") = D::padding,
+        py::arg("data_format") = D::data_format, py::arg("dilations") = D::dilations,
+        py::arg("groups") = D::groups, py::arg("elem_bytes") = 4,
         "(largest per-task scratch, shared scratch) in bytes the three conv kernels allocate.");
+  Defaults(m)["im2col_conv2d"] =
+      py::dict(py::arg("strides") = D::strides, py::arg("padding") = D::padding,
+               py::arg("data_format") = D::data_format, py::arg("dilations") = D::dilations,
+               py::arg("groups") = D::groups);
 });
 
 }  // namespace

@@ -24,10 +24,16 @@ const Register reg([](py::module_& m) {
   const char* doc =
       "Cosine-similarity non-local means (spec §1a): x [N, H, W, C] -> [N, H, W, C], reflect "
       "borders.";
-  m.def("cosine_nlm", &CosineNlm<float>, py::arg("x").noconvert(), py::arg("patch_radius") = 2,
-        py::arg("search_radius") = 5, py::arg("h") = 0.1, py::arg("eps") = 1e-8, doc);
-  m.def("cosine_nlm", &CosineNlm<double>, py::arg("x"), py::arg("patch_radius") = 2,
-        py::arg("search_radius") = 5, py::arg("h") = 0.1, py::arg("eps") = 1e-8, doc);
+  using D = CosineNlmDefaults;
+  m.def("cosine_nlm", &CosineNlm<float>, py::arg("x").noconvert(),
+        py::arg("patch_radius") = D::patch_radius, py::arg("search_radius") = D::search_radius,
+        py::arg("h") = D::h, py::arg("eps") = D::eps, doc);
+  m.def("cosine_nlm", &CosineNlm<double>, py::arg("x"), py::arg("patch_radius") = D::patch_radius,
+        py::arg("search_radius") = D::search_radius, py::arg("h") = D::h, py::arg("eps") = D::eps,
+        doc);
+  Defaults(m)["cosine_nlm"] = py::dict(py::arg("patch_radius") = D::patch_radius,
+                                       py::arg("search_radius") = D::search_radius,
+                                       py::arg("h") = D::h, py::arg("eps") = D::eps);
 });
 
 }  // namespace

@@ -290,10 +290,15 @@ py::object ConvBackpropFilter(CudaArg input, const std::vector<int64_t>& filter_
 
 const Register reg(
     [](py::module_& m) {
-      m.def("cosine_nlm", &CosineNlm, py::arg("x"), py::arg("patch_radius") = 2,
-            py::arg("search_radius") = 5, py::arg("h") = 0.1, py::arg("eps") = 1e-8);
-      m.def("marr_hildreth", &MarrHildreth, py::arg("x"), py::arg("laplacian") = 4,
-            py::arg("threshold") = 0.1, py::arg("relative") = true, py::arg("mode") = "masked");
+      using Nlm = CosineNlmDefaults;
+      using Mh = MarrHildrethDefaults;
+      using Conv = Im2colConv2DDefaults;
+      m.def("cosine_nlm", &CosineNlm, py::arg("x"), py::arg("patch_radius") = Nlm::patch_radius,
+            py::arg("search_radius") = Nlm::search_radius, py::arg("h") = Nlm::h,
+            py::arg("eps") = Nlm::eps);
+      m.def("marr_hildreth", &MarrHildreth, py::arg("x"), py::arg("laplacian") = Mh::laplacian,
+            py::arg("threshold") = Mh::threshold, py::arg("relative") = Mh::relative,
+            py::arg("mode") = Mh::mode);
       m.def("fci", &Fci, py::arg("x"), py::arg("y"));
       m.def("fci_class_stats", &FciClassStats, py::arg("x"), py::arg("labels"),
             py::arg("num_classes"));
@@ -301,16 +306,17 @@ const Register reg(
       m.def("fci_within_class", &FciWithinClass, py::arg("x"), py::arg("labels"),
             py::arg("num_classes"));
       m.def("im2col_conv2d", &ConvForward, py::arg("input"), py::arg("filters"),
-            py::arg("strides") = 1, py::arg("padding") = "VALID", py::arg("data_format") = "NHWC",
-            py::arg("dilations") = 1, py::arg("groups") = 1);
+            py::arg("strides") = Conv::strides, py::arg("padding") = Conv::padding,
+            py::arg("data_format") = Conv::data_format, py::arg("dilations") = Conv::dilations,
+            py::arg("groups") = Conv::groups);
       m.def("im2col_conv2d_backprop_input", &ConvBackpropInput, py::arg("input_sizes"),
-            py::arg("filters"), py::arg("out_backprop"), py::arg("strides") = 1,
-            py::arg("padding") = "VALID", py::arg("data_format") = "NHWC", py::arg("dilations") = 1,
-            py::arg("groups") = 1);
+            py::arg("filters"), py::arg("out_backprop"), py::arg("strides") = Conv::strides,
+            py::arg("padding") = Conv::padding, py::arg("data_format") = Conv::data_format,
+            py::arg("dilations") = Conv::dilations, py::arg("groups") = Conv::groups);
       m.def("im2col_conv2d_backprop_filter", &ConvBackpropFilter, py::arg("input"),
-            py::arg("filter_sizes"), py::arg("out_backprop"), py::arg("strides") = 1,
-            py::arg("padding") = "VALID", py::arg("data_format") = "NHWC", py::arg("dilations") = 1,
-            py::arg("groups") = 1);
+            py::arg("filter_sizes"), py::arg("out_backprop"), py::arg("strides") = Conv::strides,
+            py::arg("padding") = Conv::padding, py::arg("data_format") = Conv::data_format,
+            py::arg("dilations") = Conv::dilations, py::arg("groups") = Conv::groups);
     },
     /*first=*/true);
 

@@ -27,10 +27,16 @@ const Register reg([](py::module_& m) {
   const char* doc =
       "Marr-Hildreth edges (spec §1b): x [N, H, W, C] -> [N, H, W, C]; mode 'masked', 'binary' "
       "or 'magnitude'.";
-  m.def("marr_hildreth", &MarrHildreth<float>, py::arg("x").noconvert(), py::arg("laplacian") = 4,
-        py::arg("threshold") = 0.1, py::arg("relative") = true, py::arg("mode") = "masked", doc);
-  m.def("marr_hildreth", &MarrHildreth<double>, py::arg("x"), py::arg("laplacian") = 4,
-        py::arg("threshold") = 0.1, py::arg("relative") = true, py::arg("mode") = "masked", doc);
+  using D = MarrHildrethDefaults;
+  m.def("marr_hildreth", &MarrHildreth<float>, py::arg("x").noconvert(),
+        py::arg("laplacian") = D::laplacian, py::arg("threshold") = D::threshold,
+        py::arg("relative") = D::relative, py::arg("mode") = D::mode, doc);
+  m.def("marr_hildreth", &MarrHildreth<double>, py::arg("x"), py::arg("laplacian") = D::laplacian,
+        py::arg("threshold") = D::threshold, py::arg("relative") = D::relative,
+        py::arg("mode") = D::mode, doc);
+  Defaults(m)["marr_hildreth"] =
+      py::dict(py::arg("laplacian") = D::laplacian, py::arg("threshold") = D::threshold,
+               py::arg("relative") = D::relative, py::arg("mode") = D::mode);
 });
 
 }  // namespace

@@ -28,10 +28,12 @@ std::tuple<py::array_t<T>, py::array_t<T>, double> MdcvDistances(CArray<T> filte
 const Register reg([](py::module_& m) {
   // float32 input stays float32; anything else is computed and returned as float64.
   m.def("mdcv_distances", &MdcvDistances<float>, py::arg("filters").noconvert(),
-        py::arg("shrinkage") = -1.0);
-  m.def("mdcv_distances", &MdcvDistances<double>, py::arg("filters"), py::arg("shrinkage") = -1.0,
+        py::arg("shrinkage") = MdcvDefaults::shrinkage);
+  m.def("mdcv_distances", &MdcvDistances<double>, py::arg("filters"),
+        py::arg("shrinkage") = MdcvDefaults::shrinkage,
         "MDCV distances (spec §2a): filters [kh, kw, cin, cout] -> (distances [cout], "
         "center [kh, kw, cin], shrinkage used). shrinkage < 0 means Ledoit-Wolf.");
+  Defaults(m)["mdcv_distances"] = py::dict(py::arg("shrinkage") = MdcvDefaults::shrinkage);
 });
 
 }  // namespace

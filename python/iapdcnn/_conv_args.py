@@ -1,6 +1,11 @@
-"""Argument normalisation shared by ``iapdcnn.ops.im2col_conv2d``, its Keras layer and the NumPy
-reference: tf.nn.conv2d's forms of strides, dilations and padding -> the op's attributes.
-Framework-free (no TensorFlow import)."""
+"""The Python forms of ``iapdcnn.ops.im2col_conv2d``'s arguments -> the op's attributes, and the
+NumPy reference's reading of tf.nn.conv2d's forms. Framework-free (no TensorFlow import).
+
+``int_list`` and ``op_padding`` only change the container (an int -> a one-value list, pairs ->
+flat ints) as TensorFlow's ``list(int)`` attributes need; every rule (how many values, their
+ranges, the padding names in any case) is the kernel's, ``csrc/conv/conv.cc``, which _C and the
+TensorFlow op share and whose errors name the argument. ``spatial`` and ``padding_attrs`` are the
+reference's own reading (an oracle checked against tf.nn.conv2d), not the op's."""
 
 from __future__ import annotations
 
@@ -10,6 +15,45 @@ from ._args import as_int
 
 IntOrSeq = int | Sequence[int]
 Padding = str | Sequence[int] | Sequence[Sequence[int]]
+
+
+def int_list(name: str, value: IntOrSeq | Padding) -> list[int]:
+    """An int, or a sequence of ints and pairs of ints (flattened) -> a list of ints."""
+    if isinstance(value, str | bytes):
+        raise TypeError(
+            f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
+        )
+    if isinstance(value, int) or hasattr(value, "__index__"):
+        return [as_int("im2col_conv2d", name, value)]
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(
+            f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
+        ) from None
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, int) or hasattr(item, "__index__") or isinstance(item, str | bytes):
+            out.append(as_int("im2col_conv2d", name, item))
+        else:
+            try:
+                out.extend(as_int("im2col_conv2d", name, v) for v in item)
+            except TypeError as e:
+                if "im2col_conv2d" in str(e):
+                    raise
+                raise TypeError(
+                    f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
+                ) from None
+    return out
+
+
+def op_padding(padding: Padding) -> tuple[str, list[int]]:
+    """padding -> the op's (padding, explicit_paddings) attributes: a name as given, or
+    ``"EXPLICIT"`` and the pads flattened (4 values: top, bottom, left, right; 8: pairs in
+    data_format order)."""
+    if isinstance(padding, str):
+        return padding, []
+    return "EXPLICIT", int_list("padding", padding)
 
 
 def spatial(name: str, value: IntOrSeq, data_format: str) -> list[int]:

@@ -60,6 +60,8 @@ ERRORS = (PreprocessError, data.DataError)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The job's command-line arguments (shared by ``iapdcnn preprocess`` and ``-m``)."""
+    from ._defaults import COSINE_NLM, MARR_HILDRETH
+
     p.add_argument("--dataset", default="fashion_mnist", help="iapdcnn.data name, or 'synthetic'")
     p.add_argument("--split", default="train")
     p.add_argument("--path", default=None, help="dataset location (cifar*, image_folder, tfrecord)")
@@ -67,13 +69,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most this many images per rank")
     p.add_argument("--shard-size", type=int, default=2048, help="images per output shard")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--patch-radius", type=int, default=2)
-    p.add_argument("--search-radius", type=int, default=5)
-    p.add_argument("--h", type=float, default=0.1)
-    p.add_argument("--laplacian", type=int, default=4, choices=(4, 8))
-    p.add_argument("--threshold", type=float, default=0.1)
+    p.add_argument("--patch-radius", type=int, default=COSINE_NLM["patch_radius"])
+    p.add_argument("--search-radius", type=int, default=COSINE_NLM["search_radius"])
+    p.add_argument("--h", type=float, default=COSINE_NLM["h"])
+    p.add_argument("--laplacian", type=int, default=MARR_HILDRETH["laplacian"], choices=(4, 8))
+    p.add_argument("--threshold", type=float, default=MARR_HILDRETH["threshold"])
     p.add_argument("--absolute", action="store_true", help="threshold is absolute, not relative")
-    p.add_argument("--edge-mode", default="masked", choices=("masked", "binary", "magnitude"))
+    p.add_argument(
+        "--edge-mode", default=MARR_HILDRETH["mode"], choices=("masked", "binary", "magnitude")
+    )
     p.add_argument("--block-size", type=int, default=4)
     p.add_argument("--epsilon", type=float, default=0.1)
     p.add_argument("--fci-mode", default="prototype", choices=("prototype", "pairwise"))

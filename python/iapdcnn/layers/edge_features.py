@@ -9,6 +9,7 @@ from typing import Any
 import tensorflow as tf
 
 from .. import ops
+from .._defaults import COSINE_NLM, MARR_HILDRETH
 from .._keras import keras
 
 _MODES = ("masked", "binary", "magnitude")
@@ -35,13 +36,13 @@ class EdgeFeatures(keras.layers.Layer):
 
     def __init__(
         self,
-        patch_radius: int = 2,
-        search_radius: int = 5,
-        h: float = 0.1,
-        laplacian: int = 4,
-        threshold: float = 0.1,
-        mode: str = "masked",
-        relative: bool = True,
+        patch_radius: int = COSINE_NLM["patch_radius"],
+        search_radius: int = COSINE_NLM["search_radius"],
+        h: float = COSINE_NLM["h"],
+        laplacian: int = MARR_HILDRETH["laplacian"],
+        threshold: float = MARR_HILDRETH["threshold"],
+        mode: str = MARR_HILDRETH["mode"],
+        relative: bool = MARR_HILDRETH["relative"],
         denoise: bool = True,
         **kwargs: Any,
     ) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .._args import as_int
-from .._conv_args import IntOrSeq, Padding, padding_attrs, spatial
+from .._conv_args import IntOrSeq, Padding, int_list, op_padding
+from .._defaults import CONV as _D
 from .._loader import load_ops
 
 _DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -15,10 +16,10 @@ _DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 def im2col_conv2d(
     input: tf.Tensor,
     filters: tf.Tensor,
-    strides: IntOrSeq = 1,
-    padding: Padding = "VALID",
-    data_format: str = "NHWC",
-    dilations: IntOrSeq = 1,
+    strides: IntOrSeq = _D["strides"],
+    padding: Padding = _D["padding"],
+    data_format: str = _D["data_format"],
+    dilations: IntOrSeq = _D["dilations"],
     groups: int | None = None,
     name: str | None = None,
 ) -> tf.Tensor:
@@ -32,8 +33,8 @@ def im2col_conv2d(
         float64.
       filters: ``[k_h, k_w, C / groups, out_c]``, converted to input's dtype.
       strides: int, or 2 values (h, w), or 4 values in data_format order.
-      padding: ``"SAME"``, ``"VALID"``, or explicit pads: 4 pairs in data_format order (as
-        tf.nn.conv2d), 2 pairs ``((top, bottom), (left, right))``, or 4 ints.
+      padding: ``"SAME"``, ``"VALID"`` (any case), or explicit pads: 4 pairs in data_format
+        order (as tf.nn.conv2d), 2 pairs ``((top, bottom), (left, right))``, or 4 ints.
       data_format: ``"NHWC"`` or ``"NCHW"``.
       dilations: like strides. Dilations > 1 together with strides > 1 are rejected, as in
         tf.nn.conv2d.
@@ -58,21 +59,21 @@ def im2col_conv2d(
             f"im2col_conv2d: data_format must be 'NHWC' or 'NCHW', got {data_format!r}"
         )
     if groups is None:
-        groups = 1
+        groups = _D["groups"]
         if input.shape.rank == 4 and filters.shape.rank == 4:
             c = input.shape[1 if data_format == "NCHW" else 3]
             fc = filters.shape[2]
             if c is not None and fc:
                 groups = max(1, c // fc)  # a mismatch is reported by the op
-    pad, explicit = padding_attrs(padding, data_format)
+    pad, explicit = op_padding(padding)
     return load_ops().iapdcnn_im2col_conv2d(
         input=input,
         filters=filters,
-        strides=spatial("strides", strides, data_format),
+        strides=int_list("strides", strides),
         padding=pad,
         explicit_paddings=explicit,
         data_format=data_format,
-        dilations=spatial("dilations", dilations, data_format),
+        dilations=int_list("dilations", dilations),
         groups=as_int("im2col_conv2d", "groups", groups),
         name=name,
     )

@@ -5,15 +5,16 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .._args import as_float32_attr, as_int
+from .._defaults import COSINE_NLM as _D
 from .._loader import load_ops
 
 
 def cosine_nlm(
     x: tf.Tensor,
-    patch_radius: int = 2,
-    search_radius: int = 5,
-    h: float = 0.1,
-    eps: float = 1e-8,
+    patch_radius: int = _D["patch_radius"],
+    search_radius: int = _D["search_radius"],
+    h: float = _D["h"],
+    eps: float = _D["eps"],
     name: str | None = None,
 ) -> tf.Tensor:
     """Denoises every channel of ``x`` with cosine-similarity non-local means.

@@ -5,15 +5,16 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .._args import as_bool, as_float32_attr, as_int
+from .._defaults import MARR_HILDRETH as _D
 from .._loader import load_ops
 
 
 def marr_hildreth(
     x: tf.Tensor,
-    laplacian: int = 4,
-    threshold: float = 0.1,
-    relative: bool = True,
-    mode: str = "masked",
+    laplacian: int = _D["laplacian"],
+    threshold: float = _D["threshold"],
+    relative: bool = _D["relative"],
+    mode: str = _D["mode"],
     name: str | None = None,
 ) -> tf.Tensor:
     """Marr-Hildreth edges of every channel of ``x``.

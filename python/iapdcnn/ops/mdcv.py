@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .._defaults import MDCV as _D
 from .._loader import load_ops
 
 
 def mdcv_distances(
-    filters: tf.Tensor, shrinkage: float | tf.Tensor = -1.0, name: str | None = None
+    filters: tf.Tensor, shrinkage: float | tf.Tensor = _D["shrinkage"], name: str | None = None
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Mahalanobis distance of every filter from the filters' mean under a shrunk covariance.
 

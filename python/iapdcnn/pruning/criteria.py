@@ -18,13 +18,18 @@ import numpy as np
 from .._keras import keras
 
 
-def mdcv(kernel: np.ndarray, shrinkage: float = -1.0) -> np.ndarray:
-    """MDCV distances d_i (spec §2a) through ``iapdcnn._C``; Ledoit-Wolf by default."""
+def mdcv(kernel: np.ndarray, shrinkage: float | None = None) -> np.ndarray:
+    """MDCV distances d_i (spec §2a) through ``iapdcnn._C``; ``None``: _C's default shrinkage
+    (Ledoit-Wolf)."""
     from .. import _C
 
-    return np.asarray(
-        _C.mdcv_distances(np.ascontiguousarray(kernel), float(shrinkage))[0], np.float64
+    kernel = np.ascontiguousarray(kernel)
+    out = (
+        _C.mdcv_distances(kernel)
+        if shrinkage is None
+        else _C.mdcv_distances(kernel, float(shrinkage))
     )
+    return np.asarray(out[0], np.float64)
 
 
 def l1(kernel: np.ndarray) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._defaults import COSINE_NLM as _D
+
 
 def reflect_pad(plane: np.ndarray, pad: int) -> np.ndarray:
     """numpy "reflect" padding of a 2-D plane, repeated for pads wider than the plane."""
@@ -23,10 +25,10 @@ def reflect_pad(plane: np.ndarray, pad: int) -> np.ndarray:
 
 def cosine_nlm(
     x: np.ndarray,
-    patch_radius: int = 2,
-    search_radius: int = 5,
-    h: float = 0.1,
-    eps: float = 1e-8,
+    patch_radius: int = _D["patch_radius"],
+    search_radius: int = _D["search_radius"],
+    h: float = _D["h"],
+    eps: float = _D["eps"],
 ) -> np.ndarray:
     """Cosine NLM of ``x`` [N, H, W, C] per channel -> [N, H, W, C] (float64)."""
     x = np.asarray(x, dtype=np.float64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._defaults import MARR_HILDRETH as _D
 from .cosine_nlm import reflect_pad
 
 _K4 = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float64)
@@ -54,10 +55,10 @@ def zero_crossings(lap: np.ndarray) -> np.ndarray:
 
 def marr_hildreth(
     x: np.ndarray,
-    laplacian_neighbours: int = 4,
-    threshold: float = 0.1,
-    relative: bool = True,
-    mode: str = "masked",
+    laplacian_neighbours: int = _D["laplacian"],
+    threshold: float = _D["threshold"],
+    relative: bool = _D["relative"],
+    mode: str = _D["mode"],
 ) -> np.ndarray:
     """Marr-Hildreth edges of ``x`` [N, H, W, C] per channel -> [N, H, W, C] (float64).
 

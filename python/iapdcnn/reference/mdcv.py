@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._defaults import MDCV as _D
+
 
 def ledoit_wolf(xc: np.ndarray) -> float:
     """Ledoit-Wolf shrinkage of centred samples ``xc`` [n, d] (scikit-learn's formula)."""
@@ -20,7 +22,7 @@ def ledoit_wolf(xc: np.ndarray) -> float:
 
 
 def mdcv_distances(
-    filters: np.ndarray, shrinkage: float = -1.0
+    filters: np.ndarray, shrinkage: float = _D["shrinkage"]
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """``filters`` [kh, kw, cin, cout] -> (distances [cout], center [kh, kw, cin], l used).
 
