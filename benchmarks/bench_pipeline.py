@@ -37,45 +37,55 @@ ROOT = os.path.dirname(HERE)
 TRAIN = os.path.join(ROOT, "train.py")
 
 # name -> (trainer flags on top of the common ones, what it is). keras_fit is this file's worker.
+PRUNE = ["--prune", "0.5", "--prune-mode", "early"]  # the main job's cut: half the FLOPs
+PLAIN = ["--conv", "keras", "--reduction", "mean"]
 RUNS: dict[str, tuple[list[str], str]] = {
     "keras_fit": ([], "plain Keras model.fit + Horovod DistributedOptimizer (Average)"),
-    "baseline": (["--conv", "keras", "--reduction", "mean"], "iapdcnn loop, Conv2D, Average"),
+    "baseline": (PLAIN, "iapdcnn loop, Conv2D, Average"),
     "im2col": (["--conv", "im2col", "--reduction", "mean"], "+ Im2col convolution"),
     "lsg": (["--conv", "keras", "--reduction", "lsg"], "+ LSG reduction"),
-    "prune_early": (
-        ["--conv", "keras", "--reduction", "mean", "--prune", "0.3", "--prune-mode", "early"],
-        "+ MDCV pruning, cut physically after warm-up",
-    ),
+    "prune_early": (PLAIN + PRUNE, "+ MDCV pruning, cut physically after warm-up (half the FLOPs)"),
     "prune_soft": (
-        ["--conv", "keras", "--reduction", "mean", "--prune", "0.3", "--prune-mode", "soft"],
-        "+ MDCV pruning, soft masks then strip (paper / TF-MOT form)",
+        PLAIN + ["--prune", "0.5", "--prune-mode", "soft"],
+        "+ MDCV pruning, soft masks then strip (paper / TF-MOT form), the same ratio",
     ),
     "features_paper": (
-        ["--conv", "keras", "--reduction", "mean", "--features"],
+        PLAIN + ["--features"],
         "+ MHO-PFES inside the model, every step (paper form)",
     ),
     "features_channels": (
-        ["--conv", "keras", "--reduction", "mean", "--features-mode", "channels"],
+        PLAIN + ["--features-mode", "channels"],
         "+ MHO-PFES computed once (cold cache, its time counted), edges as extra channels",
     ),
     "fci_drop": (
-        ["--conv", "keras", "--reduction", "mean", "--fci-drop", "0.2"],
+        PLAIN + ["--fci-drop", "0.2"],
         "+ FCI data pruning: the 20% most prototypical training images of each class dropped",
     ),
     "pipeline": (
-        ["--conv", "keras", "--reduction", "mean", "--prune", "0.3", "--prune-mode", "early"],
+        PLAIN + PRUNE,
         "the main job's configuration: the stages that won here (pruning cut early); the same "
         "flags as prune_early",
     ),
+    "pipeline_lsg": (
+        ["--conv", "keras", "--reduction", "lsg"] + PRUNE,
+        "the main job's configuration with LSG instead of Average (for a job that needs it)",
+    ),
+    # candidates tried for the main job (one seed unless said otherwise); not in the default --runs
+    "prune_30": (PLAIN + ["--prune", "0.3", "--prune-mode", "early"], "candidate: a 30% cut"),
+    "prune_fci": (
+        PLAIN + ["--prune", "0.3", "--prune-mode", "early", "--fci-drop", "0.2"],
+        "candidate: a 30% cut + FCI data pruning (20%)",
+    ),
+    "prune_im2col": (
+        ["--conv", "im2col", "--reduction", "mean", "--prune", "0.3", "--prune-mode", "early"],
+        "candidate: a 30% cut + Im2col convolution",
+    ),
     "pipeline_im2col_lsg": (
         ["--conv", "im2col", "--reduction", "lsg", "--prune", "0.3", "--prune-mode", "early"],
-        "every stage that runs on each step: im2col + LSG + pruning cut early",
-    ),
-    "pipeline_tfconv": (
-        ["--conv", "keras", "--reduction", "lsg", "--prune", "0.3", "--prune-mode", "early"],
-        "the same with TensorFlow's Conv2D: LSG + pruning cut early",
+        "the earlier main job: im2col + LSG (two rounds) + a 30% cut",
     ),
 }
+CANDIDATES = ("pipeline_lsg", "prune_30", "prune_fci", "prune_im2col", "pipeline_im2col_lsg")
 STAGES = (
     "im2col",
     "lsg",
@@ -245,10 +255,12 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
     return rep
 
 
-def _run_key(a) -> dict:
-    """The settings a saved run must share with this invocation to be reused."""
+def _run_key(a, name: str) -> dict:
+    """The settings a saved run must share with this invocation to be reused: the benchmark's
+    and the run's own flags."""
     keys = ("np", "width", "epochs", "steps", "batch", "threads", "eval_every", "eval_limit")
-    return {k: getattr(a, k) for k in keys} | {"lr_schedule": a.lr_schedule, "quick": a.quick}
+    key = {k: getattr(a, k) for k in keys} | {"lr_schedule": a.lr_schedule, "quick": a.quick}
+    return key | {"flags": RUNS[name][0]}
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -319,7 +331,11 @@ def main() -> None:
     p.add_argument("--worker", choices=("fit",), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--runs", default=",".join(RUNS), help="comma-separated, of: " + ", ".join(RUNS))
+    p.add_argument(
+        "--runs",
+        default=",".join(r for r in RUNS if r not in CANDIDATES),
+        help="comma-separated, of: " + ", ".join(RUNS),
+    )
     p.add_argument("--np", type=int, default=2)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--epochs", type=int, default=8)
@@ -362,14 +378,14 @@ def main() -> None:
             if a.reuse and os.path.exists(saved):
                 with open(saved) as f:
                     rep = json.load(f)
-                if rep.get("bench_args") != _run_key(a):
+                if rep.get("bench_args") != _run_key(a, name):
                     raise SystemExit(
                         f"--reuse: {saved} was measured with other settings "
-                        f"({rep.get('bench_args')} here {_run_key(a)}); use another --out"
+                        f"({rep.get('bench_args')} here {_run_key(a, name)}); use another --out"
                     )
             else:
                 rep = run_one(name, a, seed, run_dir)
-                rep["bench_args"] = _run_key(a)
+                rep["bench_args"] = _run_key(a, name)
                 os.makedirs(run_dir, exist_ok=True)
                 with open(saved + ".tmp", "w") as f:
                     json.dump(rep, f)
