@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import data
+from . import data, world
 from ._io import atomic_bytes, atomic_json, atomic_write, remove_stale_temporaries
 from .data import write_tfrecords
 
@@ -85,16 +85,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", default=None, help="write a PNG: original/denoised/edges/kept")
     p.add_argument("--preview-count", type=int, default=4)
     p.add_argument("--no-progress", action="store_true")
-
-
-def _rank_size() -> tuple[int, int, Any]:
-    """(rank, size, hvd or None): Horovod when launched by horovodrun, else a single process."""
-    if "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
-        import horovod.tensorflow as hvd
-
-        hvd.init()
-        return hvd.rank(), hvd.size(), hvd
-    return 0, 1, None
 
 
 def synthetic(n: int = 512, size: int = 28, classes: int = 4, seed: int = 0):
@@ -252,11 +242,11 @@ def render_preview(path: str, x, den, edg, kept, labels) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Runs the job on this process's rank; returns the report (rank 0 also writes it)."""
     t0 = time.perf_counter()
-    rank, size, _ = _rank_size()
+    world.init_if_launched()  # Horovod when launched by horovodrun, else a single process
+    rank, size = world.rank_size(from_environment=False)
     from tqdm import tqdm
 
     from .layers import EdgeFeatures, FCIFilter
-    from .layers.fci_filter import horovod_reduce
 
     os.makedirs(args.out, exist_ok=True)
     config = _config(args, size)
@@ -348,9 +338,9 @@ def run(args: argparse.Namespace) -> dict:
     tot[2] = sum(min(args.shard_size, len(x) - i * args.shard_size) for i in todo)
     tot[3] = len(todo)
     tot[4] = n_shards
-    tot = horovod_reduce(tot, "sum")
+    tot = world.allreduce_numpy(tot, "sum")
     elapsed = time.perf_counter() - t0
-    elapsed = float(horovod_reduce(np.array([elapsed]), "max")[0])
+    elapsed = float(world.allreduce_numpy(np.array([elapsed]), "max")[0])
     kept, blocks = tot[5 : 5 + k], tot[5 + k :]
     report = {
         "dataset": args.dataset,

@@ -12,11 +12,11 @@ from __future__ import annotations
 import glob
 import os
 import re
-import sys
 from typing import Any
 
 import numpy as np
 
+from .. import world
 from . import sources
 from .errors import DataError, DatasetNotFoundError
 from .records import check_framing, parse_example, peek_shape, write_tfrecords
@@ -43,12 +43,7 @@ def shard_spec(shard: bool | tuple[int, int] | None) -> tuple[int, int]:
     if shard is None or shard is False:
         return 0, 1
     if shard is True:
-        hvd = sys.modules.get("horovod.tensorflow")
-        if hvd is not None and hvd.is_initialized():
-            return hvd.rank(), hvd.size()
-        if "HOROVOD_RANK" in os.environ and "HOROVOD_SIZE" in os.environ:
-            return int(os.environ["HOROVOD_RANK"]), int(os.environ["HOROVOD_SIZE"])
-        return 0, 1
+        return world.rank_size()
     try:
         rank, size = (int(v) for v in shard)
     except (TypeError, ValueError) as e:

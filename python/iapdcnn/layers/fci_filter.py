@@ -5,32 +5,18 @@ with the model; with labels at training time it screens every sample against its
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from .. import ops
+from .. import ops, world
 from .._args import as_float, as_int
 from .._keras import keras
 
 _MODES = ("prototype", "pairwise")
 Reducer = Callable[[np.ndarray, str], np.ndarray]
-
-
-def horovod_reduce(value: np.ndarray, op: str = "sum") -> np.ndarray:
-    """Allreduces ``value`` across Horovod ranks when Horovod is initialised with size > 1.
-
-    Identity otherwise. ``op`` is ``"sum"`` or ``"max"``. Float64 stays float64, so statistics of
-    shards merge exactly whenever the per-shard float64 sums are exact.
-    """
-    hvd = sys.modules.get("horovod.tensorflow")
-    if hvd is None or not hvd.is_initialized() or hvd.size() <= 1:
-        return np.asarray(value)
-    hop = {"sum": hvd.Sum, "max": hvd.Max}[op]
-    return hvd.allreduce(tf.constant(value), op=hop).numpy()
 
 
 def _batches(
@@ -236,12 +222,12 @@ class FCIFilter(keras.layers.Layer):
           batch_size: batch size for unbatched datasets.
           steps: at most this many batches per pass.
           reduce: ``reduce(array, op)`` with op ``"sum"``/``"max"``; defaults to
-            ``horovod_reduce``.
+            ``iapdcnn.world.allreduce_numpy``.
 
         Returns:
           self.
         """
-        red = reduce or horovod_reduce
+        red = reduce or world.allreduce_numpy
         if self.num_classes is None:
             top = -1
             for _, y in _batches(data, batch_size, steps):

@@ -16,12 +16,12 @@ otherwise pick different filters on different ranks, and the ranks' models would
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 import tensorflow as tf
 
+from .. import world
 from .._keras import keras
 from .core import plan, plan_channels
 from .graph import ChannelGraph
@@ -170,18 +170,16 @@ def broadcast_plan(p: Any, sync: bool | None = None) -> Any:
     also requires Horovod to be initialised."""
     if sync is False:
         return p
-    hvd = sys.modules.get("horovod.tensorflow")
-    ready = hvd is not None and hvd.is_initialized()
+    ready = world.horovod() is not None
     if not ready and sync:
         raise RuntimeError(
             "MDCVPruning(sync_ranks=True) needs horovod.tensorflow imported and initialised "
             "(hvd.init())"
         )
-    if not ready or hvd.size() < 2:
+    if not ready or world.rank_size()[1] < 2:
         return p
-    removed, pruned, before, after = hvd.broadcast_object(
+    removed, pruned, before, after = world.broadcast_object(
         (sorted(p.removed), p.pruned, p.flops_before, p.flops_after),
-        root_rank=0,
         name="iapdcnn_mdcv_pruning_plan",
     )
     return dataclasses.replace(
