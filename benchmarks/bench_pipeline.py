@@ -375,7 +375,12 @@ def main() -> None:
         for name in runs:
             run_dir = os.path.join(out, f"{name}_s{seed}")
             saved = os.path.join(run_dir, "bench_run.json")
-            if a.reuse and os.path.exists(saved):
+            # a row with another row's flags (pipeline = prune_early) is that row's run, not a
+            # second training of the same configuration
+            twin = next((r for r in runs[: runs.index(name)] if RUNS[r][0] == RUNS[name][0]), None)
+            if twin is not None:
+                rep = reports[twin][-1]
+            elif a.reuse and os.path.exists(saved):
                 with open(saved) as f:
                     rep = json.load(f)
                 if rep.get("bench_args") != _run_key(a, name):

@@ -17,34 +17,42 @@ IntOrSeq = int | Sequence[int]
 Padding = str | Sequence[int] | Sequence[Sequence[int]]
 
 
-def int_list(name: str, value: IntOrSeq | Padding) -> list[int]:
-    """An int, or a sequence of ints and pairs of ints (flattened) -> a list of ints."""
+def _bad(name: str, value) -> TypeError:
+    return TypeError(f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) or hasattr(v, "__index__")
+
+
+def _ints(name: str, value, pairs: bool) -> list[int]:
+    """An int, or a sequence of ints (and, with ``pairs``, of pairs of ints, flattened) -> a
+    list of ints; the errors name ``name``."""
     if isinstance(value, str | bytes):
-        raise TypeError(
-            f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
-        )
-    if isinstance(value, int) or hasattr(value, "__index__"):
+        raise _bad(name, value)
+    if _is_int(value):
         return [as_int("im2col_conv2d", name, value)]
     try:
         items = list(value)
     except TypeError:
-        raise TypeError(
-            f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
-        ) from None
+        raise _bad(name, value) from None
     out: list[int] = []
     for item in items:
-        if isinstance(item, int) or hasattr(item, "__index__") or isinstance(item, str | bytes):
+        if not pairs or _is_int(item) or isinstance(item, str | bytes):
             out.append(as_int("im2col_conv2d", name, item))
-        else:
-            try:
-                out.extend(as_int("im2col_conv2d", name, v) for v in item)
-            except TypeError as e:
-                if "im2col_conv2d" in str(e):
-                    raise
-                raise TypeError(
-                    f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
-                ) from None
+            continue
+        try:
+            out.extend(as_int("im2col_conv2d", name, v) for v in item)
+        except TypeError as e:
+            if "im2col_conv2d" in str(e):
+                raise
+            raise _bad(name, value) from None
     return out
+
+
+def int_list(name: str, value: IntOrSeq | Padding) -> list[int]:
+    """An int, or a sequence of ints and pairs of ints (flattened) -> a list of ints."""
+    return _ints(name, value, pairs=True)
 
 
 def op_padding(padding: Padding) -> tuple[str, list[int]]:
@@ -60,21 +68,7 @@ def spatial(name: str, value: IntOrSeq, data_format: str) -> list[int]:
     """1, 2 or 4 values (4 in data_format order) -> the 4-value attribute in data_format order.
 
     Range checks are left to the kernel, which names the argument in its error."""
-    if isinstance(value, str | bytes):
-        raise TypeError(
-            f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
-        )
-    if isinstance(value, int) or hasattr(value, "__index__"):
-        vals = [as_int("im2col_conv2d", name, value)]
-    else:
-        try:
-            vals = [as_int("im2col_conv2d", name, v) for v in value]
-        except TypeError as e:
-            if "im2col_conv2d" in str(e):
-                raise
-            raise TypeError(
-                f"im2col_conv2d: {name} must be an int or a sequence of ints, got {value!r}"
-            ) from None
+    vals = _ints(name, value, pairs=False)
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) == 2:
