@@ -197,6 +197,19 @@ def test_bad_options():
 
     with pytest.raises(ValueError, match="se_kappa"):
         LSGReduction(se_kappa=-1.0)
+    with pytest.raises(ValueError, match="rounds must be one of one, two, got 'three'"):
+        LSGReduction(rounds="three")
+
+
+def test_world_single_process_and_bad_op():
+    from iapdcnn import world
+
+    x = np.array([1.0, 2.0])
+    assert world.rank_size(from_environment=False) == (0, 1)
+    np.testing.assert_array_equal(world.allreduce_numpy(x, "max"), x)
+    assert world.broadcast_object({"a": 1}, name="t") == {"a": 1}
+    with pytest.raises(ValueError, match="op must be 'sum' or 'max', got 'min'"):
+        world.allreduce_numpy(x, "min")
 
 
 def test_loss_with_standard_error_publishes_and_serialises(rng, tmp_path):
