@@ -1,4 +1,5 @@
-"""The one place that asks whether this process is one of several Horovod ranks.
+"""The one place that asks whether this process is one of several Horovod ranks (or workers of
+the tf.distribute engine, which registers itself here with ``use_engine``).
 
 The data loaders (sharding), the FCI filter and ``iapdcnn preprocess`` (merging statistics) and
 the pruning callback (rank 0's plan) all need the rank, the size and one collective each; they
@@ -18,10 +19,28 @@ from typing import Any
 import numpy as np
 
 LAUNCHER_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK")
+_ENGINE: Any = None
+
+
+def use_engine(collectives: Any) -> None:
+    """Makes ``collectives`` this process's world instead of Horovod: an object with Horovod's
+    names (``rank``, ``size``, ``allreduce``, ``allgather``, ``grouped_allreduce``,
+    ``broadcast_object``, ...), such as ``distributed.tf_distribute.StrategyCollectives``.
+    ``horovod()`` and the reductions then use it; None goes back to Horovod."""
+    global _ENGINE
+    _ENGINE = collectives
+
+
+def engine() -> Any:
+    """What ``use_engine`` registered, or None."""
+    return _ENGINE
 
 
 def horovod() -> Any:
-    """``horovod.tensorflow`` when it is imported and initialised, else None."""
+    """The registered engine (``use_engine``), else ``horovod.tensorflow`` when it is imported
+    and initialised, else None."""
+    if _ENGINE is not None:
+        return _ENGINE
     hvd = sys.modules.get("horovod.tensorflow")
     return hvd if hvd is not None and hvd.is_initialized() else None
 

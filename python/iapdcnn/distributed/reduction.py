@@ -52,6 +52,12 @@ def worker_table(stats: Stats) -> dict[str, tf.Tensor] | None:
 
 
 def _hvd() -> Any:
+    """The collectives: ``horovod.tensorflow``, or the engine registered with
+    ``world.use_engine`` (``tf_distribute``'s, under the same names)."""
+    from iapdcnn import world
+
+    if world.engine() is not None:
+        return world.engine()
     import horovod.tensorflow as hvd
 
     return hvd

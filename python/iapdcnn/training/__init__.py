@@ -1,5 +1,6 @@
 """The iapdcnn trainer (``train.py`` at the repository root calls ``main``): IA-PDCNNOA on one
-machine or under ``horovodrun -np N``.
+machine, under ``horovodrun -np N``, or as ``tf.distribute`` workers (``--engine tf_distribute``,
+started by ``python -m iapdcnn.tfrun -np N``).
 
 Read it in this order: ``config`` (the flags and their rules) -> ``build`` (data, model,
 optimizer, reduction, pruner) -> ``loop`` (the ``Trainer``: steps through
@@ -29,25 +30,53 @@ __all__ = [
 ]
 
 
-def _init_horovod(cfg: TrainConfig):
-    """``horovod.tensorflow``, initialised, with TensorFlow's threads and seeds set."""
+def _set_threads(cfg: TrainConfig, local_size: int) -> None:
     import tensorflow as tf
 
-    try:
-        import horovod.tensorflow as hvd
-    except ImportError as e:
-        raise SystemExit(
-            "train.py needs Horovod (horovod.tensorflow), which is not available in this "
-            f"installation ({type(e).__name__}: {e})."
-        ) from None
-    hvd.init()
     threads = cfg.threads
-    if threads == 0 and hvd.local_size() > 1:
+    if threads == 0 and local_size > 1:
         # TF's default gives every rank all the cores: ranks sharing a machine would oversubscribe
-        threads = max(1, len(os.sched_getaffinity(0)) // hvd.local_size())
+        threads = max(1, len(os.sched_getaffinity(0)) // local_size)
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _init_tf_distribute(cfg: TrainConfig):
+    """``--engine tf_distribute``: the strategy's collectives under Horovod's names
+    (``distributed.tf_distribute``), registered as the world, with threads and seeds set."""
+    from iapdcnn.distributed import tf_distribute
+
+    try:
+        workers, index = tf_distribute.cluster_from_env()
+    except ValueError as e:
+        raise ConfigError(f"--engine tf_distribute: {e}") from None
+    host = workers[index].rsplit(":", 1)[0] if workers else None
+    # the threads before the strategy, which starts TensorFlow's runtime
+    _set_threads(cfg, sum(w.rsplit(":", 1)[0] == host for w in workers) or 1)
+    try:
+        return tf_distribute.init()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _init_engine(cfg: TrainConfig):
+    """``--engine``'s collectives (``horovod.tensorflow``, or tf.distribute's under the same
+    names), initialised, with TensorFlow's threads and seeds set."""
+    import tensorflow as tf
+
+    if cfg.engine == "tf_distribute":
+        hvd = _init_tf_distribute(cfg)
+    else:
+        try:
+            import horovod.tensorflow as hvd
+        except ImportError as e:
+            raise SystemExit(
+                "train.py needs Horovod (horovod.tensorflow), which is not available in this "
+                f"installation ({type(e).__name__}: {e}); --engine tf_distribute runs without it."
+            ) from None
+        hvd.init()
+        _set_threads(cfg, hvd.local_size())
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -92,7 +121,7 @@ def run(cfg: TrainConfig) -> dict:
     from .loop import Trainer
 
     try:
-        hvd = _init_horovod(cfg.check())
+        hvd = _init_engine(cfg.check())
         arrays, prep = load_arrays(cfg), None
         if cfg.features_mode != "none" or cfg.fci_drop:
             arrays, prep = _prepare_features(cfg, hvd, arrays)

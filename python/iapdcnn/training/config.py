@@ -27,6 +27,7 @@ NEEDS_PATH = ("cifar10", "cifar100", "image_folder", "tfrecord")
 SCHEDULES = ("cosine", "step", "constant")  # = schedules.SCHEDULES (no TensorFlow here)
 OPTIMIZERS = ("sgd", "adam", "cgmse")
 SYNCS = ("step", "agwu")
+ENGINES = ("horovod", "tf_distribute")
 INITS = ("he", "kmeans")
 PRUNE_MODES = ("early", "soft")
 PRUNE_CRITERIA = ("mdcv", "l1", "fpgm", "fmp", "fm_redundancy", "random")  # = pruning.CRITERIA
@@ -78,6 +79,7 @@ class TrainConfig:
     sample_law: bool = False
     sample_kappa: float = 4.0
     # training
+    engine: str = "horovod"
     epochs: int = 2
     batch_size: int = 64
     steps_per_epoch: int | None = None
@@ -184,10 +186,19 @@ class TrainConfig:
                 self.feature_settings().check()
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        for name, choices in (("dataset", DATASETS), ("reduction", REDUCTIONS)):
+        for name, choices in (
+            ("dataset", DATASETS),
+            ("reduction", REDUCTIONS),
+            ("engine", ENGINES),
+        ):
             if getattr(self, name) not in choices:
                 raise bad(name, f"must be one of {', '.join(choices)}", getattr(self, name))
         self._check_elastic()
+        if self.engine == "tf_distribute" and self.elastic:
+            raise ConfigError(
+                "--elastic is Horovod's elastic mode: --engine tf_distribute does not support it "
+                "(use --engine horovod)"
+            )
         return self
 
     def _check_elastic(self) -> None:
@@ -423,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sample-law", action="store_true", help="per-sample LAW inside each batch")
     r.add_argument("--sample-kappa", type=float, default=D.sample_kappa)
     t = p.add_argument_group("training")
+    t.add_argument(
+        "--engine",
+        default=D.engine,
+        choices=ENGINES,
+        help="horovod: run under horovodrun (default); tf_distribute: TensorFlow's tf.distribute "
+        "(MultiWorkerMirroredStrategy, one process per worker from TF_CONFIG: start them with "
+        "`python -m iapdcnn.tfrun -np N python train.py ...`; MirroredStrategy on one device "
+        "for a lone process), the same loop and reductions on its collectives",
+    )
     t.add_argument("--epochs", type=int, default=D.epochs)
     t.add_argument("--batch-size", type=int, default=D.batch_size, help="per-rank batch size")
     t.add_argument("--steps-per-epoch", type=int, default=None, help="cap on steps per epoch")

@@ -1,0 +1,116 @@
+"""``python -m iapdcnn.tfrun -np N COMMAND ...``: starts N local workers of the tf.distribute
+engine (what ``horovodrun -np N -H localhost:N`` is to the Horovod one). Each worker runs
+COMMAND with its own ``TF_CONFIG`` (the N workers on free localhost ports, its index); when one
+exits with an error the others are stopped, and the first failure's status is returned.
+
+    python -m iapdcnn.tfrun -np 2 python train.py --engine tf_distribute --dataset digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+
+def free_ports(n: int, host: str = "localhost") -> list[int]:
+    """``n`` distinct ports that were free on ``host`` a moment ago."""
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def tf_configs(n: int, host: str = "localhost", ports: list[int] | None = None) -> list[str]:
+    """The ``TF_CONFIG`` of each of ``n`` workers on ``host``."""
+    ports = ports or free_ports(n, host)
+    workers = [f"{host}:{p}" for p in ports]
+    return [
+        json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+        for i in range(n)
+    ]
+
+
+def launch(
+    n: int, command: Sequence[str], timeout: float | None = None, env: dict | None = None
+) -> int:
+    """Runs ``command`` as ``n`` workers; returns 0, or the first failing worker's status (124
+    after ``timeout`` seconds)."""
+    if n < 1:
+        raise ValueError(f"-np must be >= 1, got {n}")
+    if not command:
+        raise ValueError("no command to run")
+    base = dict(os.environ if env is None else env)
+    procs = []
+    for i, conf in enumerate(tf_configs(n)):
+        child = dict(base, TF_CONFIG=conf, IAPDCNN_WORKER=str(i))
+        # own process group: stopping a worker stops what it started
+        procs.append(subprocess.Popen(list(command), env=child, start_new_session=True))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status = 0
+    try:
+        while [p.poll() for p in procs].count(None):  # every worker polled, each time
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed or (deadline is not None and time.monotonic() > deadline):
+                status = failed[0] if failed else 124
+                break
+            time.sleep(0.1)
+    finally:
+        _stop([p for p in procs if p.poll() is None])
+    if status == 0:
+        status = next((p.returncode for p in procs if p.returncode != 0), 0)
+    return status
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m iapdcnn.tfrun",
+        description="Start N local workers of the tf.distribute engine, each with its TF_CONFIG.",
+    )
+    p.add_argument("-np", "--num-workers", type=int, required=True, dest="n", metavar="N")
+    p.add_argument(
+        "--timeout", type=float, default=None, help="stop every worker after this many seconds"
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, help="e.g. python train.py ...")
+    args = p.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.n < 1:
+        p.error(f"-np must be >= 1, got {args.n}")
+    if not command:
+        p.error("give the command each worker runs, e.g. python train.py --engine tf_distribute")
+    return launch(args.n, command, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
