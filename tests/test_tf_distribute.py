@@ -88,6 +88,28 @@ def test_tf_config_is_read_and_checked():
             cluster_from_env({"TF_CONFIG": bad})
 
 
+def test_use_engine_makes_it_the_world_and_the_reductions_collectives():
+    from iapdcnn import world
+    from iapdcnn.distributed import reduction
+
+    class Fake:
+        def rank(self):
+            return 1
+
+        def size(self):
+            return 3
+
+    assert world.engine() is None
+    fake = Fake()
+    world.use_engine(fake)
+    try:
+        assert world.horovod() is fake and reduction._hvd() is fake
+        assert world.rank_size() == (1, 3)
+    finally:
+        world.use_engine(None)
+    assert world.engine() is None and world.rank_size(from_environment=False) == (0, 1)
+
+
 def test_bad_tf_config_stops_train_py_naming_it(tmp_path):
     env = dict(child_env(), TF_CONFIG="{not json")
     cmd = [sys.executable, TRAIN, "--engine", "tf_distribute", *TINY, "--out", str(tmp_path)]

@@ -77,6 +77,17 @@ results["mean"] = {"out": flat(out).tolist()}
 mine = np.concatenate([np.asarray(v["out"]) for v in results.values()])
 every = comm.allgather(tf.constant(mine, tf.float64)[None]).numpy()
 assert np.array_equal(np.nan_to_num(every), np.nan_to_num(every[[0] * K])), "ranks disagree"
+# the rest of Horovod's API that the trainer, pruning and the features use: the same answers
+assert comm.allgather_object({"r": R}) == [{"r": k} for k in range(K)]
+assert comm.broadcast_object(("plan", R), root_rank=K - 1) == ("plan", K - 1)
+assert world.rank_size() == (R, K)
+assert world.allreduce_numpy(np.array([R, 1.0]), op="max").tolist() == [K - 1, 1.0]
+assert world.broadcast_object([R], name="w") == [0]
+assert float(comm.allreduce(tf.constant(float(R)), op=comm.Average)) == (K - 1) / 2
+assert float(comm.allreduce(tf.constant(float(R)), op=comm.Sum)) == K * (K - 1) / 2
+v = [tf.Variable(tf.fill([2, 2], float(R))), tf.Variable(R, dtype=tf.int64)]
+comm.broadcast_variables(v, root_rank=1)
+assert v[0].numpy().tolist() == [[1.0, 1.0], [1.0, 1.0]] and int(v[1].numpy()) == 1, v
 if R == 0:
     with open(os.path.join(out_dir, f"{engine}_{K}.json"), "w") as f:
         json.dump(results, f)
