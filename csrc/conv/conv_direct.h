@@ -14,9 +14,9 @@
 namespace iapdcnn {
 namespace conv_direct {
 
-// True when p suits the kernel (NHWC, groups 1, out_c a multiple of 16, a non-empty output), this
-// CPU has AVX-512F and IAPDCNN_CONV_MICROKERNEL is not "0". Checked by the caller (float32
-// only); Forward assumes it.
+// True when p suits the kernel (NHWC, groups 1, a non-empty output; any out_c: the last block of
+// out_c % 16 channels is loaded and stored masked), this CPU has AVX-512F and
+// IAPDCNN_CONV_MICROKERNEL is not "0". Checked by the caller (float32 only); Forward assumes it.
 bool Supported(const Im2colConv2DParams& p);
 
 // Bytes Forward allocates for p: the zero-padded input copy, shared by all tasks (bounded: the

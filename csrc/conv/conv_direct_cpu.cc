@@ -50,18 +50,23 @@ constexpr int64_t kMinTaskPixels = 8 * kR;
 // out[j][0:16V] (=|+=) sum over segments s, depth k < len of x[j][xoff[s] + k * xstep] *
 // w[woff[s] + k * ldw][0:16V], for j < R. Row j of the output is out + j * ldo. The forward
 // reads im2col rows (xstep 1); the pointwise filter gradient reads input columns (xstep C).
+// Vector V - 1 covers only the lanes of `tail` (a block of out_c % 16 channels at the end of a
+// layer whose out_c is not a multiple of 16, e.g. a pruned one): it is loaded and stored masked,
+// so neither w's nor out's rows are read or written past their last channel.
 template <int R, int V>
 __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_t* xoff,
                                              const int64_t* woff, int64_t nseg, int64_t len,
                                              int64_t xstep, const float* w, int64_t ldw, float* out,
-                                             int64_t ldo, bool acc) {
+                                             int64_t ldo, bool acc, __mmask16 tail) {
   __m512 c[R][V];
 #pragma GCC unroll 12
   for (int j = 0; j < R; ++j) {
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) {
+    for (int v = 0; v < V - 1; ++v) {
       c[j][v] = acc ? _mm512_loadu_ps(out + j * ldo + 16 * v) : _mm512_setzero_ps();
     }
+    c[j][V - 1] = acc ? _mm512_maskz_loadu_ps(tail, out + j * ldo + 16 * (V - 1))
+                      : _mm512_setzero_ps();
   }
   for (int64_t s = 0; s < nseg; ++s) {
     const float* xs[R];
@@ -71,7 +76,8 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
     for (int64_t k = 0, xk = 0; k < len; ++k, xk += xstep, wp += ldw) {
       __m512 b[V];
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) b[v] = _mm512_loadu_ps(wp + 16 * v);
+      for (int v = 0; v < V - 1; ++v) b[v] = _mm512_loadu_ps(wp + 16 * v);
+      b[V - 1] = _mm512_maskz_loadu_ps(tail, wp + 16 * (V - 1));
 #pragma GCC unroll 12
       for (int j = 0; j < R; ++j) {
         const __m512 a = _mm512_set1_ps(xs[j][xk]);
@@ -83,12 +89,26 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
 #pragma GCC unroll 12
   for (int j = 0; j < R; ++j) {
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + j * ldo + 16 * v, c[j][v]);
+    for (int v = 0; v < V - 1; ++v) _mm512_storeu_ps(out + j * ldo + 16 * v, c[j][v]);
+    _mm512_mask_storeu_ps(out + j * ldo + 16 * (V - 1), tail, c[j][V - 1]);
   }
 }
 
 using TileFn = void (*)(const float* const*, const int64_t*, const int64_t*, int64_t, int64_t,
-                        int64_t, const float*, int64_t, float*, int64_t, bool);
+                        int64_t, const float*, int64_t, float*, int64_t, bool, __mmask16);
+
+// A block of `width` output channels (1..64) as the micro-kernel sees it: v vectors of 16, the
+// last one masked to the lanes the block has.
+struct ChannelBlock {
+  int v;
+  __mmask16 tail;
+};
+ChannelBlock BlockOf(int64_t width) {
+  const int v = static_cast<int>(std::min<int64_t>(kMaxV, CeilDiv(width, 16)));
+  const int64_t last = std::min<int64_t>(16, width - 16 * (v - 1));
+  return {v, static_cast<__mmask16>(last == 16 ? 0xFFFFu : (1u << last) - 1u)};
+}
+constexpr __mmask16 kFullTail = 0xFFFF;
 
 // Tile<R, V> for R <= RowsFor(V); null for the shapes that would spill registers (never asked).
 template <int R, int V>
@@ -208,7 +228,7 @@ bool Supported(const Im2colConv2DParams& p) {
   // IAPDCNN_CONV_MICROKERNEL=0 selects the Eigen path instead (bench_conv.py compares the two).
   const char* env = std::getenv("IAPDCNN_CONV_MICROKERNEL");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  if (!(cpu && !p.nchw && p.groups == 1 && p.out_c % 16 == 0 && p.batch > 0 && p.out_h > 0 &&
+  if (!(cpu && !p.nchw && p.groups == 1 && p.batch > 0 && p.out_h > 0 &&
         p.out_w > 0 && p.in_c > 0)) {
     return false;
   }
@@ -296,17 +316,18 @@ void Compute(const Im2colConv2DParams& p, const Segments& sg,
     std::vector<int64_t> wpoff;
     for (int64_t t = b; t < e; ++t) {
       const int64_t ob = t / groups, g = t % groups;
-      const int64_t o0 = ob * kMaxV * 16;
-      const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
+      const int64_t o0 = ob * kMaxV * 16, width = std::min<int64_t>(oc - o0, kMaxV * 16);
+      const ChannelBlock blk = BlockOf(width);
+      const int v = blk.v;
       const int64_t q0 = g * group_px, q1 = std::min(pixels, q0 + group_px);
       for (int64_t s0 = 0; s0 < nseg; s0 += per_pass) {
         const int64_t ns = std::min(per_pass, nseg - s0);
-        // Wider layers: the pass's filter columns [o0, o0 + 16v) packed.
+        // Wider layers: the pass's filter columns [o0, o0 + width) packed.
         const float* wb = w + o0;
         const int64_t* wo = sg.woff.data() + s0;
         int64_t ldw = oc;
-        if (oc > 16 * v) {
-          ldw = 16 * v;
+        if (oc > width) {
+          ldw = width;
           wpack.resize(static_cast<size_t>(ns * len * ldw));
           wpoff.resize(static_cast<size_t>(ns));
           for (int64_t s = 0; s < ns; ++s) {
@@ -326,7 +347,7 @@ void Compute(const Im2colConv2DParams& p, const Segments& sg,
             if (++ow == p.out_w) ow = 0, ++oh;
           }
           TileFor(r, v)(x, sg.xoff.data() + s0, wo, ns, len, 1, wb, ldw, out + q * oc + o0, oc,
-                        s0 > 0);
+                        s0 > 0, blk.tail);
         }
       }
     }
@@ -430,12 +451,13 @@ void BackpropFilterPointwise(const Im2colConv2DParams& p, const float* input,
          for (int64_t p0 = q0; p0 < q1; p0 += kFilterChunkPixels) {
            const int64_t n = std::min(kFilterChunkPixels, q1 - p0);
            for (int64_t ob = ob0; ob < ob1; ++ob) {
-             const int64_t o0 = ob * kMaxV * 16;
-             const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
+             const int64_t o0 = ob * kMaxV * 16, width = std::min<int64_t>(oc - o0, kMaxV * 16);
+             const ChannelBlock blk = BlockOf(width);
+             const int v = blk.v;
              const float* wb = out_backprop + p0 * oc + o0;
              int64_t ldw = oc;
-             if (oc > 16 * v) {
-               ldw = 16 * v;
+             if (oc > width) {
+               ldw = width;
                pack.resize(static_cast<size_t>(n * ldw));
                PackColumns(wb, oc, n, ldw, pack.data());
                wb = pack.data();
@@ -443,7 +465,8 @@ void BackpropFilterPointwise(const Im2colConv2DParams& p, const float* input,
              for (int64_t c = c0; c < c1; c += kR) {
                const int r = static_cast<int>(std::min<int64_t>(kR, c1 - c));
                for (int j = 0; j < r; ++j) x[j] = input + p0 * C + c + j;
-               TileFor(r, v)(x, &zero, &zero, 1, n, C, wb, ldw, dw + c * oc + o0, oc, p0 > q0);
+               TileFor(r, v)(x, &zero, &zero, 1, n, C, wb, ldw, dw + c * oc + o0, oc, p0 > q0,
+                             blk.tail);
              }
            }
          }
@@ -555,19 +578,20 @@ void BackpropFilterSmall(const Im2colConv2DParams& p, const float* input, const 
                  for (int j = 0; j < r; ++j) x[j] = out_backprop + co0 + j;
                  TileFor(r, v)(x, woff.data(), xoff.data(), nseg, p.out_w, oc,
                                base + kh * p.dilation_h * row + 16 * t0, p.stride_w * C,
-                               dw + co0 * K + kh * L + 16 * t0, K, true);
+                               dw + co0 * K + kh * L + 16 * t0, K, true, kFullTail);
                }
              }
            }
            continue;
          }
          for (int64_t o0 = 0; o0 < oc; o0 += kMaxV * 16) {
-           const int v = static_cast<int>(std::min<int64_t>(kMaxV, (oc - o0) / 16));
+           const ChannelBlock blk = BlockOf(std::min<int64_t>(oc - o0, kMaxV * 16));
+           const int v = blk.v;
            for (int64_t k0 = 0; k0 < K; k0 += RowsFor(v)) {
              const int r = static_cast<int>(std::min<int64_t>(RowsFor(v), K - k0));
              for (int j = 0; j < r; ++j) x[j] = base + koff[k0 + j];
              TileFor(r, v)(x, xoff.data(), woff.data(), nseg, p.out_w, p.stride_w * C,
-                           out_backprop + o0, oc, dw + k0 * oc + o0, oc, true);
+                           out_backprop + o0, oc, dw + k0 * oc + o0, oc, true, blk.tail);
            }
          }
        }
