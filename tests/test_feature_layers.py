@@ -37,11 +37,12 @@ def test_edge_features_in_tf_data_and_model_save(tmp_path, rng):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"h": 0.0}, "h must be > 0"),
-        ({"patch_radius": -1}, "patch_radius must be >= 0"),
+        ({"h": 0.0}, "EdgeFeatures: cosine_nlm: h must be a finite number > 0, got 0"),
+        ({"patch_radius": -1}, "patch_radius must be >= 0, got -1"),
         ({"search_radius": -1}, "search_radius must be >= 0"),
         ({"laplacian": 5}, "laplacian must be 4 or 8"),
-        ({"mode": "foo"}, "mode must be one of"),
+        ({"threshold": -0.5}, "threshold must be a finite number >= 0"),
+        ({"mode": "foo"}, "mode must be 'masked', 'binary' or 'magnitude', got 'foo'"),
     ],
 )
 def test_edge_features_bad_arguments(kwargs, match):

@@ -61,6 +61,14 @@ const Register reg([](py::module_& m) {
         "Cosine-similarity non-local means (spec §1a): x [N, H, W, C] -> [N, H, W, C], reflect "
         "borders. A NumPy float32 array stays float32, other host input is computed in float64; "
         "a float32 / float64 CUDA array runs on its device and returns a CudaBuffer.");
+  m.def(
+      "validate_cosine_nlm_args",
+      [](int64_t patch_radius, int64_t search_radius, double h, double eps) {
+        ThrowIfError(ValidateCosineNlmArgs(patch_radius, search_radius, h, eps));
+      },
+      py::arg("patch_radius") = D::patch_radius, py::arg("search_radius") = D::search_radius,
+      py::arg("h") = D::h, py::arg("eps") = D::eps,
+      "Raises ValueError (naming the argument) where cosine_nlm would refuse these scalars.");
   Defaults(m)["cosine_nlm"] = py::dict(py::arg("patch_radius") = D::patch_radius,
                                        py::arg("search_radius") = D::search_radius,
                                        py::arg("h") = D::h, py::arg("eps") = D::eps);

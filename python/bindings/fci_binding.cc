@@ -242,6 +242,7 @@ const Register reg([](py::module_& m) {
   m.def("fci_within_class", &FciWithinClass, py::arg("x"), py::arg("labels"),
         py::arg("num_classes"),
         "Mean FCI against the other same-class samples, per block: x [n, P, L] -> [n, P].");
+  Defaults(m)["fci_filter"] = py::dict(py::arg("block_size") = FciFilterDefaults::block_size);
 });
 
 }  // namespace

@@ -1,6 +1,7 @@
 // iapdcnn._C.marr_hildreth(x, laplacian, threshold, relative, mode): csrc/marr_hildreth on a NumPy
 // array (CPU) or a CUDA array (the CUDA kernel, on the array's stream); one function dispatching
 // by device.
+#include <iterator>
 #include <string>
 
 #include "binding_util.h"
@@ -65,6 +66,17 @@ const Register reg([](py::module_& m) {
         "Marr-Hildreth edges (spec §1b): x [N, H, W, C] -> [N, H, W, C]; mode 'masked', 'binary' "
         "or 'magnitude'. A NumPy float32 array stays float32, other host input is computed in "
         "float64; a float32 / float64 CUDA array runs on its device and returns a CudaBuffer.");
+  m.def(
+      "validate_marr_hildreth_args",
+      [](int64_t laplacian, double threshold, const std::string& mode) {
+        ThrowIfError(ValidateMarrHildrethArgs(laplacian, threshold, mode));
+      },
+      py::arg("laplacian") = D::laplacian, py::arg("threshold") = D::threshold,
+      py::arg("mode") = D::mode,
+      "Raises ValueError (naming the argument) where marr_hildreth would refuse these scalars.");
+  py::tuple modes(std::size(kEdgeModeNames));
+  for (size_t i = 0; i < std::size(kEdgeModeNames); ++i) modes[i] = kEdgeModeNames[i];
+  m.attr("marr_hildreth_modes") = modes;
   Defaults(m)["marr_hildreth"] =
       py::dict(py::arg("laplacian") = D::laplacian, py::arg("threshold") = D::threshold,
                py::arg("relative") = D::relative, py::arg("mode") = D::mode);
