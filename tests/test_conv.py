@@ -576,3 +576,45 @@ def test_unknown_padding_is_rejected_by_c_and_ops_alike(rng, padding):
         _C.im2col_conv2d(x, f, 1, padding)
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="padding"):
         ops.im2col_conv2d(x, f, 1, padding)
+
+
+def _avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+def _small_filter_copy_bytes(n: int, h: int, w: int, c: int) -> int:
+    """What BackpropFilterSmall copies at most for a 3x3 SAME stride-1 float32 convolution: blocks
+    of max(1, 512 // out_w) output rows of the batch's row space; a block's first row, and the
+    first row of every image it enters, bring all 3 padded input rows, every other row one more."""
+    units, rows, row_bytes = n * h, max(1, 512 // w), (w + 2) * c * 4
+    most = 0
+    for u0 in range(0, units, rows):
+        block = range(u0, min(units, u0 + rows))
+        most = max(most, sum(3 if u == u0 or u % h == 0 else 1 for u in block))
+    return most * row_bytes
+
+
+@pytest.mark.skipif(not _avx512(), reason="the direct micro-kernels need AVX-512 (else im2col)")
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize(("h", "w"), [(56, 56), (14, 14), (20, 40), (9, 100), (30, 7)])
+def test_scratch_bytes_cover_the_small_filter_kernels_copies(n, h, w, monkeypatch):
+    # The plan's per-task scratch is the largest of the three kernels'; for these shapes the
+    # filter gradient's padded copies are never under-counted (a block spanning two images is
+    # larger than the first block whenever 512 // out_w does not divide out_h).
+    monkeypatch.delenv("IAPDCNN_CONV_MICROKERNEL", raising=False)
+    per_task, _ = _C.im2col_conv2d_scratch_bytes([n, h, w, 16], [3, 3, 16, 32], 1, "SAME")
+    assert per_task >= _small_filter_copy_bytes(n, h, w, 16)
+
+
+@pytest.mark.skipif(not _avx512(), reason="the direct micro-kernels need AVX-512 (else im2col)")
+def test_scratch_bytes_count_a_block_across_two_images(monkeypatch):
+    monkeypatch.delenv("IAPDCNN_CONV_MICROKERNEL", raising=False)
+    one, _ = _C.im2col_conv2d_scratch_bytes([1, 56, 56, 16], [3, 3, 16, 16], 1, "SAME")
+    two, _ = _C.im2col_conv2d_scratch_bytes([2, 56, 56, 16], [3, 3, 16, 16], 1, "SAME")
+    # 9-row blocks: [0, 9) copies 3 + 8 padded rows, [54, 63) 3 + 1 + 3 + 6 (it enters image 1)
+    assert one == 11 * 58 * 16 * 4 == _small_filter_copy_bytes(1, 56, 56, 16)
+    assert two == 13 * 58 * 16 * 4 == _small_filter_copy_bytes(2, 56, 56, 16)

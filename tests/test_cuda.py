@@ -1,7 +1,8 @@
 """CUDA kernels (csrc/*/*_cuda.cu) through iapdcnn._C on CuPy or PyTorch CUDA arrays: every op
 equals the CPU path (itself tested against the NumPy references). GPU tests skip, saying why,
 where there is no CUDA build, no GPU, or neither CuPy nor PyTorch with CUDA; the dispatch tests
-at the end run everywhere."""
+at the end run everywhere: each _C function is bound once and dispatches by device on its first
+array argument."""
 
 import numpy as np
 import pytest
@@ -202,7 +203,7 @@ class FakeCudaArray:
         }
 
 
-def test_cuda_array_selects_the_cuda_overload():
+def test_cuda_array_selects_the_cuda_path():
     x = FakeCudaArray((0, 5))
     if getattr(_C, "with_cuda", False):
         out = _C.fci(x, FakeCudaArray((3, 5)))
@@ -223,3 +224,58 @@ def test_mixed_host_and_device_arguments_are_a_clear_error():
 def test_numpy_input_still_takes_the_cpu_path(rng):
     x = rng.uniform(size=(3, 4))
     assert isinstance(_C.fci(x, x), np.ndarray)
+
+
+FUNCTIONS = [
+    "cosine_nlm",
+    "marr_hildreth",
+    "mdcv_distances",
+    "fci",
+    "fci_class_stats",
+    "fci_prototype",
+    "fci_within_class",
+    "im2col_conv2d",
+    "im2col_conv2d_backprop_input",
+    "im2col_conv2d_backprop_filter",
+]
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_one_binding_per_function(name):
+    # One m.def per function, dispatching by device itself: pybind11 would list overloads.
+    doc = getattr(_C, name).__doc__
+    assert "Overloaded function" not in doc and doc.count(f"{name}(") == 1, doc
+
+
+def test_a_cuda_array_after_a_host_first_argument_is_named():
+    x = np.zeros((0, 5))
+    with pytest.raises(TypeError, match="fci: y is a CUDA array but the first argument is not"):
+        _C.fci(x, FakeCudaArray((3, 5)))
+    with pytest.raises(TypeError, match="labels is a CUDA array but the first argument is not"):
+        _C.fci_within_class(np.zeros((2, 1, 3)), FakeCudaArray((2,), "<i8"), 2)
+    with pytest.raises(TypeError, match="filters is a CUDA array but the first argument is not"):
+        _C.im2col_conv2d(np.zeros((1, 4, 4, 1)), FakeCudaArray((1, 1, 1, 1)))
+
+
+def test_mdcv_has_no_cuda_path_and_says_so():
+    with pytest.raises(TypeError, match="filters is a CUDA array, but MDCV has no CUDA kernel"):
+        _C.mdcv_distances(FakeCudaArray((3, 3, 1, 2)))
+
+
+def test_host_dtype_rule(rng):
+    x = rng.uniform(size=(1, 6, 8, 2)).astype(np.float32)
+    assert _C.cosine_nlm(x).dtype == np.float32
+    # a strided float32 view is still float32 (NumPy makes it contiguous), not promoted
+    assert _C.cosine_nlm(x[:, :, ::2]).dtype == np.float32
+    assert _C.marr_hildreth(x.astype(np.float16)).dtype == np.float64
+    assert _C.cosine_nlm(x.tolist()).dtype == np.float64
+    a = rng.uniform(size=(3, 4))
+    assert _C.fci(a.astype(np.float32), a.astype(np.float32)).dtype == np.float32
+    assert _C.fci(a.astype(np.float32), a).dtype == np.float64
+
+
+def test_a_non_numeric_argument_is_named():
+    with pytest.raises(TypeError, match="cosine_nlm: x must be a numeric array"):
+        _C.cosine_nlm(object())
+    with pytest.raises(TypeError, match="fci: y must be a numeric array"):
+        _C.fci(np.zeros((2, 3)), ["a", "b"])

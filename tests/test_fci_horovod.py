@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hvdrun import run_hvd
+from iapdcnn.data import synthetic
 from iapdcnn.layers import FCIFilter
-from iapdcnn.preprocess import synthetic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.horovod
@@ -26,7 +26,7 @@ def test_merged_stats_equal_single_process(tmp_path, mode):
     _horovodrun([os.path.join(HERE, "distributed", "fci_merge_worker.py"), str(out), mode])
     merged = np.load(out)
     assert int(merged["size"]) == 2
-    x, y = synthetic(n=300, size=16, classes=3, seed=3)
+    x, y = synthetic(n=300, shape=(20, 20, 1), classes=3, seed=3)
     single = FCIFilter(block_size=4, epsilon=0.1, mode=mode).adapt((x, y), batch_size=32)
     np.testing.assert_array_equal(merged["counts"], single.counts.numpy())
     np.testing.assert_array_equal(merged["sums"], single.sums.numpy())  # exactly
@@ -34,6 +34,7 @@ def test_merged_stats_equal_single_process(tmp_path, mode):
         # same prototypes, so the same per-sample FCI; only their float64 sum order differs
         np.testing.assert_allclose(merged["position_fci"], single.position_fci.numpy(), atol=1e-6)
         np.testing.assert_array_equal(merged["mask"], single.mask.numpy())
+        assert 0 < single.mask.numpy().sum() < single.positions  # a mask that screens
 
 
 def test_preprocess_job_under_horovodrun(tmp_path):

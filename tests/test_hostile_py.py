@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from hvdrun import ROOT, child_env, run_hvd
 from iapdcnn import _io, data
+from iapdcnn.data import synthetic
 from iapdcnn.preprocess import main as preprocess
-from iapdcnn.preprocess import synthetic
 from iapdcnn.training import TrainConfig, checkpoint
 
 TRAIN = os.path.join(ROOT, "train.py")

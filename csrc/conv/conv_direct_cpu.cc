@@ -515,8 +515,16 @@ bool FilterSmallSupported(const Im2colConv2DParams& p) {
 }
 
 int64_t FilterSmallTaskScratchBytes(const Im2colConv2DParams& p) {
-  const int64_t rows = SmallFilterUnitRows(p);
-  return InPlace(p) ? 0 : ChunkOf(p, 0, std::min(rows, p.batch * p.out_h)).bytes;
+  // The largest padded copy of the unit_rows-row blocks BackpropFilterSmall copies. Not just the
+  // first block: one that spans two images copies the second image's first row with all of its
+  // k_h taps, so it is larger whenever unit_rows does not divide out_h.
+  if (InPlace(p)) return 0;
+  const int64_t units = p.batch * p.out_h, rows = SmallFilterUnitRows(p);
+  int64_t m = 0;
+  for (int64_t u0 = 0; u0 < units; u0 += rows) {
+    m = std::max(m, ChunkOf(p, u0, std::min(units, u0 + rows)).bytes);
+  }
+  return m;
 }
 
 int64_t FilterSmallSharedBytes(const Im2colConv2DParams& p) {

@@ -29,6 +29,12 @@ Status ValidateFci(const std::vector<int64_t>& x_shape, const std::vector<int64_
 template <typename T>
 Status FciPairwiseCpu(const FciParams& p, const T* x, const T* y, T* out, const ParallelFor& pf);
 
+// The block screening's defaults (the FCIFilter layer's, the preprocessing job's), written once;
+// _C.defaults["fci_filter"] carries them to Python.
+struct FciFilterDefaults {
+  static constexpr int64_t block_size = 4;  // B: blocks are B x B pixels
+};
+
 // Block screening (spec §1c). x: [n, positions, block_len] (block p of sample i is
 // x[i, p, :]), labels: [n] class ids in [0, num_classes).
 struct FciBlocksParams {

@@ -10,17 +10,28 @@
 namespace iapdcnn {
 
 Status ParseEdgeMode(const std::string& mode, EdgeMode* out) {
-  if (mode == "masked") {
-    *out = EdgeMode::kMasked;
-  } else if (mode == "binary") {
-    *out = EdgeMode::kBinary;
-  } else if (mode == "magnitude") {
-    *out = EdgeMode::kMagnitude;
-  } else {
-    return Status::InvalidArgument(
-        "marr_hildreth: mode must be 'masked', 'binary' or 'magnitude', got '" + mode + "'");
+  std::string names;
+  for (int i = 0; i < 3; ++i) {
+    if (mode == kEdgeModeNames[i]) {
+      *out = static_cast<EdgeMode>(i);
+      return Status::OK();
+    }
+    names += std::string(i == 0 ? "'" : i == 2 ? " or '" : ", '") + kEdgeModeNames[i] + "'";
   }
-  return Status::OK();
+  return Status::InvalidArgument("marr_hildreth: mode must be " + names + ", got '" + mode + "'");
+}
+
+Status ValidateMarrHildrethArgs(int64_t laplacian, double threshold, const std::string& mode) {
+  if (laplacian != 4 && laplacian != 8) {
+    return Status::InvalidArgument("marr_hildreth: laplacian must be 4 or 8 (neighbours), got " +
+                                   std::to_string(laplacian));
+  }
+  if (!(threshold >= 0.0) || !std::isfinite(threshold)) {
+    return Status::InvalidArgument("marr_hildreth: threshold must be a finite number >= 0, got " +
+                                   NumStr(threshold));
+  }
+  EdgeMode unused;
+  return ParseEdgeMode(mode, &unused);
 }
 
 Status ValidateMarrHildreth(const std::vector<int64_t>& x_shape, int64_t laplacian,
@@ -31,14 +42,7 @@ Status ValidateMarrHildreth(const std::vector<int64_t>& x_shape, int64_t laplaci
         "marr_hildreth: x must be 4-D [batch, height, width, channels], got shape " +
         ShapeStr(x_shape));
   }
-  if (laplacian != 4 && laplacian != 8) {
-    return Status::InvalidArgument("marr_hildreth: laplacian must be 4 or 8 (neighbours), got " +
-                                   std::to_string(laplacian));
-  }
-  if (!(threshold >= 0.0) || !std::isfinite(threshold)) {
-    return Status::InvalidArgument("marr_hildreth: threshold must be a finite number >= 0, got " +
-                                   NumStr(threshold));
-  }
+  IAPDCNN_RETURN_IF_ERROR(ValidateMarrHildrethArgs(laplacian, threshold, mode));
   IAPDCNN_RETURN_IF_ERROR(ParseEdgeMode(mode, &p->mode));
   p->batch = x_shape[0];
   p->height = x_shape[1];

@@ -38,8 +38,16 @@ struct MarrHildrethParams {
   EdgeMode mode = EdgeMode::kMasked;
 };
 
+// The mode names, in EdgeMode order: the one list (ParseEdgeMode, _C.marr_hildreth_modes, and
+// through it the Python layer's and the preprocessing job's choices).
+inline constexpr const char* kEdgeModeNames[] = {"masked", "binary", "magnitude"};
+
 // Parses "masked" | "binary" | "magnitude".
 Status ParseEdgeMode(const std::string& mode, EdgeMode* out);
+
+// The scalar rules alone (ValidateMarrHildreth applies them too), for callers that check the
+// arguments before any image exists (the Keras layer's constructor, through _C).
+Status ValidateMarrHildrethArgs(int64_t laplacian, double threshold, const std::string& mode);
 
 // Checks x's shape ([N, H, W, C]) and the scalars, fills p. Messages name the argument.
 Status ValidateMarrHildreth(const std::vector<int64_t>& x_shape, int64_t laplacian,

@@ -10,13 +10,7 @@
 
 namespace iapdcnn {
 
-Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radius,
-                         int64_t search_radius, double h, double eps, CosineNlmParams* p) {
-  if (x_shape.size() != 4) {
-    return Status::InvalidArgument(
-        "cosine_nlm: x must be 4-D [batch, height, width, channels], got shape " +
-        ShapeStr(x_shape));
-  }
+Status ValidateCosineNlmArgs(int64_t patch_radius, int64_t search_radius, double h, double eps) {
   if (patch_radius < 0) {
     return Status::InvalidArgument("cosine_nlm: patch_radius must be >= 0, got " +
                                    std::to_string(patch_radius));
@@ -32,6 +26,17 @@ Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radi
     return Status::InvalidArgument("cosine_nlm: eps must be a finite number > 0, got " +
                                    NumStr(eps));
   }
+  return Status::OK();
+}
+
+Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radius,
+                         int64_t search_radius, double h, double eps, CosineNlmParams* p) {
+  if (x_shape.size() != 4) {
+    return Status::InvalidArgument(
+        "cosine_nlm: x must be 4-D [batch, height, width, channels], got shape " +
+        ShapeStr(x_shape));
+  }
+  IAPDCNN_RETURN_IF_ERROR(ValidateCosineNlmArgs(patch_radius, search_radius, h, eps));
   for (int64_t d : x_shape) {
     if (d < 0) return Status::InvalidArgument("cosine_nlm: x has a negative dimension");
   }

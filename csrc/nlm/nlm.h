@@ -36,6 +36,10 @@ struct CosineNlmParams {
   double eps = CosineNlmDefaults::eps;  // keeps cos defined for all-zero patches (cos = 0 there)
 };
 
+// The scalar rules alone (ValidateCosineNlm applies them too): for callers that check the
+// arguments before any image exists (the Keras layer's constructor, through _C).
+Status ValidateCosineNlmArgs(int64_t patch_radius, int64_t search_radius, double h, double eps);
+
 // Checks x's shape ([N, H, W, C]) and the scalar arguments, fills p. Messages name the argument.
 Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radius,
                          int64_t search_radius, double h, double eps, CosineNlmParams* p);

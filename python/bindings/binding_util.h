@@ -1,13 +1,15 @@
 // What every pybind11 binding shares: csrc Status -> Python ValueError, NumPy shapes -> the plain
-// shape vectors csrc validates, and self-registration of each kernel's bindings into iapdcnn._C
-// (a new kernel adds one bindings file and touches nothing else).
+// shape vectors csrc validates, host-array conversion, and self-registration of each kernel's
+// bindings into iapdcnn._C (a new kernel adds one bindings file and touches nothing else).
 #pragma once
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <functional>
+#include <initializer_list>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -46,16 +48,29 @@ inline std::vector<int64_t> Dims(const py::array& a) {
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
+// True for a NumPy array of float32.
+inline bool IsFloat32Array(py::handle obj) {
+  return py::isinstance<py::array>(obj) &&
+         py::str(py::reinterpret_borrow<py::array>(obj).dtype().attr("name")).cast<std::string>() ==
+             "float32";
+}
+
+// The host dtype rule of the float32/float64 kernels: fn(float{}) when every array in `arrays` is
+// a NumPy float32 array, else fn(double{}) (integer, float16, float64 and list input are computed
+// in float64, as NumPy converts them).
+template <typename Fn>
+auto HostFloatDispatch(std::initializer_list<py::handle> arrays, Fn fn) {
+  bool all_f32 = true;
+  for (py::handle a : arrays) all_f32 = all_f32 && IsFloat32Array(a);
+  return all_f32 ? fn(float{}) : fn(double{});
+}
+
+// Each <kernel>_binding.cc adds one Binder: one m.def per function (dispatching by device itself).
 using Binder = std::function<void(py::module_&)>;
 std::vector<Binder>& Registry();
-// Bound before Registry(), so that the CUDA-array overloads of a function (cuda_ops_binding.cc)
-// are tried before its NumPy ones, which would otherwise accept any object.
-std::vector<Binder>& FirstRegistry();
 
 struct Register {
-  explicit Register(Binder b, bool first = false) {
-    (first ? FirstRegistry() : Registry()).push_back(std::move(b));
-  }
+  explicit Register(Binder b) { Registry().push_back(std::move(b)); }
 };
 
 // _C.defaults: {function: {argument: default}}, filled by each binding from csrc's

@@ -204,18 +204,16 @@ struct CudaBuffer {
   }
 };
 
-const Register reg(
-    [](py::module_& m) {
-      py::class_<CudaBuffer>(m, "CudaBuffer",
-                             "Device memory returned by iapdcnn._C for CUDA inputs; wrap it with "
-                             "cupy.asarray(buf) or torch.as_tensor(buf, device='cuda').")
-          .def_property_readonly("__cuda_array_interface__", &CudaBuffer::Interface)
-          .def_property_readonly("shape",
-                                 [](const CudaBuffer& b) { return py::tuple(py::cast(b.shape)); })
-          .def_property_readonly("dtype", [](const CudaBuffer& b) { return b.dtype; })
-          .def_property_readonly("device", [](const CudaBuffer& b) { return b.device; });
-    },
-    /*first=*/true);
+const Register reg([](py::module_& m) {
+  py::class_<CudaBuffer>(m, "CudaBuffer",
+                         "Device memory returned by iapdcnn._C for CUDA inputs; wrap it with "
+                         "cupy.asarray(buf) or torch.as_tensor(buf, device='cuda').")
+      .def_property_readonly("__cuda_array_interface__", &CudaBuffer::Interface)
+      .def_property_readonly("shape",
+                             [](const CudaBuffer& b) { return py::tuple(py::cast(b.shape)); })
+      .def_property_readonly("dtype", [](const CudaBuffer& b) { return b.dtype; })
+      .def_property_readonly("device", [](const CudaBuffer& b) { return b.device; });
+});
 
 }  // namespace
 

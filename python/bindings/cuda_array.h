@@ -1,11 +1,14 @@
-// Device arrays in iapdcnn._C: objects with __cuda_array_interface__ (CuPy, PyTorch CUDA
-// tensors, Numba) and DLPack (capsules, or objects whose __dlpack_device__ is CUDA) are parsed into
-// CudaArg; results come back as CudaBuffer, which owns device memory (cudaMallocAsync) and exposes
-// __cuda_array_interface__ (cupy.asarray / torch.as_tensor wrap it without a copy). Built without
-// CUDA, the same overloads exist and raise a clear error.
+// Device dispatch in iapdcnn._C. Each function is bound once and looks at its first array
+// argument: objects with __cuda_array_interface__ (CuPy, PyTorch CUDA tensors, Numba) and DLPack
+// (capsules, or objects whose __dlpack_device__ is CUDA) are parsed into CudaArg and go to the csrc
+// CUDA entry point; anything else goes, as a NumPy array, to the CPU one. CUDA results come back as
+// CudaBuffer, which owns device memory (cudaMallocAsync) and exposes __cuda_array_interface__
+// (cupy.asarray / torch.as_tensor wrap it without a copy). Built without CUDA, a CUDA array is a
+// clear error.
 #pragma once
 
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -52,24 +55,59 @@ class DeviceGuard {
   int previous_ = -1;
 };
 
+// The functions dispatch on their first array argument; a later one on the other device is an
+// error naming it (ParseCudaArrayLike is the CUDA side's check).
+inline void RequireHost(py::handle obj, const char* fn, const char* name) {
+  if (IsCudaArray(obj)) {
+    throw py::type_error(std::string("iapdcnn._C.") + fn + ": " + name +
+                         " is a CUDA array but the first argument is not; pass all arrays on "
+                         "the same device");
+  }
+}
+
+// Argument `name` of function `fn` as a C-contiguous host array of T (NumPy converts / casts it).
+template <typename T>
+CArray<T> HostArray(const py::object& obj, const char* fn, const char* name) {
+  RequireHost(obj, fn, name);
+  CArray<T> a = CArray<T>::ensure(obj);
+  if (!a) {
+    throw py::type_error(std::string("iapdcnn._C.") + fn + ": " + name +
+                         " must be a numeric array, got " +
+                         py::str(py::type::of(obj)).cast<std::string>());
+  }
+  return a;
+}
+
+// CUDA-side helpers of the dispatching functions.
+
+// Runs fn on the device of `a` without the GIL; raises csrc errors (ThrowIfError).
+template <typename Fn>
+void RunOnDevice(const CudaArg& a, Fn fn) {
+  Status st;
+  {
+    DeviceGuard guard(a.device);
+    py::gil_scoped_release nogil;
+    st = fn();
+  }
+  ThrowIfError(st);
+}
+
+inline void RequireFloat(const CudaArg& a, const char* fn) {
+  if (a.dtype != "float32" && a.dtype != "float64") {
+    throw py::type_error(std::string("iapdcnn._C.") + fn +
+                         ": CUDA input must be float32 or float64, got " + a.dtype);
+  }
+}
+
+// fn(float{}) for a float32 CUDA array, fn(double{}) for float64 (RequireFloat checked it).
+template <typename Fn>
+void FloatDispatch(const std::string& dtype, Fn fn) {
+  if (dtype == "float32") {
+    fn(float{});
+  } else {
+    fn(double{});
+  }
+}
+
 }  // namespace bindings
 }  // namespace iapdcnn
-
-namespace pybind11 {
-namespace detail {
-// Lets an overload taking CudaArg match only CUDA arrays, so NumPy input falls through to the
-// NumPy overloads.
-template <>
-struct type_caster<iapdcnn::bindings::CudaArg> {
-  PYBIND11_TYPE_CASTER(iapdcnn::bindings::CudaArg, const_name("CudaArray"));
-  bool load(handle src, bool) {
-    if (!iapdcnn::bindings::IsCudaArray(src)) return false;
-    value = iapdcnn::bindings::ParseCudaArray(src, "argument");
-    return true;
-  }
-  static handle cast(const iapdcnn::bindings::CudaArg& a, return_value_policy, handle) {
-    return a.obj.inc_ref();
-  }
-};
-}  // namespace detail
-}  // namespace pybind11

@@ -1,16 +1,12 @@
-// The iapdcnn._C module: NumPy access to the csrc kernels without TensorFlow. Each
-// <kernel>_binding.cc registers its functions here through bindings::Register.
+// The iapdcnn._C module: the csrc kernels on NumPy (and CUDA) arrays without TensorFlow. Each
+// <kernel>_binding.cc registers its functions here through bindings::Register, one m.def per
+// function, which dispatches by device itself (cuda_array.h).
 #include "binding_util.h"
 
 namespace iapdcnn {
 namespace bindings {
 
 std::vector<Binder>& Registry() {
-  static std::vector<Binder> r;
-  return r;
-}
-
-std::vector<Binder>& FirstRegistry() {
   static std::vector<Binder> r;
   return r;
 }
@@ -32,6 +28,5 @@ PYBIND11_MODULE(_C, m) {
       PyErr_SetString(PyExc_MemoryError, e.what());
     }
   });
-  for (auto& bind : iapdcnn::bindings::FirstRegistry()) bind(m);
   for (auto& bind : iapdcnn::bindings::Registry()) bind(m);
 }

@@ -42,11 +42,10 @@ def as_float(fn: str, name: str, value: Any) -> float:
     return v
 
 
-def as_float32_attr(fn: str, name: str, value: Any, positive: bool = False) -> float:
-    """A finite float that a float32 op attribute holds without becoming 0 or inf."""
+def as_float32_attr(fn: str, name: str, value: Any) -> float:
+    """A finite float that a float32 op attribute holds without becoming 0 or inf (the range
+    rules, such as h > 0, are the op's)."""
     v = as_float(fn, name, value)
-    if positive and not v > 0:
-        raise ValueError(f"{fn}: {name} must be a finite number > 0, got {v!r}")
     if abs(v) > _F32_MAX:
         raise ValueError(
             f"{fn}: {name} = {v!r} does not fit the op's float32 attribute (|{name}| <= "

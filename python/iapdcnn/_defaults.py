@@ -21,3 +21,6 @@ COSINE_NLM = defaults("cosine_nlm")
 MARR_HILDRETH = defaults("marr_hildreth")
 MDCV = defaults("mdcv_distances")
 CONV = defaults("im2col_conv2d")
+FCI_FILTER = defaults("fci_filter")  # the FCIFilter layer's (no op of that name)
+# marr_hildreth's mode names (csrc's kEdgeModeNames), for argument choices
+MARR_HILDRETH_MODES: tuple[str, ...] = tuple(_C.marr_hildreth_modes)

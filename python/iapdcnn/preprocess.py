@@ -23,7 +23,7 @@ import numpy as np
 
 from . import data, world
 from ._io import atomic_bytes, atomic_json, atomic_write, remove_stale_temporaries
-from .data import write_tfrecords
+from .data import synthetic, write_tfrecords
 
 STATE_FILE = "fci_state.npz"
 REPORT_FILE = "report.json"
@@ -85,18 +85,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", default=None, help="write a PNG: original/denoised/edges/kept")
     p.add_argument("--preview-count", type=int, default=4)
     p.add_argument("--no-progress", action="store_true")
-
-
-def synthetic(n: int = 512, size: int = 28, classes: int = 4, seed: int = 0):
-    """Small class-structured images for tests: class k is a bright square at a k-dependent place
-    plus noise on 8-bit levels. Returns (x float32 [n, size, size, 1], y int64 [n])."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n).astype(np.int64)
-    x = rng.integers(0, 40, (n, size, size, 1)).astype(np.float32)
-    for i, k in enumerate(y):
-        o = 2 + (4 * int(k)) % max(1, size - 12)
-        x[i, o : o + 10, o : o + 10] += 180
-    return np.clip(x, 0, 255) / 255.0, y
 
 
 def load_data(args: argparse.Namespace, rank: int, size: int) -> tuple[np.ndarray, np.ndarray]:

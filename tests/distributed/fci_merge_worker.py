@@ -7,11 +7,11 @@ import sys
 import numpy as np
 
 import horovod.tensorflow as hvd
+from iapdcnn.data import synthetic
 from iapdcnn.layers import FCIFilter
-from iapdcnn.preprocess import synthetic
 
 hvd.init()
-x, y = synthetic(n=300, size=16, classes=3, seed=3)
+x, y = synthetic(n=300, shape=(20, 20, 1), classes=3, seed=3)
 mine = slice(hvd.rank(), None, hvd.size())
 f = FCIFilter(block_size=4, epsilon=0.1, mode=sys.argv[2]).adapt((x[mine], y[mine]), batch_size=32)
 if hvd.rank() == 0:

@@ -20,6 +20,7 @@ from .. import world
 from . import sources
 from .errors import DataError, DatasetNotFoundError
 from .records import check_framing, parse_example, peek_shape, write_tfrecords
+from .synthetic import synthetic
 
 DATASETS: dict[str, str] = {
     "fashion_mnist": "Fashion-MNIST, 60,000/10,000 28x28x1, from Debian's dataset-fashion-mnist",
@@ -275,5 +276,6 @@ __all__ = [
     "DatasetNotFoundError",
     "load",
     "shard_spec",
+    "synthetic",
     "write_tfrecords",
 ]

@@ -8,11 +8,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from .. import ops
+from .. import _C, ops
 from .._defaults import COSINE_NLM, MARR_HILDRETH
 from .._keras import keras
-
-_MODES = ("masked", "binary", "magnitude")
 
 
 @keras.saving.register_keras_serializable(package="iapdcnn")
@@ -47,18 +45,12 @@ class EdgeFeatures(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if int(patch_radius) < 0:
-            raise ValueError(f"EdgeFeatures: patch_radius must be >= 0, got {patch_radius}")
-        if int(search_radius) < 0:
-            raise ValueError(f"EdgeFeatures: search_radius must be >= 0, got {search_radius}")
-        if not float(h) > 0:
-            raise ValueError(f"EdgeFeatures: h must be > 0, got {h}")
-        if int(laplacian) not in (4, 8):
-            raise ValueError(f"EdgeFeatures: laplacian must be 4 or 8, got {laplacian}")
-        if not float(threshold) >= 0:
-            raise ValueError(f"EdgeFeatures: threshold must be >= 0, got {threshold}")
-        if mode not in _MODES:
-            raise ValueError(f"EdgeFeatures: mode must be one of {_MODES}, got {mode!r}")
+        # The ops' own rules (csrc), checked now rather than at the first call.
+        try:
+            _C.validate_cosine_nlm_args(int(patch_radius), int(search_radius), float(h))
+            _C.validate_marr_hildreth_args(int(laplacian), float(threshold), mode)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"EdgeFeatures: {e}") from None
         self.patch_radius = int(patch_radius)
         self.search_radius = int(search_radius)
         self.h = float(h)

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from .. import ops, world
 from .._args import as_float, as_int
+from .._defaults import FCI_FILTER
 from .._keras import keras
 
 _MODES = ("prototype", "pairwise")
@@ -66,7 +67,7 @@ class FCIFilter(keras.layers.Layer):
 
     def __init__(
         self,
-        block_size: int = 4,
+        block_size: int = FCI_FILTER["block_size"],
         epsilon: float = 0.1,
         mode: str = "prototype",
         min_keep: float = 0.0,

@@ -42,8 +42,9 @@ def cosine_nlm(
         x=x,
         patch_radius=as_int("cosine_nlm", "patch_radius", patch_radius),
         search_radius=as_int("cosine_nlm", "search_radius", search_radius),
-        h=as_float32_attr("cosine_nlm", "h", h, positive=True),
-        eps=as_float32_attr("cosine_nlm", "eps", eps, positive=True),
+        # h > 0 and eps > 0 are the op's rules (csrc/nlm), not repeated here
+        h=as_float32_attr("cosine_nlm", "h", h),
+        eps=as_float32_attr("cosine_nlm", "eps", eps),
         name=name,
     )
 

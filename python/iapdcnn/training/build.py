@@ -11,26 +11,15 @@ import numpy as np
 from .config import TrainConfig
 
 
-def synthetic(n: int, seed: int, shape=(28, 28, 1), classes: int = 10):
-    """A tiny learnable test set: class c is a bright square at a class-specific place + noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n).astype(np.int64)
-    x = rng.uniform(0, 0.3, (n, *shape)).astype(np.float32)
-    h, w = shape[0], shape[1]
-    for c in range(classes):
-        r0, c0 = (c // 4) * (h // 4), (c % 4) * (w // 4)
-        x[y == c, r0 : r0 + h // 4, c0 : c0 + w // 4, :] += 0.7
-    return x, y
-
-
 def load_arrays(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Whole train and test splits as NumPy (the loop shards them per epoch itself, so that a
     resumed run sees exactly the batches an uninterrupted run would)."""
-    if cfg.dataset == "synthetic":
-        xtr, ytr = synthetic(2048, cfg.seed)
-        xte, yte = synthetic(512, cfg.seed + 1)
-        return xtr, ytr, xte, yte
     from iapdcnn import data
+
+    if cfg.dataset == "synthetic":
+        xtr, ytr = data.synthetic(2048, cfg.seed)
+        xte, yte = data.synthetic(512, cfg.seed + 1)
+        return xtr, ytr, xte, yte
 
     kw = dict(as_numpy=True, shard=False, shuffle=False, path=cfg.data_path)
     xtr, ytr = data.load(cfg.dataset, "train", **kw)
