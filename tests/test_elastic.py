@@ -1,7 +1,7 @@
 """``train.py --elastic`` (training/elastic.py) under elastic ``horovodrun`` on localhost: the
-flags' rules; one of three workers killed with SIGKILL mid-epoch (the job finishes, no step is
-lost or trained twice after the last commit, the accuracy is that of an undisturbed run within
-noise); a killed worker that the discovery script lists again rejoins; a rank that LSG keeps
+flags' rules; one of three workers killed with SIGKILL mid-epoch on real data (the job
+finishes, no step is lost or trained twice after the last commit, the final accuracy is within
+ACC_BAND of an undisturbed run with the same seed); a killed worker that the discovery script lists again rejoins; a rank that LSG keeps
 rejecting is evicted. Every job runs under a timeout and is killed as a whole if it overruns."""
 
 from __future__ import annotations
@@ -48,6 +48,17 @@ TINY = [
     "4",
 ]
 STEPS = 36  # 3 epochs x 12
+# The kill test's accuracy check needs a real task: scikit-learn's digits (ships with the
+# package's loaders, 1,437 train / 360 test 8x8 images), 3 epochs of 24 steps, the whole test
+# split. Undisturbed, seeds 0, 1, 2 ended at 0.900, 0.889, 0.889 (spread 1.1 points); the
+# killed run of seed 0 at 0.878.
+REAL = ["--dataset", "digits", *TINY[2 : TINY.index("--eval-limit")], "--epochs", "3"]
+REAL += ["--steps-per-epoch", "24", "--elastic", "--commit-every", "4"]
+REAL_STEPS = 72
+# a killed run trains two thirds of its steps with 2 ranks (a global batch and a learning rate
+# 2/3 as large): its final accuracy may differ from the undisturbed run's by this much, about
+# 4x the seed-to-seed spread above
+ACC_BAND = 0.05
 # rank 0 sleeps every step (fault "straggler"), so that a kill lands inside an epoch
 SLOW = ["--inject-fault", "0:straggler:0", "--straggler-seconds", "0.25"]
 SLOWER = ["--inject-fault", "0:straggler:0", "--straggler-seconds", "0.5"]
@@ -190,12 +201,12 @@ def job_factory(tmp_path):
         j.stop()
 
 
-def _check_steps(report: dict) -> dict:
+def _check_steps(report: dict, steps: int = STEPS) -> dict:
     """No step lost or trained twice: the steps trained after every rollback are exactly the
     run's, in order, and the optimizer (restored with the variables) counted each once."""
     el = report["elastic"]
-    assert el["steps_expected"] == STEPS
-    assert el["steps_done"] == STEPS and el["optimizer_steps"] == STEPS, el
+    assert el["steps_expected"] == steps
+    assert el["steps_done"] == steps and el["optimizer_steps"] == steps, el
     assert el["steps_in_order"] is True, el
     assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
     return el
@@ -254,29 +265,29 @@ def test_eviction_counts_consecutive_rejections():
 
 @pytest.mark.horovod
 def test_kill_one_of_three_mid_epoch(job_factory):
-    calm = job_factory("calm", [*TINY, *SLOW])
+    calm = job_factory("calm", [*REAL, *SLOW])
     _, ref = calm.finish()
-    ref_el = _check_steps(ref)
+    ref_el = _check_steps(ref, REAL_STEPS)
     assert ref_el["resets"] == [] and ref_el["final_ranks"] == 3
 
-    job = job_factory("killed", [*TINY, *SLOW])
-    job.wait_for(r"elastic: commit 1 at step 4 \(epoch 0, step 4/12\) with 3 ranks")
+    job = job_factory("killed", [*REAL, *SLOW])
+    job.wait_for(r"elastic: commit 1 at step 4 \(epoch 0, step 4/24\) with 3 ranks")
     victim = job.host_of_rank(1)
     job.kill(victim)  # SIGKILL: no cleanup, its connections just drop
     i = job.wait_for(r"elastic: reset after a collective failed")
     job.wait_for(r"elastic: 2 ranks on", after=i)
     _, rep = job.finish()
-    el = _check_steps(rep)
+    el = _check_steps(rep, REAL_STEPS)
     assert el["final_ranks"] == 2 and rep["ranks"] == 2
     [reset] = el["resets"]
     assert reset["size_before"] == 3 and reset["size_after"] == 2, reset
-    # rolled back to a commit inside the first epoch (commits every 4 steps, 12 an epoch)
-    assert reset["at_step"] in (4, 8) and reset["lost_steps"] >= 0, reset
+    # rolled back to a commit inside the first epoch (commits every 4 steps, 24 an epoch)
+    assert reset["at_step"] in (4, 8, 12) and reset["lost_steps"] >= 0, reset
     assert victim not in job.text().split("elastic: 2 ranks on", 1)[1].split("\n", 1)[0]
-    # the same seed and data: the final accuracy is the undisturbed run's within noise
-    # (after the kill the global batch is 2/3 as large, with 2/3 of the learning rate)
-    assert ref["test_accuracy"] > 0.8, ref["test_accuracy"]  # it learned the task
-    assert abs(rep["test_accuracy"] - ref["test_accuracy"]) < 0.1, (
+    # the same seed and data: the undisturbed run learned the task, and the killed one ends
+    # within ACC_BAND of it
+    assert ref["test_accuracy"] > 0.8, ref["test_accuracy"]
+    assert abs(rep["test_accuracy"] - ref["test_accuracy"]) <= ACC_BAND, (
         rep["test_accuracy"],
         ref["test_accuracy"],
     )
