@@ -1,8 +1,10 @@
 """``train.py --elastic`` (training/elastic.py) under elastic ``horovodrun`` on localhost: the
 flags' rules; one of three workers killed with SIGKILL mid-epoch on real data (the job
 finishes, no step is lost or trained twice after the last commit, the final accuracy is within
-ACC_BAND of an undisturbed run with the same seed); a killed worker that the discovery script lists again rejoins; a rank that LSG keeps
-rejecting is evicted. Every job runs under a timeout and is killed as a whole if it overruns."""
+ACC_BAND of an undisturbed run with the same seed); a killed worker that the discovery script
+lists again rejoins; a rank that LSG keeps rejecting is evicted (rank 0 too), or spared when
+fewer than --min-ranks would be left; kills under --balance with soft pruning and the features,
+and under --sync agwu. Every job runs under a timeout and is killed as a whole if it overruns."""
 
 from __future__ import annotations
 

@@ -20,7 +20,11 @@ allgathered table), so they agree on which rank has been rejected for M consecut
 the steps LSG did not skip). That rank's host is written to the blacklist that the
 host-discovery script (``scripts/elastic_discover.sh``) leaves out, the state is saved on every
 rank, and the rank exits with status ``EVICTED_EXIT``; the others roll back to that save (no step
-lost) and go on without it."""
+lost) and go on without it. An eviction that would leave fewer than ``--min-ranks`` ranks
+(horovodrun's ``--min-np``, where the driver would wait for hosts) is reported and not made.
+
+The other modes (``--balance``, ``--sync agwu``, soft pruning, the features) and what of them
+a commit holds: docs/elastic.md."""
 
 from __future__ import annotations
 
