@@ -1,8 +1,10 @@
 """``train.py --elastic`` (training/elastic.py) under elastic ``horovodrun`` on localhost: the
-flags' rules; one of three workers killed with SIGKILL mid-epoch (the job finishes, no step is
-lost or trained twice after the last commit, the accuracy is that of an undisturbed run within
-noise); a killed worker that the discovery script lists again rejoins; a rank that LSG keeps
-rejecting is evicted. Every job runs under a timeout and is killed as a whole if it overruns."""
+flags' rules; one of three workers killed with SIGKILL mid-epoch on real data (the job
+finishes, no step is lost or trained twice after the last commit, the final accuracy is within
+ACC_BAND of an undisturbed run with the same seed); a killed worker that the discovery script
+lists again rejoins; a rank that LSG keeps rejecting is evicted (rank 0 too), or spared when
+fewer than --min-ranks would be left; kills under --balance with soft pruning and the features,
+and under --sync agwu. Every job runs under a timeout and is killed as a whole if it overruns."""
 
 from __future__ import annotations
 
@@ -48,6 +50,17 @@ TINY = [
     "4",
 ]
 STEPS = 36  # 3 epochs x 12
+# The kill test's accuracy check needs a real task: scikit-learn's digits (ships with the
+# package's loaders, 1,437 train / 360 test 8x8 images), 3 epochs of 24 steps, the whole test
+# split. Undisturbed, seeds 0, 1, 2 ended at 0.900, 0.889, 0.889 (spread 1.1 points); the
+# killed run of seed 0 at 0.878.
+REAL = ["--dataset", "digits", *TINY[2 : TINY.index("--eval-limit")], "--epochs", "3"]
+REAL += ["--steps-per-epoch", "24", "--elastic", "--commit-every", "4"]
+REAL_STEPS = 72
+# a killed run trains two thirds of its steps with 2 ranks (a global batch and a learning rate
+# 2/3 as large): its final accuracy may differ from the undisturbed run's by this much, about
+# 4x the seed-to-seed spread above
+ACC_BAND = 0.05
 # rank 0 sleeps every step (fault "straggler"), so that a kill lands inside an epoch
 SLOW = ["--inject-fault", "0:straggler:0", "--straggler-seconds", "0.25"]
 SLOWER = ["--inject-fault", "0:straggler:0", "--straggler-seconds", "0.5"]
@@ -56,12 +69,12 @@ SLOWER = ["--inject-fault", "0:straggler:0", "--straggler-seconds", "0.5"]
 class ElasticJob:
     """An elastic horovodrun job of up to 3 local workers whose output is read as it comes."""
 
-    def __init__(self, tmp, args: list[str], cooldown: bool = False) -> None:
+    def __init__(self, tmp, args: list[str], cooldown: bool = False, min_np: int = 2) -> None:
         self.out = tmp / "out"
         self.hosts_file = tmp / "hosts"
         self.blacklist = tmp / "blacklist"
         self.set_hosts(HOSTS)
-        cmd = [horovodrun_path(), "-np", "3", "--min-np", "2", "--max-np", "3"]
+        cmd = [horovodrun_path(), "-np", "3", "--min-np", str(min_np), "--max-np", "3"]
         cmd += ["--host-discovery-script", DISCOVER, "--network-interface", "lo", "--gloo"]
         if cooldown:  # a blacklisted host may come back after 2-5 s
             cmd += ["--blacklist-cooldown-range", "2", "5"]
@@ -179,10 +192,10 @@ class ElasticJob:
 def job_factory(tmp_path):
     jobs: list[ElasticJob] = []
 
-    def make(name: str, args: list[str], cooldown: bool = False) -> ElasticJob:
+    def make(name: str, args: list[str], cooldown: bool = False, min_np: int = 2) -> ElasticJob:
         d = tmp_path / name
         d.mkdir()
-        jobs.append(ElasticJob(d, args, cooldown))
+        jobs.append(ElasticJob(d, args, cooldown, min_np))
         return jobs[-1]
 
     yield make
@@ -190,12 +203,12 @@ def job_factory(tmp_path):
         j.stop()
 
 
-def _check_steps(report: dict) -> dict:
+def _check_steps(report: dict, steps: int = STEPS) -> dict:
     """No step lost or trained twice: the steps trained after every rollback are exactly the
     run's, in order, and the optimizer (restored with the variables) counted each once."""
     el = report["elastic"]
-    assert el["steps_expected"] == STEPS
-    assert el["steps_done"] == STEPS and el["optimizer_steps"] == STEPS, el
+    assert el["steps_expected"] == steps
+    assert el["steps_done"] == steps and el["optimizer_steps"] == steps, el
     assert el["steps_in_order"] is True, el
     assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
     return el
@@ -211,11 +224,18 @@ def _check_steps(report: dict) -> dict:
         (["--evict-after", "3"], "--evict-after needs --elastic"),
         (
             ["--elastic", "--evict-after", "3", "--reduction", "mean"],
-            "--evict-after needs --reduction lsg",
+            "--evict-after needs --reduction lsg with --sync step",
+        ),
+        (
+            ["--elastic", "--evict-after", "3", "--sync", "agwu", "--commit-every", "8"],
+            "--evict-after needs --reduction lsg with --sync step",
         ),
         (["--elastic", "--evict-after", "0"], "--evict-after must be >= 1, got 0"),
-        (["--elastic", "--balance"], "--elastic does not support --balance"),
-        (["--elastic", "--sync", "agwu"], "--elastic does not support --sync agwu"),
+        (["--elastic", "--min-ranks", "0"], "--min-ranks must be >= 1, got 0"),
+        (
+            ["--elastic", "--sync", "agwu", "--local-steps", "3", "--commit-every", "4"],
+            "--elastic --sync agwu needs --commit-every a multiple of --local-steps",
+        ),
     ],
 )
 def test_elastic_flags(argv, needle, capsys):
@@ -225,6 +245,22 @@ def test_elastic_flags(argv, needle, capsys):
         parse_args(argv)
     assert e.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--balance"],
+        ["--sync", "agwu", "--local-steps", "2", "--commit-every", "4"],
+        ["--prune", "0.3", "--prune-mode", "soft"],
+        ["--features-mode", "channels", "--fci-drop", "0.1"],
+        ["--features"],
+    ],
+)
+def test_elastic_takes_the_other_modes(argv):
+    from iapdcnn.training import parse_args
+
+    assert parse_args(["--elastic", *argv]).elastic is True
 
 
 def test_defaults_leave_elastic_off():
@@ -247,6 +283,41 @@ def test_eviction_counts_consecutive_rejections():
     assert ev.record(1, "b", 7) == {"host": "b", "rank": 1, "step": 7, "rejected_steps": 3}
     assert ev.observe([0, 0, 0], hosts) == []  # never every rank
     assert Eviction(None).observe([0, 0, 0], hosts) == []
+    # a spared host is not reported again
+    ev = Eviction(1)
+    assert ev.observe([1, 0, 1], hosts) == [1]
+    ev.record(1, "b", 0, spared=True)
+    assert ev.observe([1, 0, 1], hosts) == [] and ev.evicted == [] and len(ev.spared) == 1
+
+
+def test_pruning_callback_state_goes_back_and_to_a_new_callback():
+    """What a commit holds of soft pruning (``MDCVPruning.get_state``) brings the masks back on
+    rollback and hands them to a joining rank's fresh callback."""
+    import numpy as np
+
+    from iapdcnn import pruning
+    from iapdcnn.models import small_resnet
+
+    m = small_resnet(width=8)
+    cb = pruning.MDCVPruning(0.3, begin_step=0, end_step=10, frequency=1)
+    cb.set_model(m)
+    empty = cb.get_state()
+    assert empty == {"history": [], "pruned": None}
+    cb._update(10)  # the final selection
+    state = cb.get_state()
+    assert state["pruned"] and state["history"] == [(10, cb.current_plan.flops_reduction)]
+    cb.set_state(empty)  # back to before any selection: nothing masked any more
+    assert cb.current_plan is None and not hasattr(m, "_iapdcnn_pruned")
+    assert all(bool(np.all(k.numpy())) for _, k in cb._masks)
+    for v in m.trainable_variables:  # weights "regrow" (as the rollback's values would be)
+        v.assign(v + 1.0)
+    fresh = pruning.MDCVPruning(0.3, begin_step=0, end_step=10, frequency=1)
+    fresh.set_model(m)
+    fresh.set_state(state)
+    assert fresh.get_state() == state
+    assert {k: [int(i) for i in v] for k, v in m._iapdcnn_pruned.items()} == state["pruned"]
+    for name, idx in state["pruned"].items():  # the same filters zeroed again
+        assert not np.any(m.get_layer(name).get_weights()[0][..., idx])
 
 
 # ------------------------------------------------------------------------------ jobs
@@ -254,29 +325,29 @@ def test_eviction_counts_consecutive_rejections():
 
 @pytest.mark.horovod
 def test_kill_one_of_three_mid_epoch(job_factory):
-    calm = job_factory("calm", [*TINY, *SLOW])
+    calm = job_factory("calm", [*REAL, *SLOW])
     _, ref = calm.finish()
-    ref_el = _check_steps(ref)
+    ref_el = _check_steps(ref, REAL_STEPS)
     assert ref_el["resets"] == [] and ref_el["final_ranks"] == 3
 
-    job = job_factory("killed", [*TINY, *SLOW])
-    job.wait_for(r"elastic: commit 1 at step 4 \(epoch 0, step 4/12\) with 3 ranks")
+    job = job_factory("killed", [*REAL, *SLOW])
+    job.wait_for(r"elastic: commit 1 at step 4 \(epoch 0, step 4/24\) with 3 ranks")
     victim = job.host_of_rank(1)
     job.kill(victim)  # SIGKILL: no cleanup, its connections just drop
     i = job.wait_for(r"elastic: reset after a collective failed")
     job.wait_for(r"elastic: 2 ranks on", after=i)
     _, rep = job.finish()
-    el = _check_steps(rep)
+    el = _check_steps(rep, REAL_STEPS)
     assert el["final_ranks"] == 2 and rep["ranks"] == 2
     [reset] = el["resets"]
     assert reset["size_before"] == 3 and reset["size_after"] == 2, reset
-    # rolled back to a commit inside the first epoch (commits every 4 steps, 12 an epoch)
-    assert reset["at_step"] in (4, 8) and reset["lost_steps"] >= 0, reset
+    # rolled back to a commit inside the first epoch (commits every 4 steps, 24 an epoch)
+    assert reset["at_step"] in (4, 8, 12) and reset["lost_steps"] >= 0, reset
     assert victim not in job.text().split("elastic: 2 ranks on", 1)[1].split("\n", 1)[0]
-    # the same seed and data: the final accuracy is the undisturbed run's within noise
-    # (after the kill the global batch is 2/3 as large, with 2/3 of the learning rate)
-    assert ref["test_accuracy"] > 0.8, ref["test_accuracy"]  # it learned the task
-    assert abs(rep["test_accuracy"] - ref["test_accuracy"]) < 0.1, (
+    # the same seed and data: the undisturbed run learned the task, and the killed one ends
+    # within ACC_BAND of it
+    assert ref["test_accuracy"] > 0.8, ref["test_accuracy"]
+    assert abs(rep["test_accuracy"] - ref["test_accuracy"]) <= ACC_BAND, (
         rep["test_accuracy"],
         ref["test_accuracy"],
     )
@@ -321,4 +392,84 @@ def test_rank_rejected_by_lsg_is_evicted(job_factory):
     assert (reset["size_before"], reset["size_after"], reset["lost_steps"]) == (3, 2, 0), reset
     assert reset["at_step"] == 6
     # after the eviction every step keeps both remaining workers
+    assert rep["history"][-1]["workers_kept_mean"] == 2.0
+
+
+DIGITS = [a if a != "synthetic" else "digits" for a in TINY]
+
+
+@pytest.mark.horovod
+def test_kill_under_balance_soft_pruning_and_features(job_factory):
+    """The modes whose state a commit holds besides the variables: --balance's shares (measured
+    again for the new size), soft pruning's masks (rolled back with the weights) and the
+    features computed once (every rank alone under --elastic)."""
+    extra = ["--balance", "--balance-every", "4", "--prune", "0.3", "--prune-mode", "soft"]
+    extra += ["--features-mode", "channels"]
+    args = list(DIGITS)
+    args[args.index("--commit-every") + 1] = "8"
+    job = job_factory("modes", [*args, *SLOW, *extra])
+    job.wait_for(r"elastic: commit 1 at step 8 ")  # soft pruning updates every 3 steps from 3
+    time.sleep(0.8)  # a step on if the machine allows (the masks' rollback: the unit test above)
+    job.kill(job.host_of_rank(1))
+    job.wait_for(r"elastic: reset after a collective failed")
+    _, rep = job.finish()
+    el = _check_steps(rep)
+    assert el["final_ranks"] == 2 and [r["size_after"] for r in el["resets"]] == [2]
+    st = rep["stages"]
+    assert len(st["balance"]["sizes"]) == 2 and sum(st["balance"]["sizes"]) == 2 * 16, st
+    assert st["features"]["on"] is True, st["features"]
+    assert st["pruning"]["mode"] == "soft" and st["pruning"]["flops_saved"] > 0.2, st["pruning"]
+    assert rep["test_accuracy"] > 0.3, rep["test_accuracy"]  # digits: chance is 0.1
+
+
+@pytest.mark.horovod
+def test_kill_under_agwu(job_factory):
+    # merges every 2 steps, commits every 4: a commit always follows a merge
+    args = [*DIGITS, *SLOW, "--sync", "agwu", "--local-steps", "2"]
+    job = job_factory("agwu", args)
+    job.wait_for(r"elastic: commit 1 at step 4 ")
+    job.kill(job.host_of_rank(1))
+    job.wait_for(r"elastic: reset after a collective failed")
+    _, rep = job.finish()
+    el = _check_steps(rep)
+    assert el["final_ranks"] == 2
+    # every merge counted once: the merges undone by the rollback are not counted twice
+    assert rep["stages"]["sync"]["merges"] == STEPS // 2, rep["stages"]["sync"]
+    assert rep["test_accuracy"] > 0.3, rep["test_accuracy"]
+
+
+@pytest.mark.horovod
+def test_eviction_below_min_ranks_spares_the_rank(job_factory):
+    # horovodrun --min-np 3: evicting one of 3 would leave the driver waiting for a third host
+    args = [*TINY, "--inject-fault", "2:nan:2", "--evict-after", "4", "--min-ranks", "3"]
+    job = job_factory("spare", args, min_np=3)
+    _, rep = job.finish()
+    el = _check_steps(rep)
+    host = job.host_of_rank(2)
+    assert el["evicted"] == [] and el["resets"] == [] and el["final_ranks"] == 3, el
+    assert el["spared"] == [{"host": host, "rank": 2, "step": 5, "rejected_steps": 4}], el
+    assert f"elastic: not evicting rank 2 (host {host})" in job.text()
+    assert "fewer than --min-ranks 3" in job.text()
+    assert not job.blacklist.exists()
+    assert rep["history"][-1]["workers_kept_mean"] == 2.0  # still screened out
+
+
+@pytest.mark.horovod
+def test_rank_zero_evicted(job_factory):
+    # the rank that held the state's root and wrote the report is the one that goes
+    job = job_factory("evict0", [*TINY, "--inject-fault", "0:nan:2", "--evict-after", "4"])
+    _, rep = job.finish()  # written by the new rank 0
+    el = _check_steps(rep)
+    [host] = job.blacklist.read_text().split()
+    [ev] = el["evicted"]
+    assert ev == {"host": host, "rank": 0, "step": 5, "rejected_steps": 4}, ev
+    text = job.text()
+    assert f"elastic: evicting rank 0 (host {host}): LSG rejected it for 4 consecutive" in text
+    assert f"elastic: rank 0 (host {host}) evicted, exiting" in text
+    assert el["final_ranks"] == 2
+    [reset] = el["resets"]
+    assert (reset["size_before"], reset["size_after"], reset["lost_steps"]) == (3, 2, 0), reset
+    ranks = {f.name: int(f.read_text().split()[1]) for f in (job.out / "elastic_pids").glob("*")}
+    assert ranks.pop(host) == 0 and sorted(ranks.values()) == [0, 1], ranks  # renumbered
+    # the fault left with its host: every later step keeps both survivors
     assert rep["history"][-1]["workers_kept_mean"] == 2.0

@@ -119,10 +119,19 @@ class MDCVPruning(keras.callbacks.Callback):
         r = self.reduction_at(step)
         if r <= 0.0:
             return
-        self.current_plan = broadcast_plan(
-            plan(self.model, target_flops_reduction=r, **self.plan_kwargs), self.sync_ranks
+        self._apply(
+            broadcast_plan(
+                plan(self.model, target_flops_reduction=r, **self.plan_kwargs), self.sync_ranks
+            )
         )
-        masks = self.current_plan.graph.masks(self.current_plan.removed)
+        self.history.append((step, self.current_plan.flops_reduction))
+        if self.verbose:
+            print(f"MDCVPruning: step {step}, FLOPs -{self.current_plan.flops_reduction:.1%}")
+
+    def _apply(self, p: Any) -> None:
+        """Makes ``p`` the current selection and zeroes its filters."""
+        self.current_plan = p
+        masks = p.graph.masks(p.removed)
         if self._hold is None:
             # The masks live in variables and one tf.function zeroes with them: holding the mask
             # after every batch is one graph call (numpy round trips per variable cost ~5 ms a
@@ -138,9 +147,28 @@ class MDCVPruning(keras.callbacks.Callback):
                 k.assign(m > 0)
         self._hold()
         self.model._iapdcnn_pruned = dict(self.current_plan.pruned)
-        self.history.append((step, self.current_plan.flops_reduction))
-        if self.verbose:
-            print(f"MDCVPruning: step {step}, FLOPs -{self.current_plan.flops_reduction:.1%}")
+
+    def get_state(self) -> dict[str, Any]:
+        """What the callback has decided so far, as plain Python (for ``set_state``): the
+        updates made (step, FLOPs reduction) and the filters masked now (layer -> indices)."""
+        p = self.current_plan
+        pruned = None if p is None else {k: [int(i) for i in v] for k, v in p.pruned.items()}
+        return {"history": [tuple(h) for h in self.history], "pruned": pruned}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Goes back (or forward) to a ``get_state`` of the same schedule on this model: the same
+        filters are masked and zeroed, and later updates follow as they would have. (Elastic
+        training's rollback and a joining rank; ``train.py --elastic``.)"""
+        self.history = [tuple(h) for h in state["history"]]
+        if state["pruned"]:
+            self._apply(plan_channels(self.model, state["pruned"]))
+            return
+        self.current_plan = None
+        if self._hold is not None:  # no selection yet at that point: nothing is held
+            for _, k in self._masks:
+                k.assign(tf.ones_like(k))
+        if hasattr(self.model, "_iapdcnn_pruned"):
+            del self.model._iapdcnn_pruned
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         step = int(self.model.optimizer.iterations.numpy())

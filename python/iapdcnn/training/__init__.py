@@ -101,7 +101,9 @@ def _prepare_features(cfg: TrainConfig, hvd, arrays):
             cfg.feature_settings(),
             cache_dir=cfg.features_cache,
             data_key=key,
-            hvd=hvd,
+            # --elastic: every rank prepares alone (from the cache if there is one), as a rank
+            # that joins later must, since the others are training by then
+            hvd=None if cfg.elastic else hvd,
             log=log,
         )
     except ValueError as e:  # a stale or damaged cache: the message names --features-cache

@@ -53,7 +53,10 @@ def build_model(cfg: TrainConfig, input_shape, num_classes: int, train_xy) -> An
         edges, fci = EdgeFeatures(), FCIFilter(epsilon=cfg.fci_epsilon)
         x, y = train_xy
         ds = tf.data.Dataset.from_tensor_slices((x[:4096], y[:4096])).batch(256)
-        fci.adapt(ds.map(lambda a, b: (edges(a), b)))
+        # every rank adapts on the same images; under --elastic without the allreduce, which a
+        # rank joining a running job would call alone (the state's sync then hands it rank 0's)
+        local = (lambda a, op: a) if cfg.elastic else None
+        fci.adapt(ds.map(lambda a, b: (edges(a), b)), reduce=local)
         preprocessing = [edges, fci]
     if kind == "small_resnet":
         model = models.small_resnet(

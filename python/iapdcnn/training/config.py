@@ -107,6 +107,7 @@ class TrainConfig:
     elastic: bool = False
     commit_every: int = 10
     evict_after: int | None = None
+    min_ranks: int = 1
 
     def check(self) -> TrainConfig:
         """Raises ``ConfigError`` naming the flag of the first bad setting; returns self."""
@@ -212,22 +213,18 @@ class TrainConfig:
                 raise ConfigError(
                     "--evict-after needs --elastic: only an elastic job can go on without a rank"
                 )
-            if self.reduction != "lsg":
+            if self.reduction != "lsg" or self.sync != "step":
                 raise ConfigError(
-                    f"--evict-after needs --reduction lsg (LSG's weights say which rank is "
-                    f"rejected), got --reduction {self.reduction}"
+                    f"--evict-after needs --reduction lsg with --sync step (LSG's weights say "
+                    f"which rank is rejected), got --reduction {self.reduction} --sync {self.sync}"
                 )
-        if not self.elastic:
-            return
-        refused = [
-            (self.balance, "--balance (its per-rank batch shares)"),
-            (self.sync != "step", "--sync agwu"),
-            (self.prune > 0 and self.prune_mode == "soft", "--prune-mode soft (its masks)"),
-            (self.features_mode != "none" or self.fci_drop > 0, "--features-mode/--fci-drop"),
-        ]
-        for on, what in refused:
-            if on:
-                raise ConfigError(f"--elastic does not support {what} yet")
+        if self.min_ranks < 1:
+            raise ConfigError(f"--min-ranks must be >= 1, got {self.min_ranks}")
+        if self.elastic and self.sync == "agwu" and self.commit_every % self.local_steps:
+            raise ConfigError(
+                f"--elastic --sync agwu needs --commit-every a multiple of --local-steps (a "
+                f"commit must follow a merge), got {self.commit_every} and {self.local_steps}"
+            )
 
     def feature_settings(self) -> Any:
         """``--features-mode`` and ``--fci-drop`` as ``features.FeatureSettings`` (imports
@@ -538,6 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--elastic with --reduction lsg: a rank that LSG rejects for M consecutive steps "
         "is reported, blacklisted for the host-discovery script and told to exit; the job goes "
         "on without it",
+    )
+    e.add_argument(
+        "--min-ranks",
+        type=int,
+        default=D.min_ranks,
+        metavar="N",
+        help="--evict-after: never evict below N ranks (give horovodrun's --min-np): the rank "
+        "is reported and stays, its gradients still rejected",
     )
     return p
 

@@ -20,11 +20,16 @@ allgathered table), so they agree on which rank has been rejected for M consecut
 the steps LSG did not skip). That rank's host is written to the blacklist that the
 host-discovery script (``scripts/elastic_discover.sh``) leaves out, the state is saved on every
 rank, and the rank exits with status ``EVICTED_EXIT``; the others roll back to that save (no step
-lost) and go on without it."""
+lost) and go on without it. An eviction that would leave fewer than ``--min-ranks`` ranks
+(horovodrun's ``--min-np``, where the driver would wait for hosts) is reported and not made.
+
+The other modes (``--balance``, ``--sync agwu``, soft pruning, the features) and what of them
+a commit holds: docs/elastic.md."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import socket
 import sys
@@ -46,6 +51,8 @@ TRAINER_FIELDS = (
     "pruned",
     "step_macs",
     "steps",
+    "merges",  # --sync agwu: merges so far, and the running round's (correct, samples)
+    "_round",
 )
 
 
@@ -75,12 +82,14 @@ def is_collective_failure(e: BaseException) -> bool:
 
 
 class Eviction:
-    """Consecutive LSG rejections per host, and who has been evicted (pure bookkeeping)."""
+    """Consecutive LSG rejections per host, who has been evicted, and who was spared because
+    evicting would have left fewer than ``--min-ranks`` ranks (pure bookkeeping)."""
 
     def __init__(self, after: int | None) -> None:
         self.after = after
         self.streak: dict[str, int] = {}
         self.evicted: list[dict[str, Any]] = []
+        self.spared: list[dict[str, Any]] = []
 
     def observe(self, law: Any, hosts: list[str]) -> list[int]:
         """One step's LAW weights (``law[r]`` of rank ``r`` on ``hosts[r]``); returns the ranks
@@ -90,19 +99,25 @@ class Eviction:
         for r, w in enumerate(law):
             h = hosts[r]
             self.streak[h] = self.streak.get(h, 0) + 1 if not w > 0 else 0
-        out = [r for r in range(len(law)) if self.streak[hosts[r]] >= self.after]
+        spared = {rec["host"] for rec in self.spared}
+        out = [
+            r
+            for r in range(len(law))
+            if self.streak[hosts[r]] >= self.after and hosts[r] not in spared
+        ]
         return out if len(out) < len(law) else []
 
-    def record(self, rank: int, host: str, step: int) -> dict[str, Any]:
+    def record(self, rank: int, host: str, step: int, spared: bool = False) -> dict[str, Any]:
         rec = {"host": host, "rank": rank, "step": step, "rejected_steps": self.streak.pop(host)}
-        self.evicted.append(rec)
+        (self.spared if spared else self.evicted).append(rec)
         return rec
 
     def state(self) -> dict[str, Any]:
-        return {"streak": dict(self.streak), "evicted": list(self.evicted)}
+        return {"streak": dict(self.streak), "evicted": list(self.evicted), "spared": self.spared}
 
     def load(self, d: dict[str, Any]) -> None:
         self.streak, self.evicted = dict(d["streak"]), list(d["evicted"])
+        self.spared = list(d["spared"])
 
 
 class ElasticState(State):
@@ -120,6 +135,7 @@ class ElasticState(State):
         self.resets: list[dict[str, Any]] = []
         self.eviction = Eviction(self.cfg.evict_after)
         self.hosts: list[str] = []
+        self.fault_hosts: list[str] | None = None  # --inject-fault's ranks' hosts at the start
         self.fresh = True  # no state of this run yet: a process that has never synced
         self.save()
 
@@ -134,6 +150,9 @@ class ElasticState(State):
             "commits": self.commits,
             "resets": list(self.resets),
             "eviction": self.eviction.state(),
+            "fault_hosts": self.fault_hosts,
+            # --prune-mode soft: the callback's updates so far and the filters it masks now
+            "pruner": None if t.pruner is None else t.pruner.get_state(),
             **{k: copy.deepcopy(getattr(t, k)) for k in TRAINER_FIELDS},
         }
 
@@ -142,8 +161,11 @@ class ElasticState(State):
         self.epoch, self.step, self.step_ids = m["epoch"], m["step"], list(m["step_ids"])
         self.commits, self.resets = m["commits"], list(m["resets"])
         self.eviction.load(m["eviction"])
+        self.fault_hosts = m["fault_hosts"]
         for k in TRAINER_FIELDS:
             setattr(t, k, copy.deepcopy(m[k]))
+        if t.pruner is not None and m["pruner"] != t.pruner.get_state():
+            t.pruner.set_state(m["pruner"])  # masks (and zeroes) the committed filters
 
     @property
     def steps_done(self) -> int:
@@ -163,12 +185,14 @@ class ElasticState(State):
     def restore(self) -> None:
         t = self.trainer
         t.model, t.opt = self._saved_objects
+        # the soft-pruning masks first: going back to them zeroes filters, which the committed
+        # values then overwrite with exactly what they were
+        self._set_meta(copy.deepcopy(self._saved))
         for vs, values in zip(
             (t.model.variables, t.opt.variables), self._saved_values, strict=True
         ):
             for v, x in zip(vs, values, strict=True):
                 v.assign(x)
-        self._set_meta(copy.deepcopy(self._saved))
 
     def _fold_counts(self) -> None:
         """Adds every rank's correct/seen since the last commit to the committed sums (a
@@ -232,13 +256,34 @@ class ElasticState(State):
 
         t, cfg, hvd = self.trainer, self.cfg, self.hvd
         t.rank, t.size = hvd.rank(), hvd.size()
-        faults = [f for f in cfg.inject_fault if f.rank < t.size]
+        # an injected fault belongs to the host that held its rank at the start (a bad node):
+        # it follows that host through renumbering, and leaves with it
+        if self.fault_hosts is None:
+            n = len(self.hosts)
+            self.fault_hosts = [self.hosts[f.rank] if f.rank < n else "" for f in cfg.inject_fault]
+        faults = [
+            dataclasses.replace(f, rank=self.hosts.index(h))
+            for f, h in zip(cfg.inject_fault, self.fault_hosts, strict=True)
+            if h in self.hosts
+        ]
         t.faults = FaultInjector(faults, t.rank, t.size, cfg.seed, cfg.straggler_seconds)
         t.reduction = build.build_reduction(cfg, t.faults.corrupts_gradients)
         t.schedule.world_size = t.size  # the warm-up's target lr * size (a Python number:
         t.schedule.total_steps = cfg.epochs * t.steps  # the step function is retraced below)
         t.schedule.warmup_steps = float(cfg.warmup_epochs * t.steps)
         t.prune_step = build.prune_step(cfg, t.steps)
+        if cfg.balance:  # the shares are re-measured for the new ranks, from an even split
+            from .balance import Balancer
+
+            updates = t.balancer.updates
+            t.balancer = Balancer(t.size, t.rank, cfg.batch_size, cfg.balance_every, hvd)
+            t.balancer.updates = updates
+        if t.pruner is not None:  # a fresh process sized its schedule by the size it met
+            pruner = build.build_pruner(cfg, t.steps)
+            if _schedule(pruner) != _schedule(t.pruner):
+                pruner.set_model(t.model)
+                pruner.set_state(t.pruner.get_state())
+                t.pruner = pruner
         if t.log.chief != (t.rank == 0):  # rank 0 moved: its RunLog writes --out now
             t.log = RunLog(cfg.out, t.rank == 0, not cfg.no_progress, cfg.log_every, cfg.step_log)
         t._compile()
@@ -259,12 +304,27 @@ class ElasticState(State):
             victims = self.eviction.observe(workers["law"], self.hosts)
             if victims:
                 self._evict(victims, gstep)
-        if self.steps_done % self.cfg.commit_every == 0:
+        # by the global step: under --sync agwu (--commit-every a multiple of --local-steps)
+        # every commit then comes right after a merge, when all ranks hold the same model
+        if (gstep + 1) % self.cfg.commit_every == 0:
             self.commit()
 
     def _evict(self, victims: list[int], gstep: int) -> None:
         rank, hosts = self.hvd.rank(), self.hosts
         reporter = min(r for r in range(len(hosts)) if r not in victims)
+        left = len(hosts) - len(victims)
+        if left < self.cfg.min_ranks:  # Horovod would wait for hosts that never come: keep it
+            for r in victims:
+                rec = self.eviction.record(r, hosts[r], gstep, spared=True)
+                if rank == reporter:
+                    print(
+                        f"elastic: not evicting rank {r} (host {hosts[r]}): LSG rejected it for "
+                        f"{rec['rejected_steps']} consecutive steps, up to step {gstep}, but "
+                        f"{left} ranks would be left, fewer than --min-ranks "
+                        f"{self.cfg.min_ranks}; it stays, its gradients still screened",
+                        flush=True,
+                    )
+            return
         recs = [self.eviction.record(r, hosts[r], gstep) for r in victims]
         for rec in recs:
             if rank == reporter:
@@ -311,8 +371,13 @@ class ElasticState(State):
             "steps_in_order": self.step_ids == expected,
             "resets": self.resets,
             "evicted": self.eviction.evicted,
+            "spared": self.eviction.spared,
             "final_ranks": self.hvd.size(),
         }
+
+
+def _schedule(pruner: Any) -> tuple[int, Any, int]:
+    return pruner.begin_step, pruner.end_step, pruner.frequency
 
 
 def _run(state: ElasticState, func: Any) -> Any:

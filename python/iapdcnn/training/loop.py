@@ -317,8 +317,8 @@ class Trainer:
                 else:  # more ranks than the epoch was sized for (--elastic): wrap around
                     idx = perm.take(range(lo, lo + bs), mode="wrap")
             else:  # this rank's slice of the global batch, sized by its speed
-                first = i * size * bs + bal.offset
-                idx = perm[first : first + bal.sizes[self.rank]]
+                first = i * size * bs + bal.offset  # (wraps as above under --elastic)
+                idx = perm.take(range(first, first + bal.sizes[self.rank]), mode="wrap")
                 self.reduction.weight.assign(bal.weight)
                 cpu0 = time.process_time()
             x, y, factor = self.faults.batch(self.xtr[idx], self.ytr[idx], gstep)
