@@ -612,6 +612,14 @@ def test_the_issues_examples():
                               "noncontig": True}}},
         {"op": "fci_class_stats", "impl": "c", "must_fail": True,
          "args": {"x": {"shape": [1, 3, 3]}, "labels": {"values": [0]}, "num_classes": 2**40}},
+        # found by the long search: the TF op's allocation error named no argument, and the
+        # mdcv reference's inv failed where Ledoit-Wolf's l is below S's round-off
+        {"op": "fci_class_stats", "impl": "tf", "must_fail": True,
+         "args": {"x": {"shape": [4, 2, 1], "fill": "nan"},
+                  "labels": {"values": [2, 1, 1, 1], "dtype": "int32"}, "num_classes": 2**40}},
+        {"op": "mdcv_distances", "impl": "c", "must_succeed": True, "check": True,
+         "args": {"filters": {"shape": [1, 3, 3, 2], "order": "F", "seed": 88,
+                              "noncontig": True}}},
         {"op": "cosine_nlm", "impl": "tf", "must_succeed": True, "check": True,
          "args": {"x": {"shape": [2, 5, 0, 1]}, "patch_radius": 1, "search_radius": 0}},
         {"op": "fci", "impl": "c", "must_succeed": True, "check": True,
