@@ -1,5 +1,6 @@
 """CUDA kernels (csrc/*/*_cuda.cu) through iapdcnn._C on CuPy or PyTorch CUDA arrays: every op
-equals the CPU path (itself tested against the NumPy references). GPU tests skip, saying why,
+equals the CPU path (itself tested against the NumPy references), and on NaN / Inf input follows
+docs/nan_policy.md exactly as the references do. GPU tests skip, saying why,
 where there is no CUDA build, no GPU, or neither CuPy nor PyTorch with CUDA; the dispatch tests
 at the end run everywhere: each _C function is bound once and dispatches by device on its first
 array argument."""
@@ -7,7 +8,7 @@ array argument."""
 import numpy as np
 import pytest
 
-from iapdcnn import _C
+from iapdcnn import _C, reference
 
 
 def _find_backend() -> tuple[str | None, str]:
@@ -176,6 +177,159 @@ def test_im2col_conv2d(rng, dtype, data_format, case):
     np.testing.assert_allclose(
         got.astype(np.float64), want, atol=tol * max(1.0, np.abs(want).max()), rtol=tol
     )
+
+
+# ---- NaN policy (docs/nan_policy.md): the GPU result against the NumPy references -------------
+
+
+def same_as_reference(got, want, tol: float, what: str) -> None:
+    """got == want: NaN and Inf at the same places (Inf with the same sign), the rest within tol
+    (relative to the largest finite value)."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, what
+    nan_got, nan_want = np.isnan(got), np.isnan(want)
+    assert np.array_equal(nan_got, nan_want), (
+        f"{what}: NaN where the reference has none at {np.argwhere(nan_got & ~nan_want)[:3]}, "
+        f"none where it has one at {np.argwhere(nan_want & ~nan_got)[:3]}"
+    )
+    assert np.array_equal(got[np.isinf(got)], want[np.isinf(got)]), f"{what}: Inf differs"
+    assert np.array_equal(np.isinf(got), np.isinf(want)), f"{what}: Inf positions differ"
+    fin = np.isfinite(want)
+    assert fin.any(), f"{what}: the case checks no finite value"
+    scale = max(1.0, float(np.abs(want[fin]).max()))
+    np.testing.assert_allclose(got[fin], want[fin], rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def poison(x: np.ndarray, rng, nan: int = 2, inf: int = 1) -> np.ndarray:
+    """x with NaN, +Inf and -Inf written at distinct random positions."""
+    x = x.copy()
+    idx = rng.choice(x.size, size=nan + 2 * inf, replace=False)
+    x.flat[idx[:nan]] = np.nan
+    x.flat[idx[nan : nan + inf]] = np.inf
+    x.flat[idx[nan + inf :]] = -np.inf
+    return x
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("r", "s"), [(1, 2), (2, 3), (0, 1)])
+def test_cosine_nlm_nan_policy(rng, dtype, r, s):
+    # NaN exactly where the reflected (2R+1)^2 window holds a NaN or Inf, the rest as usual.
+    x = poison(rng.uniform(size=(2, 19, 23, 2)), rng).astype(dtype)
+    want = reference.cosine_nlm(x.astype(np.float64), r, s, 0.2, 1e-8)
+    assert np.isnan(want).any() and np.isfinite(want).any()
+    got = host(_C.cosine_nlm(dev(x), r, s, 0.2, 1e-8))
+    same_as_reference(got, want, TOL[dtype], f"cosine_nlm r={r} s={s}")
+
+
+@gpu
+def test_cosine_nlm_tiny_h_averages_instead_of_nan(rng):
+    # All weights but the largest underflow for h = 1e-13 (and every one does on all-zero
+    # patches): floored, so the output is a weighted average of the image, never 0 / 0. And a
+    # subnormal h must not make 1 / h infinite.
+    x = rng.uniform(size=(1, 9, 8, 1))
+    x[0, :4, :4, 0] = 0.0
+    for dtype in (np.float32, np.float64):
+        xd = x.astype(dtype)
+        for h in (1e-13, 1e-300, 5e-324):
+            got = host(_C.cosine_nlm(dev(xd), 1, 2, h, 1e-8))
+            assert np.isfinite(got).all(), f"{dtype} h={h}: {np.isnan(got).sum()} NaN pixels"
+            assert got.min() >= xd.min() - 1e-6 and got.max() <= xd.max() + 1e-6
+
+
+@gpu
+def test_cosine_nlm_eps_underflow_is_an_error():
+    x = np.ones((1, 5, 5, 1), np.float32)
+    with pytest.raises(ValueError, match="eps = 1e-50 underflows"):
+        _C.cosine_nlm(dev(x), 1, 1, 0.1, 1e-50)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("laplacian", [4, 8])
+@pytest.mark.parametrize("mode", ["masked", "binary", "magnitude"])
+@pytest.mark.parametrize("relative", [True, False])
+def test_marr_hildreth_nan_policy(rng, dtype, laplacian, mode, relative):
+    # Integer images (no threshold ties decided by rounding), NaN / +-Inf at a few pixels: NaN
+    # where a decision reads a non-finite value; the relative threshold over finite magnitudes
+    # only (an Inf magnitude must not make the whole plane edge-free).
+    x = poison(rng.integers(0, 4, size=(2, 17, 15, 2)).astype(np.float64), rng).astype(dtype)
+    t = 0.2 if relative else 1.5
+    want = reference.marr_hildreth(x.astype(np.float64), laplacian, t, relative, mode)
+    assert np.isnan(want).any() and (np.nan_to_num(want) != 0).any()
+    got = host(_C.marr_hildreth(dev(x), laplacian, t, relative, mode))
+    same_as_reference(got, want, TOL[dtype], f"marr_hildreth {laplacian} {mode} {relative}")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fci_nan_policy(rng, dtype):
+    # A block with a NaN or Inf has no FCI: NaN for every pair with it, never the 0.5 of
+    # identical blocks (constant blocks keep theirs).
+    x = rng.normal(size=(6, 16))
+    y = rng.normal(size=(5, 16))
+    x[1, 3], x[2, 0], y[0, 7] = np.nan, np.inf, -np.inf
+    x[3], y[1] = 2.0, 2.0  # identical constant blocks: 0.5
+    x[4, :] = np.inf  # an all-Inf block: constant, yet no FCI
+    x, y = x.astype(dtype), y.astype(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = reference.fci(x.astype(np.float64), y.astype(np.float64))
+    got = host(_C.fci(dev(x), dev(y)))
+    same_as_reference(got, want, TOL[dtype], "fci")
+    assert np.isnan(got[[1, 2, 4]]).all() and np.isnan(got[:, 0]).all() and got[3, 1] == 0.5
+
+    n, positions, length, k = 7, 3, 4, 2
+    xb = rng.uniform(size=(n, positions, length))
+    xb[2, 1, 0], xb[5, 0, 3] = np.nan, np.inf
+    xb = xb.astype(dtype)
+    labels = np.array([0, 1, 0, 1, 1, 0, 0], np.int64)
+    protos = rng.uniform(size=(k, positions, length)).astype(dtype)
+    protos[1, 2, 1] = np.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_p = reference.fci_prototype(xb.astype(np.float64), labels, protos.astype(np.float64))
+        want_w = reference.fci_within_class(xb.astype(np.float64), labels)
+        want_s = reference.fci_class_stats(xb.astype(np.float64), labels, k)
+    got_p = host(_C.fci_prototype(dev(xb), dev(labels), dev(protos)))
+    got_w = host(_C.fci_within_class(dev(xb), dev(labels), k))
+    got_c, got_s = host(_C.fci_class_stats(dev(xb), dev(labels), k))
+    same_as_reference(got_p, want_p, TOL[dtype], "fci_prototype")
+    same_as_reference(got_w, want_w, TOL[dtype], "fci_within_class")
+    same_as_reference(got_c, want_s[0], 0, "fci_class_stats counts")
+    same_as_reference(got_s, want_s[1], 1e-12, "fci_class_stats sums")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [0, 1, 3])
+def test_im2col_conv2d_nan_policy(rng, dtype, case):
+    # NaN in, NaN out exactly in the outputs whose receptive field (for the gradients: whose
+    # summands) holds it, as tf.nn.conv2d; padding zeros never meet a NaN weight's product.
+    shape, fshape, strides, padding, dilations, groups = CONV_CASES[case]
+    kw = dict(strides=strides, padding=padding, dilations=dilations, groups=groups)
+    x0 = rng.normal(size=shape)
+    x = poison(x0, rng, nan=1, inf=1)
+    w = rng.normal(size=fshape) / np.sqrt(np.prod(fshape[:3]))
+    dy_shape = reference.im2col_conv2d(x, w, **kw).shape
+    dy = rng.normal(size=dy_shape)
+    w_bad = w.copy()
+    w_bad.flat[rng.integers(w.size)] = np.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = reference.im2col_conv2d(x, w, **kw)
+        want_w = reference.im2col_conv2d(x0, w_bad, **kw)
+        want_dx = reference.im2col_conv2d_backprop_input(x.shape, w_bad, dy, **kw)
+        want_dw = reference.im2col_conv2d_backprop_filter(x, w.shape, dy, **kw)
+    xd, wd, dyd = (a.astype(dtype) for a in (x, w, dy))
+    tol = TOL[dtype]
+    got = host(_C.im2col_conv2d(dev(xd), dev(wd), **kw))
+    same_as_reference(got, want, tol, "forward, NaN / Inf input")
+    wd_bad = w_bad.astype(dtype)
+    got = host(_C.im2col_conv2d(dev(x0.astype(dtype)), dev(wd_bad), **kw))
+    same_as_reference(got, want_w, tol, "forward, NaN weight")
+    got = host(_C.im2col_conv2d_backprop_input(list(x.shape), dev(wd_bad), dev(dyd), **kw))
+    same_as_reference(got, want_dx, tol, "grad input, NaN weight")
+    got = host(_C.im2col_conv2d_backprop_filter(dev(xd), list(w.shape), dev(dyd), **kw))
+    same_as_reference(got, want_dw, tol * 10, "grad filter, NaN / Inf input")
 
 
 @gpu

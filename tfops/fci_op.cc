@@ -114,9 +114,11 @@ class FciClassStatsOp : public OpKernel {
     IAPDCNN_OP_REQUIRES_OK(
         ctx, CheckedElements("fci_class_stats", "sums [num_classes, positions, block_len]",
                              {p.num_classes, p.positions, p.block_len}));
-    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "fci_class_stats", 0, {p.num_classes}, &counts));
-    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "fci_class_stats", 1,
-                                       {p.num_classes, p.positions, p.block_len}, &sums));
+    OP_REQUIRES_OK(
+        ctx, AllocateOutput(ctx, "fci_class_stats", 0, {p.num_classes}, &counts, "num_classes"));
+    OP_REQUIRES_OK(
+        ctx, AllocateOutput(ctx, "fci_class_stats", 1, {p.num_classes, p.positions, p.block_len},
+                            &sums, "num_classes"));
     if constexpr (kGpu) {
       TfGpuScratch scratch(ctx);
       IAPDCNN_OP_REQUIRES_OK(

@@ -91,15 +91,19 @@ inline ::tensorflow::Status MakeShape(const std::vector<int64_t>& dims, TensorSh
   return TensorShape::BuildTensorShape(dims, out);
 }
 
-// ctx->allocate_output with a checked shape (see MakeShape); an allocation failure names the op.
+// ctx->allocate_output with a checked shape (see MakeShape); an allocation failure names the op
+// and, where an argument rather than an input's size sets the shape, that argument (sized_by).
 inline ::tensorflow::Status AllocateOutput(OpKernelContext* ctx, const char* op, int index,
-                                           const std::vector<int64_t>& dims, Tensor** out) {
+                                           const std::vector<int64_t>& dims, Tensor** out,
+                                           const char* sized_by = nullptr) {
   TensorShape shape;
   TF_RETURN_IF_ERROR(MakeShape(dims, &shape));
   const ::tensorflow::Status s = ctx->allocate_output(index, shape, out);
   if (s.ok()) return s;
-  return ::tensorflow::errors::ResourceExhausted(op, ": cannot allocate output ", index,
-                                                 " of shape ", ShapeStr(dims), ": ", s.message());
+  const std::string by =
+      sized_by == nullptr ? "" : std::string(" (its size is set by ") + sized_by + ")";
+  return ::tensorflow::errors::ResourceExhausted(
+      op, ": cannot allocate output ", index, " of shape ", ShapeStr(dims), by, ": ", s.message());
 }
 
 inline std::vector<int64_t> Dims(const ::tensorflow::TensorShape& s) {

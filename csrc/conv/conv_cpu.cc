@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/finite.h"
 #include "common/guard.h"
 #include "conv/conv.h"
 #include "conv/conv_direct.h"
@@ -210,8 +211,13 @@ Status Im2colConv2DBackpropInputCpu(const Im2colConv2DParams& p, const T* filter
     Im2colConv2DParams q;
     if (TransposedForward(p, &q)) {
       const std::vector<C> wt = FlippedTransposedFilter<T, C>(p, filters, pf);
-      ForwardCore<T, C>(q, out_backprop, wt.data(), in_backprop, pf);
-      return Status::OK();
+      // NaN policy: the transposed forward multiplies dy's zero padding by every weight, so a
+      // NaN / Inf weight would reach input pixels none of whose summands holds it (tf.nn and the
+      // reference leave them finite); col2im below sums only the real products.
+      if (AllFinite(wt.data(), static_cast<int64_t>(wt.size()))) {
+        ForwardCore<T, C>(q, out_backprop, wt.data(), in_backprop, pf);
+        return Status::OK();
+      }
     }
     const int64_t P = Pixels(p);
     const int64_t cg = p.in_c / p.groups, og = p.out_c / p.groups;

@@ -49,20 +49,19 @@ Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const Pa
                 (dn[j - 1] + 2.0 * dn[j] + dn[j + 1]) - (up[j - 1] + 2.0 * up[j] + up[j + 1]);
             mag[i * W + j] = std::sqrt(gx * gx + gy * gy);
           }
-          // The maximum in a separate loop, with 4 partial maxima (m >= 0). Over finite
-          // magnitudes only (NaN policy: a NaN never wins, and an Inf next to a non-finite pixel
-          // must not raise the relative threshold of the whole plane to Inf).
-          constexpr double kTop = std::numeric_limits<double>::max();
+          // The maximum in a separate loop, with 4 partial maxima (m >= 0), over the magnitudes
+          // the NaN policy lets count (marr_hildreth_impl::CountsTowardMax).
+          using marr_hildreth_impl::CountsTowardMax;
           double mx[4] = {0.0, 0.0, 0.0, 0.0};
           const double* mrow = mag.data() + i * W;
           int64_t j = 0;
           for (; j + 4 <= W; j += 4) {
             for (int k = 0; k < 4; ++k) {
               const double m = mrow[j + k];
-              mx[k] = m > mx[k] && m <= kTop ? m : mx[k];
+              mx[k] = m > mx[k] && CountsTowardMax(m) ? m : mx[k];
             }
           }
-          for (; j < W; ++j) mx[0] = mrow[j] > mx[0] && mrow[j] <= kTop ? mrow[j] : mx[0];
+          for (; j < W; ++j) mx[0] = mrow[j] > mx[0] && CountsTowardMax(mrow[j]) ? mrow[j] : mx[0];
           for (int k = 0; k < 4; ++k) max_mag = std::max(max_mag, mx[k]);
         }
         for (int64_t i = 0; i < H; ++i) {  // reflected border columns, then rows
@@ -82,19 +81,12 @@ Status MarrHildrethCpu(const MarrHildrethParams& p, const T* x, T* out, const Pa
             const double nb[8] = {mid[j - 1], mid[j + 1], up[j],     dn[j],
                                   up[j - 1],  dn[j + 1],  up[j + 1], dn[j - 1]};
             const double m = mag[i * W + j];
-            // NaN policy: a pixel whose decision reads a non-finite value (its Sobel magnitude,
-            // its Laplacian or a neighbour's) is NaN, not an edge or a non-edge.
-            bool finite = std::isfinite(m) && std::isfinite(mid[j]);
-            for (int k = 0; k < 8; ++k) finite = finite && std::isfinite(nb[k]);
-            if (!finite) {
-              o[(i * W + j) * C] = std::numeric_limits<T>::quiet_NaN();
-              continue;
-            }
-            const bool edge = m >= t && marr_hildreth_impl::ZeroCrossing(mid[j], nb);
             const double v = p.mode == EdgeMode::kMasked   ? g[(i + 1) * GW + j + 1]
                              : p.mode == EdgeMode::kBinary ? 1.0
                                                            : m;
-            o[(i * W + j) * C] = static_cast<T>(edge ? v : 0.0);
+            // NaN where the decision reads a non-finite value (the NaN policy, shared with CUDA).
+            o[(i * W + j) * C] =
+                static_cast<T>(marr_hildreth_impl::EdgeOutput(m, t, mid[j], nb, v));
           }
         }
       }

@@ -1,7 +1,9 @@
 // CUDA Marr-Hildreth edges (spec §1b), same semantics as marr_hildreth_cpu.cc: one pass computes
 // the Laplacian and the Sobel magnitude per pixel (in double, in the CPU's operation order) and
 // each plane's maximum magnitude; a second pass applies the threshold and the zero-crossing test
-// of marr_hildreth_impl.h (shared with the CPU path). Borders reflect, as on the CPU.
+// of marr_hildreth_impl.h (shared with the CPU path), with the NaN policy's rules from there too:
+// which magnitudes count toward the maximum, and NaN where a decision reads a non-finite value.
+// Borders reflect, as on the CPU.
 #include "common/cuda_util.cuh"
 #include "common/reflect.h"
 #include "marr_hildreth/marr_hildreth.h"
@@ -42,8 +44,10 @@ __global__ void LapMagKernel(Geo g, const T* __restrict__ x, int laplacian,
     const double gy = (dn[0] + 2.0 * dn[1] + dn[2]) - (up[0] + 2.0 * up[1] + up[2]);
     const double m = sqrt(gx * gx + gy * gy);
     mag[idx] = m;
-    // m >= 0, so its bit pattern orders like its value.
-    atomicMax(max_bits + q, static_cast<unsigned long long>(__double_as_longlong(m)));
+    // m >= 0, so its bit pattern orders like its value; NaN and Inf do not count (NaN policy).
+    if (marr_hildreth_impl::CountsTowardMax(m)) {
+      atomicMax(max_bits + q, static_cast<unsigned long long>(__double_as_longlong(m)));
+    }
   }
 }
 
@@ -66,15 +70,13 @@ __global__ void EdgeKernel(Geo g, const T* __restrict__ x, const double* __restr
     const double t = relative
                          ? threshold * __longlong_as_double(static_cast<long long>(max_bits[q]))
                          : threshold;
-    const bool edge = m >= t && marr_hildreth_impl::ZeroCrossing(L[i * g.W + j], nb);
-    double v = 0.0;
-    if (edge) {
-      v = mode == static_cast<int>(EdgeMode::kMasked)   ? At(g, x, q, i, j)
-          : mode == static_cast<int>(EdgeMode::kBinary) ? 1.0
-                                                        : m;
-    }
+    const double v = mode == static_cast<int>(EdgeMode::kMasked)   ? At(g, x, q, i, j)
+                     : mode == static_cast<int>(EdgeMode::kBinary) ? 1.0
+                                                                   : m;
     const int64_t n = q / g.C, c = q % g.C;
-    out[((n * g.H + i) * g.W + j) * g.C + c] = static_cast<T>(v);
+    // NaN where the decision reads a non-finite value (the NaN policy, shared with the CPU).
+    out[((n * g.H + i) * g.W + j) * g.C + c] =
+        static_cast<T>(marr_hildreth_impl::EdgeOutput(m, t, L[i * g.W + j], nb, v));
   }
 }
 

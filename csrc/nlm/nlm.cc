@@ -66,4 +66,14 @@ Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radi
   return Status::OK();
 }
 
+template <typename T>
+Status CheckCosineNlmEpsFor(const CosineNlmParams& p) {
+  if (static_cast<T>(p.eps) > T(0)) return Status::OK();
+  return Status::InvalidArgument("cosine_nlm: eps = " + NumStr(p.eps) +
+                                 " underflows to 0 in x's dtype (float32); use a larger eps or "
+                                 "float64 x");
+}
+template Status CheckCosineNlmEpsFor<float>(const CosineNlmParams&);
+template Status CheckCosineNlmEpsFor<double>(const CosineNlmParams&);
+
 }  // namespace iapdcnn

@@ -44,6 +44,11 @@ Status ValidateCosineNlmArgs(int64_t patch_radius, int64_t search_radius, double
 Status ValidateCosineNlm(const std::vector<int64_t>& x_shape, int64_t patch_radius,
                          int64_t search_radius, double h, double eps, CosineNlmParams* p);
 
+// Whether eps survives the cast to x's dtype T (float or double): all-zero patches would give
+// 0 / 0 otherwise. Checked by the CPU and CUDA kernels, which know T.
+template <typename T>
+Status CheckCosineNlmEpsFor(const CosineNlmParams& p);
+
 // T is float or double. float images: float sums (|<P_a, P_b>| clamped to |P_a| |P_b|, all-zero
 // patches exact) and a vectorised 2^t (relative error ~2e-7); double: double sums and libm exp.
 // Results do not depend on the batch composition or the number of threads.

@@ -66,27 +66,9 @@ struct Scratch {
   std::vector<int64_t> cols;  // reflected source column offsets
 };
 
-// spec §1a's weight exp(-(1 - cos) / h) = exp((cos - 1) * scale), with scale = WeightScale(h):
-// float folds log2(e) into the scale and takes the vectorised 2^t; double calls libm's exp.
-IAPDCNN_ALWAYS_INLINE float WeightOf(float cos, float scale) {
-  return nlm_impl::FastExp2((cos - 1.0f) * scale);
-}
-// The exponent is floored at -700 (exp(-700) ~ 1e-304, a normal double), as FastExp2 floors
-// float weights at 2^-125: a window whose weights would all underflow to 0 (tiny h, or all-zero
-// patches with h < 1/745) averages its candidates instead of returning 0 / 0 = NaN. A NaN
-// exponent stays NaN (max(NaN, -700) is NaN as written).
-IAPDCNN_ALWAYS_INLINE double WeightOf(double cos, double scale) {
-  const double t = (cos - 1.0) * scale;
-  return std::exp(t < -700.0 ? -700.0 : t);
-}
-// 1 / h (times log2(e) for float), clamped to T's largest finite value: a subnormal h would
-// make it inf, and (cos - 1) * inf is NaN where cos == 1.
-template <typename T>
-T WeightScale(double h) {
-  const double s = sizeof(T) == sizeof(float) ? 1.4426950408889634 / h : 1.0 / h;
-  const double top = static_cast<double>(std::numeric_limits<T>::max());
-  return static_cast<T>(s < top ? s : top);
-}
+using nlm_impl::CosineOf;  // the weight's rules, shared with nlm_cuda.cu
+using nlm_impl::WeightOf;
+using nlm_impl::WeightScale;
 
 // One row of weights w(a, a + d) for n pixels a: the horizontal box of width 2r+1 over v (the
 // vertical sums, starting r columns left of the first a), then spec §1a's
@@ -108,11 +90,7 @@ IAPDCNN_ALWAYS_INLINE void WeightRow(const T* __restrict v, const T* __restrict 
     } else {
       dot = pre[j + 2 * r + 1] - pre[j];
     }
-    // Cauchy-Schwarz: exact arithmetic has |dot| <= |P_a| |P_b|; rounding must not break it.
-    const T q = na[j] * nb[j];
-    dot = dot < -q ? -q : (dot > q ? q : dot);  // not std::min: see IAPDCNN_NLM_HD
-    const T cos = dot / (q + eps);
-    w[j] = WeightOf(cos, scale);
+    w[j] = WeightOf(CosineOf(dot, na[j] * nb[j], eps), scale);
   }
 }
 
@@ -441,11 +419,7 @@ Status CosineNlmCpu(const CosineNlmParams& p, const T* x, T* out, const Parallel
   return GuardKernel("cosine_nlm", pf_in, [&](const ParallelFor& pf) -> Status {
     const int64_t H = p.height, W = p.width, C = p.channels;
     const int64_t planes = p.batch * C;
-    if (!(static_cast<T>(p.eps) > T(0))) {  // all-zero patches would give 0 / 0
-      return Status::InvalidArgument("cosine_nlm: eps = " + NumStr(p.eps) +
-                                     " underflows to 0 in x's dtype (float32); use a larger eps or "
-                                     "float64 x");
-    }
+    IAPDCNN_RETURN_IF_ERROR(CheckCosineNlmEpsFor<T>(p));
     if (planes == 0 || H == 0 || W == 0) return Status::OK();
     // Units: (plane, row strip). A batch gives one strip per plane; a few large planes are cut
     // into strips of >= kMinStripRows rows so every thread gets work (each strip recomputes the

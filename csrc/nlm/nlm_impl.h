@@ -1,8 +1,10 @@
 // Per-element math of the cosine NLM kernel (spec §1a), shared by the CPU and CUDA paths.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "common/host_device.h"
 
@@ -42,6 +44,40 @@ IAPDCNN_NLM_HD float FastExp2(float t) {
 
 // exp(x) = 2^(x log2 e), same accuracy as FastExp2 plus the rounding of the product.
 IAPDCNN_NLM_HD float FastExp(float x) { return FastExp2(x * 1.44269504088896341f); }
+
+// spec §1a's cos = <P_a, P_b> / (|P_a| |P_b| + eps), from dot = <P_a, P_b> and q = |P_a| |P_b|.
+// Cauchy-Schwarz: exact arithmetic has |dot| <= q; rounding must not break it (nor leave a
+// non-zero dot product on an all-zero patch). A NaN dot stays NaN.
+template <typename T>
+IAPDCNN_NLM_HD T CosineOf(T dot, T q, T eps) {
+  dot = dot < -q ? -q : (dot > q ? q : dot);  // not std::min: see IAPDCNN_NLM_HD
+  return dot / (q + eps);
+}
+
+// spec §1a's weight exp(-(1 - cos) / h) = exp((cos - 1) * scale), with scale = WeightScale(h):
+// float folds log2(e) into the scale and takes the vectorised 2^t (floored at 2^-125); double
+// takes libm's exp with the exponent floored at -700 (exp(-700) ~ 1e-304, a normal double). So
+// a window whose weights would all underflow to 0 (tiny h, or all-zero patches with h < 1/745)
+// averages its candidates instead of returning 0 / 0 = NaN (docs/nan_policy.md). A NaN exponent
+// stays NaN (the floor is not max(NaN, -700)).
+IAPDCNN_NLM_HD float WeightOf(float cos, float scale) { return FastExp2((cos - 1.0f) * scale); }
+IAPDCNN_NLM_HD double WeightOf(double cos, double scale) {
+  const double t = (cos - 1.0) * scale;
+#if defined(__CUDA_ARCH__)
+  return ::exp(t < -700.0 ? -700.0 : t);
+#else
+  return std::exp(t < -700.0 ? -700.0 : t);
+#endif
+}
+
+// 1 / h (times log2(e) for float), clamped to T's largest finite value: a subnormal h would
+// make it inf, and (cos - 1) * inf is NaN where cos == 1. Computed on the host, once per call.
+template <typename T>
+inline T WeightScale(double h) {
+  const double s = sizeof(T) == sizeof(float) ? 1.4426950408889634 / h : 1.0 / h;
+  const double top = static_cast<double>(std::numeric_limits<T>::max());
+  return static_cast<T>(s < top ? s : top);
+}
 
 }  // namespace nlm_impl
 }  // namespace iapdcnn

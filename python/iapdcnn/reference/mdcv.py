@@ -26,7 +26,8 @@ def mdcv_distances(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """``filters`` [kh, kw, cin, cout] -> (distances [cout], center [kh, kw, cin], l used).
 
-    ``shrinkage < 0`` estimates l by Ledoit-Wolf; ``l = 0`` uses the pseudo-inverse of S.
+    ``shrinkage < 0`` estimates l by Ledoit-Wolf; ``l = 0`` uses the pseudo-inverse of S (and so
+    does an l too small to make S_l numerically invertible).
     """
     w = np.asarray(filters, dtype=np.float64)
     if w.ndim != 4 or w.shape[3] < 2:
@@ -46,6 +47,10 @@ def mdcv_distances(
     if np.trace(s) == 0:
         return np.zeros(n), mu.reshape(w.shape[:3]), lam
     s_l = (1 - lam) * s + lam * np.trace(s) / d * np.eye(d)
-    s_inv = np.linalg.pinv(s_l, hermitian=True) if lam == 0 else np.linalg.inv(s_l)
+    # The pseudo-inverse: S_l^-1 itself when S_l is numerically invertible. When l's term is
+    # below S's round-off (a Ledoit-Wolf l of ~1e-17 where the exact value is 0), S_l is singular
+    # in float64 and inv fails; the pseudo-inverse keeps the data's directions, the limit that
+    # the kernel takes there too.
+    s_inv = np.linalg.pinv(s_l, hermitian=True)
     d2 = np.einsum("ij,jk,ik->i", xc, s_inv, xc)
     return np.sqrt(np.maximum(d2, 0.0)), mu.reshape(w.shape[:3]), lam
