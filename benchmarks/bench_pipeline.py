@@ -39,6 +39,7 @@ TRAIN = os.path.join(ROOT, "train.py")
 # name -> (trainer flags on top of the common ones, what it is). keras_fit is this file's worker.
 PRUNE = ["--prune", "0.5", "--prune-mode", "early"]  # the main job's cut: half the FLOPs
 PLAIN = ["--conv", "keras", "--reduction", "mean"]
+TFD = ["--engine", "tf_distribute"]
 RUNS: dict[str, tuple[list[str], str]] = {
     "keras_fit": ([], "plain Keras model.fit + Horovod DistributedOptimizer (Average)"),
     "baseline": (PLAIN, "iapdcnn loop, Conv2D, Average"),
@@ -61,13 +62,22 @@ RUNS: dict[str, tuple[list[str], str]] = {
         PLAIN + ["--fci-drop", "0.2"],
         "+ FCI data pruning: the 20% most prototypical training images of each class dropped",
     ),
+    "engine_tfd": (
+        PLAIN + TFD,
+        "+ tf.distribute's collectives (MultiWorkerMirroredStrategy, python -m iapdcnn.tfrun) "
+        "instead of Horovod's over Gloo: the same steps, another engine",
+    ),
     "pipeline": (
-        PLAIN + PRUNE,
-        "the main job's configuration: the stages that won here (pruning cut early); the same "
-        "flags as prune_early",
+        PLAIN + PRUNE + TFD,
+        "the main job's configuration: the stages that won here (pruning cut early) on the "
+        "engine that won (tf.distribute)",
+    ),
+    "pipeline_im2col": (
+        ["--conv", "im2col", "--reduction", "mean"] + PRUNE + TFD,
+        "candidate: the main job's configuration with the Im2col convolution",
     ),
     "pipeline_lsg": (
-        ["--conv", "keras", "--reduction", "lsg"] + PRUNE,
+        ["--conv", "keras", "--reduction", "lsg"] + PRUNE + TFD,
         "the main job's configuration with LSG instead of Average (for a job that needs it)",
     ),
     # candidates tried for the main job (one seed unless said otherwise); not in the default --runs
@@ -80,13 +90,26 @@ RUNS: dict[str, tuple[list[str], str]] = {
         ["--conv", "im2col", "--reduction", "mean", "--prune", "0.3", "--prune-mode", "early"],
         "candidate: a 30% cut + Im2col convolution",
     ),
+    "prune_r16": (
+        PLAIN + ["--prune", "0.4", "--prune-mode", "early", "--prune-round-to", "16"],
+        "candidate: a 40% cut in multiples of 16 channels (AVX-512's 16 floats)",
+    ),
+    "prune_at05": (
+        PLAIN + PRUNE + ["--prune-at", "0.05"],
+        "candidate: the main job's cut made after 5% of the steps instead of 10%",
+    ),
+    "prune_fci10": (
+        PLAIN + PRUNE + ["--fci-drop", "0.1"],
+        "candidate: the main job's cut + FCI data pruning (10%)",
+    ),
     "pipeline_im2col_lsg": (
         ["--conv", "im2col", "--reduction", "lsg", "--prune", "0.3", "--prune-mode", "early"],
         "the earlier main job: im2col + LSG (two rounds) + a 30% cut",
     ),
 }
-CANDIDATES = ("pipeline_lsg", "prune_30", "prune_fci", "prune_im2col", "pipeline_im2col_lsg")
+CANDIDATES = ("pipeline_im2col", "pipeline_lsg", "prune_r16", "prune_at05", "prune_fci10", "prune_30", "prune_fci", "prune_im2col", "pipeline_im2col_lsg")
 STAGES = (
+    "engine_tfd",
     "im2col",
     "lsg",
     "prune_early",
@@ -100,6 +123,14 @@ STAGES = (
 def _hvd_cmd(np_: int) -> list[str]:
     exe = os.path.join(os.path.dirname(sys.executable), "horovodrun")
     return [exe, "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", sys.executable]
+
+
+def _launch_cmd(np_: int, args: list[str]) -> list[str]:
+    """``horovodrun -np N`` for the Horovod engine; the tf.distribute engine's own launcher
+    (``python -m iapdcnn.tfrun -np N``) for a run with ``--engine tf_distribute``."""
+    if "tf_distribute" in args:
+        return [sys.executable, "-m", "iapdcnn.tfrun", "-np", str(np_), sys.executable]
+    return _hvd_cmd(np_)
 
 
 def _env() -> dict[str, str]:
@@ -226,7 +257,7 @@ def worker_fit(a) -> None:
 
 
 def run_one(name: str, a, seed: int, out: str) -> dict:
-    """One run under horovodrun -np 2; returns its report (time to accuracy from its evals)."""
+    """One run of ``a.np`` ranks (``_launch_cmd``); returns its report (time to accuracy from its evals)."""
     if name == "keras_fit":
         args = [__file__, "--worker", "fit", "--seed", str(seed), "--width", str(a.width)]
         args += ["--epochs", str(a.epochs), "--batch", str(a.batch), "--threads", str(a.threads)]
@@ -238,7 +269,7 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
             shutil.rmtree(os.path.join(out, "cache"), ignore_errors=True)
             args += ["--features-cache", os.path.join(out, "cache")]
     p = subprocess.run(
-        _hvd_cmd(a.np) + args, capture_output=True, text=True, timeout=a.timeout, env=_env()
+        _launch_cmd(a.np, args) + args, capture_output=True, text=True, timeout=a.timeout, env=_env()
     )
     if p.returncode != 0:
         raise RuntimeError(f"{name} seed {seed} failed:\n{(p.stdout + p.stderr)[-4000:]}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's first command: set everything up, then train on the real Fashion-MNIST under
-# `horovodrun -np 2` (Gloo) with the IA-PDCNNOA stages in the form that measured best each
+# The README's first command: set everything up, then train on the real Fashion-MNIST with 2
+# local workers (tf.distribute's collectives by default, `horovodrun -np 2` with Gloo under
+# IAPDCNN_ENGINE=horovod) and the IA-PDCNNOA stages in the form that measured best each
 # (benchmarks/bench_pipeline.py; README "What each stage is worth" says what each costs and saves).
 # Prints one line per epoch, what each stage did, the training seconds to 0.88/0.90/0.91 test
 # accuracy and the final accuracy; writes runs/main/report.json, metrics.json, curves.png and
@@ -13,11 +14,19 @@ export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # this is set before it loads. horovodrun passes it on to the ranks.
 export TF_USE_LEGACY_KERAS=1
 NP="${IAPDCNN_NP:-2}"
+# The engine: tf_distribute (TensorFlow's own collectives, started by iapdcnn.tfrun) measured
+# faster than Horovod over Gloo on this kind of machine (docs/time_to_accuracy.md);
+# IAPDCNN_ENGINE=horovod runs the same job under horovodrun.
+ENGINE="${IAPDCNN_ENGINE:-tf_distribute}"
 cd "$ROOT"
-"$ROOT/.venv/bin/horovodrun" -np "$NP" -H "localhost:$NP" --gloo \
-  "$ROOT/.venv/bin/python" "$ROOT/train.py" --dataset fashion_mnist --conv keras \
-  --prune 0.5 --prune-mode early --reduction mean --lr-schedule cosine --epochs 8 \
-  --eval-every 100 --out runs/main "$@"
+case "$ENGINE" in
+  horovod) LAUNCH=("$ROOT/.venv/bin/horovodrun" -np "$NP" -H "localhost:$NP" --gloo) ;;
+  tf_distribute) LAUNCH=("$ROOT/.venv/bin/python" -m iapdcnn.tfrun -np "$NP") ;;
+  *) echo "main_job.sh: IAPDCNN_ENGINE must be horovod or tf_distribute, got '$ENGINE'" >&2; exit 2 ;;
+esac
+"${LAUNCH[@]}" "$ROOT/.venv/bin/python" "$ROOT/train.py" --engine "$ENGINE" \
+  --dataset fashion_mnist --conv keras --prune 0.5 --prune-mode early --reduction mean \
+  --lr-schedule cosine --epochs 8 --eval-every 100 --out runs/main "$@"
 # Beside this run: the plain baseline's time to accuracy as bench_pipeline.py measured it (3 seeds,
 # saved in benchmarks/results/), since a run alone cannot show what it saves.
 OUT=runs/main
