@@ -60,7 +60,8 @@ ERRORS = (PreprocessError, data.DataError)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The job's command-line arguments (shared by ``iapdcnn preprocess`` and ``-m``)."""
-    from ._defaults import COSINE_NLM, MARR_HILDRETH
+    from ._defaults import COSINE_NLM, FCI_FILTER, MARR_HILDRETH, MARR_HILDRETH_MODES
+    from .layers.fci_filter import MODES as FCI_MODES
 
     p.add_argument("--dataset", default="fashion_mnist", help="iapdcnn.data name, or 'synthetic'")
     p.add_argument("--split", default="train")
@@ -76,11 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=MARR_HILDRETH["threshold"])
     p.add_argument("--absolute", action="store_true", help="threshold is absolute, not relative")
     p.add_argument(
-        "--edge-mode", default=MARR_HILDRETH["mode"], choices=("masked", "binary", "magnitude")
+        "--edge-mode", default=MARR_HILDRETH["mode"], choices=MARR_HILDRETH_MODES
     )
-    p.add_argument("--block-size", type=int, default=4)
+    p.add_argument("--block-size", type=int, default=FCI_FILTER["block_size"])
     p.add_argument("--epsilon", type=float, default=0.1)
-    p.add_argument("--fci-mode", default="prototype", choices=("prototype", "pairwise"))
+    p.add_argument("--fci-mode", default=FCI_MODES[0], choices=FCI_MODES)
     p.add_argument("--min-keep", type=float, default=0.0, help="drop images keeping less")
     p.add_argument("--preview", default=None, help="write a PNG: original/denoised/edges/kept")
     p.add_argument("--preview-count", type=int, default=4)

@@ -16,7 +16,7 @@ from .._args import as_float, as_int
 from .._defaults import FCI_FILTER
 from .._keras import keras
 
-_MODES = ("prototype", "pairwise")
+MODES = ("prototype", "pairwise")  # the first is the default
 Reducer = Callable[[np.ndarray, str], np.ndarray]
 
 
@@ -87,8 +87,8 @@ class FCIFilter(keras.layers.Layer):
             num_classes = as_int("FCIFilter", "num_classes", num_classes)
         if int(block_size) < 1:
             raise ValueError(f"FCIFilter: block_size must be >= 1, got {block_size}")
-        if mode not in _MODES:
-            raise ValueError(f"FCIFilter: mode must be one of {_MODES}, got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"FCIFilter: mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= float(min_keep) <= 1.0:
             raise ValueError(f"FCIFilter: min_keep must be in [0, 1], got {min_keep}")
         if num_classes is not None and int(num_classes) < 1:
