@@ -107,7 +107,17 @@ RUNS: dict[str, tuple[list[str], str]] = {
         "the earlier main job: im2col + LSG (two rounds) + a 30% cut",
     ),
 }
-CANDIDATES = ("pipeline_im2col", "pipeline_lsg", "prune_r16", "prune_at05", "prune_fci10", "prune_30", "prune_fci", "prune_im2col", "pipeline_im2col_lsg")
+CANDIDATES = (
+    "pipeline_im2col",
+    "pipeline_lsg",
+    "prune_r16",
+    "prune_at05",
+    "prune_fci10",
+    "prune_30",
+    "prune_fci",
+    "prune_im2col",
+    "pipeline_im2col_lsg",
+)
 STAGES = (
     "engine_tfd",
     "im2col",
@@ -269,7 +279,11 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
             shutil.rmtree(os.path.join(out, "cache"), ignore_errors=True)
             args += ["--features-cache", os.path.join(out, "cache")]
     p = subprocess.run(
-        _launch_cmd(a.np, args) + args, capture_output=True, text=True, timeout=a.timeout, env=_env()
+        _launch_cmd(a.np, args) + args,
+        capture_output=True,
+        text=True,
+        timeout=a.timeout,
+        env=_env(),
     )
     if p.returncode != 0:
         raise RuntimeError(f"{name} seed {seed} failed:\n{(p.stdout + p.stderr)[-4000:]}")

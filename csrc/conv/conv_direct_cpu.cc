@@ -65,8 +65,8 @@ __attribute__((target("avx512f"))) void Tile(const float* const* x, const int64_
     for (int v = 0; v < V - 1; ++v) {
       c[j][v] = acc ? _mm512_loadu_ps(out + j * ldo + 16 * v) : _mm512_setzero_ps();
     }
-    c[j][V - 1] = acc ? _mm512_maskz_loadu_ps(tail, out + j * ldo + 16 * (V - 1))
-                      : _mm512_setzero_ps();
+    c[j][V - 1] =
+        acc ? _mm512_maskz_loadu_ps(tail, out + j * ldo + 16 * (V - 1)) : _mm512_setzero_ps();
   }
   for (int64_t s = 0; s < nseg; ++s) {
     const float* xs[R];
@@ -228,8 +228,8 @@ bool Supported(const Im2colConv2DParams& p) {
   // IAPDCNN_CONV_MICROKERNEL=0 selects the Eigen path instead (bench_conv.py compares the two).
   const char* env = std::getenv("IAPDCNN_CONV_MICROKERNEL");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  if (!(cpu && !p.nchw && p.groups == 1 && p.batch > 0 && p.out_h > 0 &&
-        p.out_w > 0 && p.in_c > 0)) {
+  if (!(cpu && !p.nchw && p.groups == 1 && p.batch > 0 && p.out_h > 0 && p.out_w > 0 &&
+        p.in_c > 0)) {
     return false;
   }
   // The padded copy holds every input row and column between an output row's first and last

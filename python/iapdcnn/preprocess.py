@@ -76,9 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--laplacian", type=int, default=MARR_HILDRETH["laplacian"], choices=(4, 8))
     p.add_argument("--threshold", type=float, default=MARR_HILDRETH["threshold"])
     p.add_argument("--absolute", action="store_true", help="threshold is absolute, not relative")
-    p.add_argument(
-        "--edge-mode", default=MARR_HILDRETH["mode"], choices=MARR_HILDRETH_MODES
-    )
+    p.add_argument("--edge-mode", default=MARR_HILDRETH["mode"], choices=MARR_HILDRETH_MODES)
     p.add_argument("--block-size", type=int, default=FCI_FILTER["block_size"])
     p.add_argument("--epsilon", type=float, default=0.1)
     p.add_argument("--fci-mode", default=FCI_MODES[0], choices=FCI_MODES)
