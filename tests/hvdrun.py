@@ -33,29 +33,40 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 
 
-def run_hvd(
-    np: int, args: list[str], timeout: float = 300, check: bool = True, cwd: str | None = None
+def run_launcher(
+    label: str,
+    cmd: list[str],
+    timeout: float,
+    check: bool = True,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Runs ``python *args`` on ``np`` local ranks and returns the finished process. A timeout
-    fails the calling test with the output so far; so does a non-zero exit when ``check``."""
-    cmd = [horovodrun_path(), "-np", str(np), "-H", f"localhost:{np}", "--gloo", sys.executable]
-    cmd += args
+    """Runs a launcher command (``horovodrun``, ``iapdcnn.tfrun``) and returns the finished
+    process. A timeout fails the calling test with the output so far; so does a non-zero exit
+    when ``check``. ``label`` names the launcher in those messages."""
     try:
         p = subprocess.run(
             cmd,
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=child_env(),
+            env=env or child_env(),
             cwd=cwd or ROOT,
             start_new_session=True,
         )
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
-        pytest.fail(f"horovodrun timed out after {timeout}s: {' '.join(cmd)}\n{out[-4000:]}")
+        pytest.fail(f"{label} timed out after {timeout}s: {' '.join(cmd)}\n{out[-4000:]}")
     if check and p.returncode != 0:
         pytest.fail(
-            f"horovodrun exited {p.returncode}: {' '.join(cmd)}\n"
-            f"{(p.stdout + p.stderr)[-6000:]}"
+            f"{label} exited {p.returncode}: {' '.join(cmd)}\n{(p.stdout + p.stderr)[-6000:]}"
         )
     return p
+
+
+def run_hvd(
+    np: int, args: list[str], timeout: float = 300, check: bool = True, cwd: str | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``python *args`` on ``np`` local ranks under horovodrun (``run_launcher``)."""
+    cmd = [horovodrun_path(), "-np", str(np), "-H", f"localhost:{np}", "--gloo", sys.executable]
+    return run_launcher("horovodrun", cmd + args, timeout, check, cwd)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from hvdrun import ROOT, child_env, run_hvd
+from hvdrun import ROOT, child_env, run_hvd, run_launcher
 
 TRAIN = os.path.join(ROOT, "train.py")
 WORKER = os.path.join(ROOT, "tests", "distributed", "engine_lsg_worker.py")
@@ -26,24 +26,7 @@ def run_tf(n: int, args: list[str], timeout: float = 240, check: bool = True, en
     ``check``, a failure fails the test with the output."""
     cmd = [sys.executable, "-m", "iapdcnn.tfrun", "-np", str(n), "--timeout", str(timeout - 15)]
     cmd += [sys.executable, *args]
-    try:
-        p = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env or child_env(),
-            cwd=ROOT,
-            start_new_session=True,
-        )
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
-        pytest.fail(f"tfrun timed out after {timeout}s: {' '.join(cmd)}\n{out[-4000:]}")
-    if check and p.returncode != 0:
-        pytest.fail(
-            f"tfrun exited {p.returncode}: {' '.join(cmd)}\n{(p.stdout + p.stderr)[-6000:]}"
-        )
-    return p
+    return run_launcher("tfrun", cmd, timeout, check, env=env)
 
 
 # ----------------------------------------------------------------------------- options
