@@ -195,6 +195,32 @@ def test_faulty_worker_is_rejected_on_tf_distribute(lsg_runs):
             assert np.allclose(case["out"], np.delete(inputs, bad, 0).mean(0), atol=1e-6), key
 
 
+def test_eager_collectives_are_right_and_trace_once(tmp_path):
+    """Between steps the trainer calls the collectives eagerly (BatchNorm statistics,
+    evaluation sums, checkpoints); TensorFlow would run each eager all-gather as a new function
+    and warn of retracing. The engine keeps one function per kind, so 8 rounds of every
+    collective give the right values, uneven gathers and mixed dtypes included, and no
+    warning."""
+    p = run_tf(2, [os.path.join(ROOT, "tests", "distributed", "tfd_collectives_worker.py")])
+    assert "retracing" not in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
+    res = sorted(
+        (json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")),
+        key=lambda d: d["rank"],
+    )
+    assert [d["rank"] for d in res] == [0, 1], p.stdout[-3000:]
+    for d in res:
+        for i, c in enumerate(d["calls"]):
+            assert c["gathered"] == [[float(i)] * 3] + [[float(1 + i)] * 3] * 2
+            assert c["summed"] == [[[3.0, 3.0], [3.0, 3.0]], 7]
+            assert c["dtypes"] == ["float32", "int32"]
+            assert c["max"] == [1.0, 0.0] and c["mean"] == [0.5]
+            assert c["objs"] == [
+                {"rank": 0, "i": i, "pad": ""},
+                {"rank": 1, "i": i, "pad": "x" * 7},
+            ]
+            assert c["root"] == {"from": 1}
+
+
 # ----------------------------------------------------------------------------- train.py
 
 

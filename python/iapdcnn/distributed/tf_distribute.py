@@ -9,6 +9,7 @@ local workers."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -86,6 +87,7 @@ class StrategyCollectives:
                 "device (CUDA_VISIBLE_DEVICES)"
             )
         self.strategy, self._device = strategy, devices[0]
+        self._compiled: dict[tuple, Any] = {}  # (kind, structure, dtypes and ranks) -> function
         workers, index = cluster_from_env(env)
         self._rank = index  # MWMS numbers its replicas by task index, as TF_CONFIG lists them
         self._size = int(strategy.num_replicas_in_sync)
@@ -113,15 +115,40 @@ class StrategyCollectives:
     def name(self) -> str:
         return type(self.strategy).__name__
 
-    def _run(self, fn: Any, value: Any) -> Any:
-        """``fn(value)`` in the replica context of this process's one replica."""
+    def _replica(self, kind: str, value: Any) -> Any:
+        """The collective ``kind`` (``gather`` on axis 0, ``sum``, ``average``) of ``value`` in
+        the replica context of this process's one replica."""
 
         def replica(v):
             with tf.device(self._device):  # graph tensors may carry no device; collectives need one
                 v = tf.nest.map_structure(tf.identity, v)
-            return fn(tf.distribute.get_replica_context(), v)
+            ctx = tf.distribute.get_replica_context()
+            if kind == "gather":
+                return ctx.all_gather(v, axis=0)
+            op = tf.distribute.ReduceOp.SUM if kind == self.Sum else tf.distribute.ReduceOp.MEAN
+            return ctx.all_reduce(op, v)
 
         return self.strategy.run(replica, args=(value,))
+
+    def _run(self, kind: str, value: Any) -> Any:
+        """``_replica(kind, value)``; called eagerly, it runs in a ``tf.function`` kept per kind,
+        dtypes and ranks (shapes left open), since TensorFlow runs an eager collective as a new
+        function each time (a retrace per call). Each worker traces the same functions in the
+        same order as long as the workers call the same collectives, so their keys agree."""
+        if not tf.executing_eagerly():
+            return self._replica(kind, value)
+        value = tf.nest.map_structure(tf.convert_to_tensor, value)
+        key = (kind, repr(tf.nest.map_structure(lambda t: (t.dtype.name, t.shape.rank), value)))
+        fn = self._compiled.get(key)
+        if fn is None:
+            spec = tf.nest.map_structure(
+                lambda t: tf.TensorSpec([None] * t.shape.rank, t.dtype), value
+            )
+            # a partial, not a lambda: TensorFlow counts the traces of all functions made from
+            # one code object together, and would call these one function retracing
+            fn = tf.function(functools.partial(self._replica, kind), input_signature=[spec])
+            self._compiled[key] = fn
+        return fn(value)
 
     @staticmethod
     def _no_process_set(process_set: Any) -> None:
@@ -145,8 +172,14 @@ class StrategyCollectives:
         tensors = [tf.convert_to_tensor(t) for t in tensors]
         if op == self.Max:
             return [tf.reduce_max(self.allgather(t[None]), axis=0) for t in tensors]
-        red = tf.distribute.ReduceOp.SUM if op == self.Sum else tf.distribute.ReduceOp.MEAN
-        return list(self._run(lambda ctx, v: ctx.all_reduce(red, v), tensors))
+        out: list = [None] * len(tensors)
+        by_dtype: dict[tf.DType, list[int]] = {}  # one collective per dtype: TF packs a batch
+        for i, t in enumerate(tensors):
+            by_dtype.setdefault(t.dtype, []).append(i)
+        for idx in by_dtype.values():
+            for i, r in zip(idx, self._run(op, [tensors[i] for i in idx]), strict=True):
+                out[i] = r
+        return out
 
     def allreduce(
         self, tensor: Any, op: Any = None, name: str | None = None, process_set: Any = None
@@ -159,7 +192,7 @@ class StrategyCollectives:
         """Every worker's ``tensor`` concatenated along axis 0, in rank order."""
         self._no_process_set(process_set)
         tensor = tf.convert_to_tensor(tensor)
-        return self._run(lambda ctx, v: ctx.all_gather(v, axis=0), tensor)
+        return self._run("gather", tensor)
 
     def broadcast_variables(self, variables: list, root_rank: int = 0) -> None:
         """Every variable set to ``root_rank``'s value: one gather per dtype."""
