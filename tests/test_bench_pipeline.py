@@ -49,7 +49,10 @@ def test_compare_puts_the_run_beside_the_benchmark(tmp_path, capsys):
     report = {"time_to_accuracy": {"0.90": 70.0, "0.91": None}, "test_accuracy": 0.9212}
     bench = {
         "seeds": [0, 1, 2],
-        "runs": {"baseline": {"final_acc": 0.923, "s_to_0.90": 75.0, "s_to_0.90_sd": 2.5}},
+        "runs": {
+            "baseline": {"final_acc": 0.923, "s_to_0.90": 75.0, "s_to_0.90_sd": 2.5},
+            "slow": {"final_acc": 0.899, "s_to_0.90": None, "reached_0.90": "1/3"},
+        },
         "ratio_to_0.90": 1.05,
     }
     out = compare.lines(report, bench)
@@ -58,7 +61,11 @@ def test_compare_puts_the_run_beside_the_benchmark(tmp_path, capsys):
         "bench_pipeline baseline (mean of 3 seeds): 0.90 after 75.0 s (sd 2.5); final 0.9230 "
         "(sd 0.0000)"
     )
-    assert "1.05x the baseline's time to 0.90" in out[2]
+    assert out[2] == (
+        "bench_pipeline slow (mean of 3 seeds): 0.90 not reached by every seed (1/3); final 0.8990 "
+        "(sd 0.0000)"
+    )
+    assert "1.05x the baseline's time to 0.90" in out[3]
     (tmp_path / "r.json").write_text(json.dumps(report))
     assert compare.main([str(tmp_path / "r.json"), str(tmp_path / "missing.json")]) == 1
     assert "cannot read" in capsys.readouterr().err

@@ -21,8 +21,10 @@ def lines(report: dict, bench: dict) -> list[str]:
     for name, r in runs.items():
         times = ", ".join(
             f"{k[5:]} after {r[k]:.1f} s (sd {r.get(k + '_sd', 0):.1f})"
+            if r[k] is not None
+            else f"{k[5:]} not reached by every seed ({r.get('reached_' + k[5:], '?')})"
             for k in sorted(r)
-            if k.startswith("s_to_") and not k.endswith("_sd") and r[k] is not None
+            if k.startswith("s_to_") and not k.endswith("_sd")
         )
         out.append(
             f"bench_pipeline {name} (mean of {seeds} seeds): {times}; final "
