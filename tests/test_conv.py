@@ -460,11 +460,25 @@ BAD = [
         "groups (2)",
     ),
     (
-        "zero groups",
+        "negative groups",
         np.zeros((1, 5, 5, 4)),
         np.zeros((3, 3, 2, 4)),
-        {"groups": 0},
-        "groups must be",
+        {"groups": -1},
+        "groups must be >= 1 (or 0: inferred from the shapes), got -1",
+    ),
+    (
+        "groups not inferable",
+        np.zeros((1, 5, 5, 5)),
+        np.zeros((3, 3, 2, 4)),
+        {},
+        "input channels (5) must be a multiple of filters' in_channels",
+    ),
+    (
+        "data_format",
+        np.zeros((1, 5, 5, 2)),
+        np.zeros((3, 3, 2, 2)),
+        {"data_format": "nhwc"},
+        "data_format must be 'NHWC' or 'NCHW', got 'nhwc'",
     ),
     (
         "stride with dilation",
@@ -506,7 +520,6 @@ def test_bad_input_is_a_clear_error(case, impl):
         with pytest.raises(tf.errors.InvalidArgumentError, match="im2col_conv2d: .*") as e:
             ops.im2col_conv2d(x, f, **kwargs)
     else:
-        kwargs.setdefault("groups", 1)
         with pytest.raises(ValueError) as e:
             _C.im2col_conv2d(x, f, **kwargs)
     assert needle in str(e.value)
@@ -521,6 +534,38 @@ def test_bad_input_in_graph_mode_is_caught_by_the_shape_function():
 
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="groups"):
         fn()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None])])
+    def unknown(x):  # nothing known but the attributes: data_format is still checked
+        return ops.im2col_conv2d(x, tf.zeros([3, 3, 2, 2]), 1, "SAME", data_format="CHWN")
+
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="data_format must be"):
+        unknown.get_concrete_function()
+
+
+def test_groups_are_inferred_from_the_shapes_by_default(rng):
+    # as tf.nn.conv2d: input channels / filters' in_channels, in the op, _C and the gradients
+    x = rng.normal(size=(2, 6, 6, 6))
+    f = rng.normal(size=(3, 3, 2, 9))
+    want = reference.im2col_conv2d(x, f, 1, "SAME", "NHWC", 1, 3)
+    _assert_close(_C.im2col_conv2d(x, f, 1, "SAME"), want, "float64")
+    xt, ft = tf.constant(x), tf.constant(f)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, ft])
+        y = ops.im2col_conv2d(xt, ft, 1, "SAME")
+    _assert_close(y.numpy(), want, "float64")
+    dy = np.ones(want.shape)
+    dx, df = tape.gradient(y, [xt, ft], output_gradients=tf.constant(dy))
+    _assert_close(
+        dx.numpy(),
+        reference.im2col_conv2d_backprop_input(x.shape, f, dy, 1, "SAME", "NHWC", 1, 3),
+        "float64",
+    )
+    _assert_close(
+        df.numpy(),
+        reference.im2col_conv2d_backprop_filter(x, f.shape, dy, 1, "SAME", "NHWC", 1, 3),
+        "float64",
+    )
 
 
 def test_bad_gradient_shapes_name_the_argument():

@@ -2,6 +2,8 @@
 // its two gradient ops, with tf.nn.conv2d's attributes (strides / dilations of 1, 2 or 4 values
 // in data_format order, padding SAME / VALID / EXPLICIT in any case + explicit_paddings) plus
 // groups. conv.cc checks them all.
+#include <algorithm>
+
 #include "conv/conv.h"
 #include "tf_adapter.h"
 #if GOOGLE_CUDA
@@ -21,7 +23,7 @@ using ConvDefaults = Im2colConv2DDefaults;
       .Attr(AttrList("strides", ConvDefaults::strides, 4))                        \
       .Attr(AttrSpec("padding: string", ConvDefaults::padding))                   \
       .Attr("explicit_paddings: list(int) = []")                                  \
-      .Attr(AttrSpec("data_format: {'NHWC', 'NCHW'}", ConvDefaults::data_format)) \
+      .Attr(AttrSpec("data_format: string", ConvDefaults::data_format)       ) \
       .Attr(AttrList("dilations", ConvDefaults::dilations, 4))                    \
       .Attr(AttrSpec("groups: int", ConvDefaults::groups))
 
@@ -55,6 +57,7 @@ struct ConvAttrs {
                                   si::ShapeHandle* out) {
   ConvAttrs a;
   TF_RETURN_IF_ERROR(a.Read(c));
+  TF_RETURN_IF_ERROR(ToTf(ValidateConvDataFormat(a.data_format)));
   TF_RETURN_IF_ERROR(c->WithRank(in, 4, &in));
   TF_RETURN_IF_ERROR(c->WithRank(f, 4, &f));
   const bool nchw = a.data_format == "NCHW";
@@ -66,7 +69,8 @@ struct ConvAttrs {
     fs[i] = c->Value(c->Dim(f, i));
     if (fs[i] < 0 || (i != 0 && i != ci && ins[i] < 0)) known = false;
   }
-  if (ins[ci] < 0 && fs[2] > 0) ins[ci] = fs[2] * a.groups;  // validated again at run time
+  // channels unknown: any multiple of fs[2] gives the same spatial output (checked at run time)
+  if (ins[ci] < 0 && fs[2] > 0) ins[ci] = fs[2] * std::max<int64_t>(a.groups, 1);
   si::DimensionHandle oh = c->UnknownDim(), ow = c->UnknownDim();
   if (known) {
     Im2colConv2DParams p;

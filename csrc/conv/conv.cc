@@ -60,16 +60,21 @@ Status SpatialPair(const char* name, const std::vector<int64_t>& v, bool nchw, i
 }
 }  // namespace
 
+Status ValidateConvDataFormat(const std::string& data_format) {
+  if (data_format != "NHWC" && data_format != "NCHW") {
+    return Status::InvalidArgument("im2col_conv2d: data_format must be 'NHWC' or 'NCHW', got '" +
+                                   data_format + "'");
+  }
+  return Status::OK();
+}
+
 Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
                             const std::vector<int64_t>& filter_shape,
                             const std::vector<int64_t>& strides, const std::string& padding,
                             const std::vector<int64_t>& explicit_paddings,
                             const std::string& data_format, const std::vector<int64_t>& dilations,
                             int64_t groups, Im2colConv2DParams* p) {
-  if (data_format != "NHWC" && data_format != "NCHW") {
-    return Status::InvalidArgument("im2col_conv2d: data_format must be 'NHWC' or 'NCHW', got '" +
-                                   data_format + "'");
-  }
+  IAPDCNN_RETURN_IF_ERROR(ValidateConvDataFormat(data_format));
   const bool nchw = data_format == "NCHW";
   p->nchw = nchw;
   if (input_shape.size() != 4) {
@@ -96,9 +101,19 @@ Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
     return Status::InvalidArgument("im2col_conv2d: every dimension of filters must be >= 1, got " +
                                    ShapeStr(filter_shape));
   }
+  if (groups == 0) {  // inferred, as tf.nn.conv2d: input channels / filters' in_channels
+    if (p->in_c < filter_shape[2] || p->in_c % filter_shape[2] != 0) {
+      return Status::InvalidArgument(
+          "im2col_conv2d: input channels (" + std::to_string(p->in_c) +
+          ") must be a multiple of filters' in_channels (dimension 2 of filters " +
+          ShapeStr(filter_shape) + "), the groups being inferred (groups=0)");
+    }
+    groups = p->in_c / filter_shape[2];
+  }
   if (groups < 1) {
-    return Status::InvalidArgument("im2col_conv2d: groups must be >= 1, got " +
-                                   std::to_string(groups));
+    return Status::InvalidArgument(
+        "im2col_conv2d: groups must be >= 1 (or 0: inferred from the shapes), got " +
+        std::to_string(groups));
   }
   p->groups = groups;
   if (p->in_c != filter_shape[2] * groups) {

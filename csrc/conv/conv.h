@@ -22,7 +22,8 @@ struct Im2colConv2DDefaults {
   static constexpr const char* padding = "VALID";
   static constexpr const char* data_format = "NHWC";
   static constexpr int64_t dilations = 1;
-  static constexpr int64_t groups = 1;
+  // 0: inferred from the shapes (input channels / filters' in_channels), as tf.nn.conv2d does
+  static constexpr int64_t groups = 0;
 };
 
 // Everything the kernels need, filled by ValidateIm2colConv2D. Field order follows the public
@@ -45,12 +46,16 @@ struct Im2colConv2DParams {
   std::vector<int64_t> OutputShape() const;
 };
 
+// data_format: "NHWC" or "NCHW" (the shape function checks it before the shapes are known).
+Status ValidateConvDataFormat(const std::string& data_format);
+
 // Checks every argument against tf.nn.conv2d's rules and fills p. Messages name the argument.
 //   strides, dilations: 1, 2 or 4 values (4 values in data_format order, batch/channel == 1).
 //   padding: "SAME", "VALID" or "EXPLICIT", in any case; explicit_paddings: 8 values (pairs in
 //     data_format order, batch/channel pairs 0) or 4 values (top, bottom, left, right); empty
 //     otherwise.
-//   data_format: "NHWC" or "NCHW".  groups >= 1, dividing in_c and out_c.
+//   data_format: "NHWC" or "NCHW".  groups >= 1, dividing in_c and out_c; 0 infers it as
+//     in_c / filters' in_channels (tf.nn.conv2d's rule), and p->groups holds the value used.
 Status ValidateIm2colConv2D(const std::vector<int64_t>& input_shape,
                             const std::vector<int64_t>& filter_shape,
                             const std::vector<int64_t>& strides, const std::string& padding,

@@ -20,7 +20,7 @@ def im2col_conv2d(
     padding: Padding = _D["padding"],
     data_format: str = _D["data_format"],
     dilations: IntOrSeq = _D["dilations"],
-    groups: int | None = None,
+    groups: int | None = _D["groups"],
     name: str | None = None,
 ) -> tf.Tensor:
     """2-D convolution as im2col + GEMM, a drop-in for ``tf.nn.conv2d``.
@@ -38,7 +38,8 @@ def im2col_conv2d(
       data_format: ``"NHWC"`` or ``"NCHW"``.
       dilations: like strides. Dilations > 1 together with strides > 1 are rejected, as in
         tf.nn.conv2d.
-      groups: channel groups; ``None`` infers ``C / filters.shape[2]`` (tf.nn.conv2d's rule).
+      groups: channel groups; 0 (the default) or ``None`` infers ``C / filters.shape[2]``
+        (tf.nn.conv2d's rule).
       name: optional op name.
 
     Returns:
@@ -54,17 +55,6 @@ def im2col_conv2d(
             f"got {input.dtype.name}"
         )
     filters = tf.convert_to_tensor(filters, dtype=input.dtype, name="filters")
-    if data_format not in ("NHWC", "NCHW"):
-        raise ValueError(
-            f"im2col_conv2d: data_format must be 'NHWC' or 'NCHW', got {data_format!r}"
-        )
-    if groups is None:
-        groups = _D["groups"]
-        if input.shape.rank == 4 and filters.shape.rank == 4:
-            c = input.shape[1 if data_format == "NCHW" else 3]
-            fc = filters.shape[2]
-            if c is not None and fc:
-                groups = max(1, c // fc)  # a mismatch is reported by the op
     pad, explicit = op_padding(padding)
     return load_ops().iapdcnn_im2col_conv2d(
         input=input,
@@ -74,7 +64,7 @@ def im2col_conv2d(
         explicit_paddings=explicit,
         data_format=data_format,
         dilations=int_list("dilations", dilations),
-        groups=as_int("im2col_conv2d", "groups", groups),
+        groups=_D["groups"] if groups is None else as_int("im2col_conv2d", "groups", groups),
         name=name,
     )
 
