@@ -18,13 +18,13 @@ namespace si = ::tensorflow::shape_inference;
 
 // padding is a plain string: ValidateIm2colConv2D says which (in any case) are valid.
 using ConvDefaults = Im2colConv2DDefaults;
-#define IAPDCNN_CONV_ATTRS                                                        \
-  Attr("T: {half, bfloat16, float, double}")                                      \
-      .Attr(AttrList("strides", ConvDefaults::strides, 4))                        \
-      .Attr(AttrSpec("padding: string", ConvDefaults::padding))                   \
-      .Attr("explicit_paddings: list(int) = []")                                  \
-      .Attr(AttrSpec("data_format: string", ConvDefaults::data_format)       ) \
-      .Attr(AttrList("dilations", ConvDefaults::dilations, 4))                    \
+#define IAPDCNN_CONV_ATTRS                                              \
+  Attr("T: {half, bfloat16, float, double}")                            \
+      .Attr(AttrList("strides", ConvDefaults::strides, 4))              \
+      .Attr(AttrSpec("padding: string", ConvDefaults::padding))         \
+      .Attr("explicit_paddings: list(int) = []")                        \
+      .Attr(AttrSpec("data_format: string", ConvDefaults::data_format)) \
+      .Attr(AttrList("dilations", ConvDefaults::dilations, 4))          \
       .Attr(AttrSpec("groups: int", ConvDefaults::groups))
 
 struct ConvAttrs {
