@@ -28,6 +28,7 @@ def test_c_defaults_are_the_documented_ones():
     # The values themselves (docs/spec.md quotes them); changing one is a deliberate act.
     assert dict(_C.defaults["fci_filter"]) == {"block_size": 4}
     assert _C.marr_hildreth_modes == ("masked", "binary", "magnitude")
+    assert _C.marr_hildreth_laplacians == (4, 8)
     assert dict(_C.defaults["cosine_nlm"]) == NLM
     assert dict(_C.defaults["marr_hildreth"]) == MH
     assert dict(_C.defaults["mdcv_distances"]) == {"shrinkage": -1.0}
@@ -82,6 +83,14 @@ def test_edge_features_layer_and_preprocess_show_the_c_defaults():
     assert (a.laplacian, a.threshold, a.edge_mode, not a.absolute) == tuple(
         _C.defaults["marr_hildreth"][k] for k in ("laplacian", "threshold", "mode", "relative")
     )
+    choices = {x.dest: x.choices for x in p._actions}
+    assert tuple(choices["laplacian"]) == _C.marr_hildreth_laplacians
+    assert tuple(choices["edge_mode"]) == _C.marr_hildreth_modes
+    with pytest.raises(ValueError, match="block_size must be >= 1, got 0"):
+        _C.validate_fci_block_size(0)
+    with pytest.raises(ValueError, match=r"block_size 5 is larger than the image \(4 x 9\)"):
+        _C.validate_fci_block_size(5, 4, 9)
+    _C.validate_fci_block_size(4, 4, 9)
 
 
 def _attr_default(op_def, name):

@@ -298,7 +298,8 @@ def test_bad_settings_name_the_flag(kw, flag):
 
 def test_block_larger_than_the_images_names_the_flag():
     with pytest.raises(
-        ValueError, match="FeatureSettings.fci_block_size 32 is larger than the images"
+        ValueError,
+        match=r"FeatureSettings.fci_block_size: .*block_size 32 is larger than the image",
     ):
         prep(small_data(), fast(fci_drop=0.1, fci_block_size=32))
 

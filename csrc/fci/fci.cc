@@ -36,6 +36,20 @@ Status ValidateFci(const std::vector<int64_t>& x_shape, const std::vector<int64_
   return Status::OK();
 }
 
+Status ValidateFciBlockSize(int64_t block_size, int64_t height, int64_t width) {
+  if (block_size < 1) {
+    return Status::InvalidArgument("FCIFilter: block_size must be >= 1, got " +
+                                   std::to_string(block_size));
+  }
+  if ((height >= 0 && block_size > height) || (width >= 0 && block_size > width)) {
+    return Status::InvalidArgument("FCIFilter: block_size " + std::to_string(block_size) +
+                                   " is larger than the image (" + std::to_string(height) + " x " +
+                                   std::to_string(width) +
+                                   "); it must be at most the image height and width");
+  }
+  return Status::OK();
+}
+
 Status ValidateFciBlocks(const std::vector<int64_t>& x_shape,
                          const std::vector<int64_t>& labels_shape, int64_t num_classes,
                          FciBlocksParams* p) {

@@ -35,6 +35,10 @@ struct FciFilterDefaults {
   static constexpr int64_t block_size = 4;  // B: blocks are B x B pixels
 };
 
+// The block size of the screening: B >= 1 and, where the image is known (height and width >= 0;
+// -1: not yet known), at most its height and width. Messages name block_size.
+Status ValidateFciBlockSize(int64_t block_size, int64_t height = -1, int64_t width = -1);
+
 // Block screening (spec §1c). x: [n, positions, block_len] (block p of sample i is
 // x[i, p, :]), labels: [n] class ids in [0, num_classes).
 struct FciBlocksParams {

@@ -2,7 +2,9 @@
 // once and used by the CPU and CUDA kernels, the TensorFlow adapter and the _C bindings.
 #include "marr_hildreth/marr_hildreth.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <string>
 
 #include "common/checked.h"
@@ -22,7 +24,8 @@ Status ParseEdgeMode(const std::string& mode, EdgeMode* out) {
 }
 
 Status ValidateMarrHildrethArgs(int64_t laplacian, double threshold, const std::string& mode) {
-  if (laplacian != 4 && laplacian != 8) {
+  if (std::find(std::begin(kLaplacianNeighbours), std::end(kLaplacianNeighbours), laplacian) ==
+      std::end(kLaplacianNeighbours)) {
     return Status::InvalidArgument("marr_hildreth: laplacian must be 4 or 8 (neighbours), got " +
                                    std::to_string(laplacian));
   }

@@ -25,6 +25,10 @@ struct MarrHildrethDefaults {
   static constexpr const char* mode = "masked";
 };
 
+// The Laplacian kernels there are, by neighbour count (4: the cross, 8: the full 3x3);
+// _C.marr_hildreth_laplacians carries them to Python (preprocess's --laplacian choices).
+inline constexpr int64_t kLaplacianNeighbours[] = {4, 8};
+
 // x and out: [batch, height, width, channels], row-major (NHWC).
 struct MarrHildrethParams {
   int64_t batch = 0;

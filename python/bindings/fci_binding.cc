@@ -242,6 +242,14 @@ const Register reg([](py::module_& m) {
   m.def("fci_within_class", &FciWithinClass, py::arg("x"), py::arg("labels"),
         py::arg("num_classes"),
         "Mean FCI against the other same-class samples, per block: x [n, P, L] -> [n, P].");
+  m.def(
+      "validate_fci_block_size",
+      [](int64_t block_size, int64_t height, int64_t width) {
+        ThrowIfError(ValidateFciBlockSize(block_size, height, width));
+      },
+      py::arg("block_size"), py::arg("height") = -1, py::arg("width") = -1,
+      "Raises ValueError (naming block_size) unless 1 <= block_size <= height and width (-1: "
+      "not known yet).");
   Defaults(m)["fci_filter"] = py::dict(py::arg("block_size") = FciFilterDefaults::block_size);
 });
 

@@ -77,6 +77,11 @@ const Register reg([](py::module_& m) {
   py::tuple modes(std::size(kEdgeModeNames));
   for (size_t i = 0; i < std::size(kEdgeModeNames); ++i) modes[i] = kEdgeModeNames[i];
   m.attr("marr_hildreth_modes") = modes;
+  py::tuple laplacians(std::size(kLaplacianNeighbours));
+  for (size_t i = 0; i < std::size(kLaplacianNeighbours); ++i) {
+    laplacians[i] = kLaplacianNeighbours[i];
+  }
+  m.attr("marr_hildreth_laplacians") = laplacians;
   Defaults(m)["marr_hildreth"] =
       py::dict(py::arg("laplacian") = D::laplacian, py::arg("threshold") = D::threshold,
                py::arg("relative") = D::relative, py::arg("mode") = D::mode);

@@ -24,3 +24,5 @@ CONV = defaults("im2col_conv2d")
 FCI_FILTER = defaults("fci_filter")  # the FCIFilter layer's (no op of that name)
 # marr_hildreth's mode names (csrc's kEdgeModeNames), for argument choices
 MARR_HILDRETH_MODES: tuple[str, ...] = tuple(_C.marr_hildreth_modes)
+# its Laplacian neighbour counts (csrc's kLaplacianNeighbours)
+MARR_HILDRETH_LAPLACIANS: tuple[int, ...] = tuple(_C.marr_hildreth_laplacians)

@@ -60,7 +60,13 @@ ERRORS = (PreprocessError, data.DataError)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The job's command-line arguments (shared by ``iapdcnn preprocess`` and ``-m``)."""
-    from ._defaults import COSINE_NLM, FCI_FILTER, MARR_HILDRETH, MARR_HILDRETH_MODES
+    from ._defaults import (
+        COSINE_NLM,
+        FCI_FILTER,
+        MARR_HILDRETH,
+        MARR_HILDRETH_LAPLACIANS,
+        MARR_HILDRETH_MODES,
+    )
     from .layers.fci_filter import MODES as FCI_MODES
 
     p.add_argument("--dataset", default="fashion_mnist", help="iapdcnn.data name, or 'synthetic'")
@@ -73,7 +79,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-radius", type=int, default=COSINE_NLM["patch_radius"])
     p.add_argument("--search-radius", type=int, default=COSINE_NLM["search_radius"])
     p.add_argument("--h", type=float, default=COSINE_NLM["h"])
-    p.add_argument("--laplacian", type=int, default=MARR_HILDRETH["laplacian"], choices=(4, 8))
+    p.add_argument(
+        "--laplacian",
+        type=int,
+        default=MARR_HILDRETH["laplacian"],
+        choices=MARR_HILDRETH_LAPLACIANS,
+    )
     p.add_argument("--threshold", type=float, default=MARR_HILDRETH["threshold"])
     p.add_argument("--absolute", action="store_true", help="threshold is absolute, not relative")
     p.add_argument("--edge-mode", default=MARR_HILDRETH["mode"], choices=MARR_HILDRETH_MODES)

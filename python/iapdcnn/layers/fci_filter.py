@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .. import ops, world
+from .. import _C, ops, world
 from .._args import as_float, as_int
 from .._defaults import FCI_FILTER
 from .._keras import keras
@@ -85,8 +85,7 @@ class FCIFilter(keras.layers.Layer):
         min_keep = as_float("FCIFilter", "min_keep", min_keep)
         if num_classes is not None:
             num_classes = as_int("FCIFilter", "num_classes", num_classes)
-        if int(block_size) < 1:
-            raise ValueError(f"FCIFilter: block_size must be >= 1, got {block_size}")
+        _C.validate_fci_block_size(block_size)
         if mode not in MODES:
             raise ValueError(f"FCIFilter: mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= float(min_keep) <= 1.0:
@@ -108,11 +107,7 @@ class FCIFilter(keras.layers.Layer):
             raise ValueError(f"FCIFilter: inputs must be [N, H, W, C], got shape {shape}")
         h, w, c = (int(d) for d in shape[1:])
         b = self.block_size
-        if b > h or b > w:
-            raise ValueError(
-                f"FCIFilter: block_size {b} is larger than the image ({h} x {w}); it must be at "
-                "most the image height and width"
-            )
+        _C.validate_fci_block_size(b, h, w)
         self.grid = (h // b, w // b)
         self.image_shape = (h, w, c)
         self.positions = self.grid[0] * self.grid[1]

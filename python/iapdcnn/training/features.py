@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from iapdcnn import __version__
+from iapdcnn import _C, __version__
 from iapdcnn._io import atomic_write
 from iapdcnn.layers import EdgeFeatures, FCIFilter
 
@@ -38,6 +38,14 @@ CACHE_FLAG = "--features-cache"
 
 def _name(field: str) -> str:
     return FLAGS.get(field, f"FeatureSettings.{field}")
+
+
+def _check_block_size(block_size: int, height: int = -1, width: int = -1) -> None:
+    """FCIFilter's block-size rule (the kernel's), its error naming the flag."""
+    try:
+        _C.validate_fci_block_size(int(block_size), int(height), int(width))
+    except ValueError as e:
+        raise ValueError(f"{_name('fci_block_size')}: {e}") from None
 
 
 # FeatureSettings field -> EdgeFeatures argument (the layer holds the defaults and the rules).
@@ -93,8 +101,7 @@ class FeatureSettings:
                 raise ValueError(f"{_name(field)}: {e}") from None
         if not 0.0 <= self.fci_drop < 1.0:
             raise ValueError(f"{_name('fci_drop')} is a fraction in [0, 1), got {self.fci_drop}")
-        if int(self.fci_block_size) < 1:
-            raise ValueError(f"{_name('fci_block_size')} must be >= 1, got {self.fci_block_size}")
+        _check_block_size(self.fci_block_size)
         return self
 
     @property
@@ -406,11 +413,8 @@ def prepare(
     settings.check()
     arrays = _check_arrays(arrays)
     h, w = arrays[0].shape[1:3]
-    if settings.fci_drop > 0 and settings.fci_block_size > min(h, w):
-        raise ValueError(
-            f"{_name('fci_block_size')} {settings.fci_block_size} is larger than the images "
-            f"({h} x {w})"
-        )
+    if settings.fci_drop > 0:
+        _check_block_size(settings.fci_block_size, h, w)
     if not settings.active:
         return arrays, {"mode": "none", "cache": "off", "dropped": 0, "train_kept": len(arrays[0])}
     if hvd is None or hvd.size() == 1 or cache_dir is None:
