@@ -22,6 +22,11 @@ def test_batch_sizes_follow_the_speeds():
     assert sum(batch_sizes([3.0, 1.0, 1.0, 0.5], 100, min_batch=4)) == 100
     assert batch_sizes([1.0, np.nan, 0.0], 30) == [10, 10, 10]  # unknown speeds count as slowest
     assert batch_sizes([1000.0, 1.0], 64, min_batch=8)[1] == 8
+    # even batches where odd ones crash TensorFlow's oneDNN conv gradients (--conv keras on CPU)
+    assert batch_sizes([1.0, 2.0], 128, multiple=2) == [44, 84]
+    assert batch_sizes([1000.0, 1.0], 64, min_batch=7, multiple=2) == [56, 8]
+    with pytest.raises(ValueError, match="not a multiple of 2"):
+        batch_sizes([1.0, 1.0], 63, multiple=2)
     with pytest.raises(ValueError, match="cannot give"):
         batch_sizes([1.0, 1.0], 3, min_batch=2)
 

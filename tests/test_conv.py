@@ -1,6 +1,9 @@
 """Im2col + GEMM convolution (spec §2b): the TF op against tf.nn.conv2d on a broad grid, the NumPy
 reference == _C == TF op for all three kernels, gradients, random configs, and bad input."""
 
+import subprocess
+import sys
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hvdrun import child_env
 from iapdcnn import _C, ops, reference
 
 # Max error relative to max(1, max |reference|); the reference sees the same rounded inputs.
@@ -541,6 +545,39 @@ def test_bad_input_in_graph_mode_is_caught_by_the_shape_function():
 
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="data_format must be"):
         unknown.get_concrete_function()
+
+
+_ODD_BATCH_WORKER = """
+import numpy as np, tensorflow as tf
+from iapdcnn import ops, reference
+rng = np.random.default_rng(0)
+for n, h, c in [(33, 28, 8), (3, 14, 8), (1, 14, 8), (7, 14, 4)]:
+    for it in range(60):
+        x = tf.constant(rng.normal(size=(n, h, h, c)).astype(np.float32))
+        f = tf.constant(rng.normal(size=(1, 1, c, 2 * c)).astype(np.float32))
+        with tf.GradientTape() as tape:
+            tape.watch([x, f])
+            y = ops.im2col_conv2d(x, f, 2, "SAME")
+        dy = tf.ones_like(y)
+        dx, df = tape.gradient(y, [x, f], output_gradients=dy)
+    want = reference.im2col_conv2d_backprop_filter(
+        x.numpy(), f.shape, dy.numpy(), 2, "SAME", "NHWC", 1, 1)
+    assert np.allclose(df.numpy(), want, atol=1e-3 * max(1, abs(want).max())), (n, h, c)
+print("OK")
+"""
+
+
+def test_strided_gradients_on_odd_batches_do_not_corrupt_memory():
+    # TensorFlow 2.21's own oneDNN kernels abort on exactly these (docs/known_issues.md); ours
+    # run them, in a subprocess so that a corruption would fail this test and not the session
+    p = subprocess.run(
+        [sys.executable, "-c", _ODD_BATCH_WORKER],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=child_env(),
+    )
+    assert p.returncode == 0 and "OK" in p.stdout, (p.stdout + p.stderr)[-3000:]
 
 
 def test_groups_are_inferred_from_the_shapes_by_default(rng):

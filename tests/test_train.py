@@ -131,6 +131,30 @@ def test_unreachable_prune_target_names_the_flags(tmp_path):
     assert "--prune 0.3 with --prune-round-to 8" in p.stderr and "cannot be reached" in p.stderr
 
 
+def test_odd_batch_that_would_crash_tensorflow_is_refused(tmp_path):
+    # TF 2.21's oneDNN gradients of strided convs abort the process on odd batches of narrow
+    # layers (docs/known_issues.md): --conv keras with an odd --batch-size is refused, naming it
+    from iapdcnn.training import TrainConfig
+    from iapdcnn.training.build import check_odd_batch, odd_batch_crashes
+
+    cfg = TrainConfig(conv="keras", batch_size=33)
+    assert odd_batch_crashes(cfg, {}) and not odd_batch_crashes(cfg, {"TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert not odd_batch_crashes(TrainConfig(conv="im2col", batch_size=33), {})
+    check_odd_batch(TrainConfig(conv="keras", batch_size=32), {})
+    check_odd_batch(TrainConfig(conv="im2col", batch_size=33), {})
+    argv = [*TINY, "--conv", "keras", "--batch-size", "33", "--steps-per-epoch", "2"]
+    env = {k: v for k, v in child_env().items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    p = subprocess.run(
+        [sys.executable, TRAIN, *argv, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert p.returncode == 1, p.stderr[-2000:]  # a clean exit with the message, not an abort
+    assert "--batch-size 33 is odd" in p.stderr and "--conv im2col" in p.stderr
+
+
 def test_fault_on_a_missing_rank_is_refused(tmp_path):
     p = subprocess.run(
         [sys.executable, TRAIN, *TINY, "--inject-fault", "3:nan", "--out", str(tmp_path)],

@@ -23,14 +23,19 @@ from typing import Any
 import numpy as np
 
 
-def batch_sizes(speeds: Any, total: int, min_batch: int = 1) -> list[int]:
-    """Batch sizes proportional to ``speeds`` that sum to ``total``, each >= ``min_batch``
-    (largest remainders get the leftover samples). Non-finite or non-positive speeds count as
-    the slowest finite one.
+def batch_sizes(speeds: Any, total: int, min_batch: int = 1, multiple: int = 1) -> list[int]:
+    """Batch sizes proportional to ``speeds`` that sum to ``total``, each >= ``min_batch`` and a
+    multiple of ``multiple`` (largest remainders get the leftover samples). Non-finite or
+    non-positive speeds count as the slowest finite one.
 
     >>> batch_sizes([1.0, 1.0, 2.0], 64)
     [16, 16, 32]
     """
+    if multiple > 1:
+        if total % multiple:
+            raise ValueError(f"total {total} is not a multiple of {multiple}")
+        units = batch_sizes(speeds, total // multiple, -(-min_batch // multiple))
+        return [u * multiple for u in units]
     s = np.asarray(speeds, np.float64)
     k = len(s)
     if k == 0 or total < k * min_batch:
@@ -53,10 +58,15 @@ class Balancer:
       per_rank: the batch each rank takes when balanced evenly (``--batch-size``).
       every: steps between re-estimations.
       hvd: Horovod (for the allgather).
+      multiple: every batch a multiple of this (2 where odd batches crash TensorFlow's oneDNN
+        strided-conv gradients: ``build.odd_batch_crashes``).
     """
 
-    def __init__(self, size: int, rank: int, per_rank: int, every: int, hvd: Any) -> None:
+    def __init__(
+        self, size: int, rank: int, per_rank: int, every: int, hvd: Any, multiple: int = 1
+    ) -> None:
         self.size, self.rank, self.every, self.hvd = size, rank, every, hvd
+        self.multiple = multiple
         self.total = size * per_rank
         self.sizes = [per_rank] * size
         self.min_batch = max(1, per_rank // 8)
@@ -89,7 +99,7 @@ class Balancer:
         costs = self.hvd.allgather(tf.constant([cost], tf.float64), name="iapdcnn_balance")
         costs = costs.numpy()
         self._cpu, self._samples = 0.0, 0
-        new = batch_sizes(1.0 / np.maximum(costs, 1e-12), self.total, self.min_batch)
+        new = batch_sizes(1.0 / np.maximum(costs, 1e-12), self.total, self.min_batch, self.multiple)
         changed = new != self.sizes
         self.sizes, self.updates = new, self.updates + int(changed)
         return changed

@@ -4,11 +4,13 @@ warm-up schedule, the reduction and the MDCV pruning callback."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from .config import TrainConfig
+from .errors import ConfigError
 
 
 def load_arrays(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -35,10 +37,42 @@ def _all_layers(model):
             yield layer
 
 
+def odd_batch_crashes(cfg: TrainConfig, env: dict[str, str] | None = None) -> bool:
+    """Whether an odd batch can crash TensorFlow itself in this run: with oneDNN on (TensorFlow's
+    default on x86 CPUs), TF 2.21's gradients of strided convolutions corrupt the heap on odd
+    batches of narrow layers (an abort, "double free or corruption"; docs/known_issues.md).
+    ``--conv keras`` runs those kernels; iapdcnn's own (``--conv im2col``) and cuDNN do not."""
+    env = os.environ if env is None else env
+    onednn = env.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false", "off")
+    if cfg.conv != "keras" or not onednn:
+        return False
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU")
+
+
+def check_odd_batch(cfg: TrainConfig, env: dict[str, str] | None = None) -> None:
+    """Refuses an odd ``--batch-size`` where ``odd_batch_crashes`` (``--balance`` keeps the
+    batches it sets even there).
+
+    Raises:
+      ConfigError: naming ``--batch-size``, with the ways round it.
+    """
+    if cfg.batch_size % 2 and odd_batch_crashes(cfg, env):
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is odd: with --conv keras on a CPU, TensorFlow's "
+            "oneDNN gradients of strided convolutions corrupt memory on odd batches of narrow "
+            "layers and the process aborts (docs/known_issues.md). Use an even --batch-size, "
+            "--conv im2col (iapdcnn's kernels), or TF_ENABLE_ONEDNN_OPTS=0 (slower)"
+        )
+
+
 def build_model(cfg: TrainConfig, input_shape, num_classes: int, train_xy) -> Any:
     """The network ``--model`` names; MHO-PFES's EdgeFeatures + FCIFilter (spec §1) in front
     under ``--features``, the FCI statistics adapted on the first 4096 training images."""
     import tensorflow as tf
+
+    check_odd_batch(cfg)
 
     from iapdcnn import models
 

@@ -94,7 +94,10 @@ class Trainer:
         if cfg.balance:
             from .balance import Balancer
 
-            self.balancer = Balancer(self.size, self.rank, cfg.batch_size, cfg.balance_every, hvd)
+            even = 2 if build.odd_batch_crashes(cfg) else 1
+            self.balancer = Balancer(
+                self.size, self.rank, cfg.batch_size, cfg.balance_every, hvd, multiple=even
+            )
         self._round = [0.0, 0]  # --sync agwu: correct predictions and samples this round
         self.merges, self.comm_bytes = 0, 0  # AGWU merges; bytes allreduced per rank (either mode)
         self.step_macs = self.flops_before  # per image, of the model the steps train
