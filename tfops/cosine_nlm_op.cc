@@ -50,8 +50,9 @@ class CosineNlmOp : public OpKernel {
   }
 
  private:
-  int64_t patch_radius_ = 2, search_radius_ = 5;
-  float h_ = 0.1f, eps_ = 1e-8f;
+  // set from the attributes (whose defaults are CosineNlmDefaults)
+  int64_t patch_radius_ = 0, search_radius_ = 0;
+  float h_ = 0.0f, eps_ = 0.0f;
 };
 
 #define REGISTER_CPU(T)                                                                        \

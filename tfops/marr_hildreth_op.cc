@@ -53,9 +53,10 @@ class MarrHildrethOp : public OpKernel {
   }
 
  private:
-  int64_t laplacian_ = 4;
-  float threshold_ = 0.1f;
-  bool relative_ = true;
+  // set from the attributes (whose defaults are MarrHildrethDefaults)
+  int64_t laplacian_ = 0;
+  float threshold_ = 0.0f;
+  bool relative_ = false;
   std::string mode_;
 };
 
