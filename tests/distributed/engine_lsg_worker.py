@@ -33,19 +33,7 @@ from iapdcnn.distributed import make_reduction  # noqa: E402
 
 assert world.horovod() is comm, "the engine's collectives are not the world's"
 K, R = comm.size(), comm.rank()
-SHAPES = [(3, 4), (5,), (2, 2, 2)]
-
-
-def local_grads(seed, scale=1.0):
-    rng = np.random.default_rng(seed)
-    gs = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
-    n = np.sqrt(sum((g**2).sum() for g in gs))
-    return [tf.constant(g / n * scale) for g in gs]
-
-
-def flat(grads):
-    return np.concatenate([np.reshape(np.asarray(g), -1) for g in grads]).astype(np.float64)
-
+from worker_grads import flat, local_grads  # noqa: E402
 
 g = local_grads(R, 1.0 + 0.01 * R)
 cases = {

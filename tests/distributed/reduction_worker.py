@@ -27,23 +27,12 @@ K, R = hvd.size(), hvd.rank()
 # Under Keras 3 (IAPDCNN_TEST_KERAS=keras3) Horovod's Keras callbacks and broadcast_variables do
 # not apply to Keras variables: identical seeds give identical initial weights instead.
 KERAS3 = not tf.keras.__name__.startswith("tf_keras")
-SHAPES = [(3, 4), (5,), (2, 2, 2)]
-
-
-def local_grads(seed, scale=1.0):
-    rng = np.random.default_rng(seed)
-    gs = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
-    n = np.sqrt(sum((g**2).sum() for g in gs))
-    return [tf.constant(g / n * scale) for g in gs]
+from worker_grads import SHAPES, flat, local_grads  # noqa: E402
 
 
 def gather_flat(grads):
     flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
     return hvd.allgather(flat[None]).numpy()
-
-
-def flat(grads):
-    return np.concatenate([np.reshape(g.numpy(), -1) for g in grads])
 
 
 def reduce(name, grads, loss, fn=False, **opt):
