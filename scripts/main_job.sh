@@ -2,7 +2,7 @@
 # The README's first command: set everything up, then train on the real Fashion-MNIST with 2
 # local workers (tf.distribute's collectives by default, `horovodrun -np 2` with Gloo under
 # IAPDCNN_ENGINE=horovod) and the IA-PDCNNOA stages in the form that measured best each
-# (benchmarks/bench_pipeline.py; README "What each stage is worth" says what each costs and saves).
+# (benchmarks/bench_pipeline.py; docs/time_to_accuracy.md says what each costs and saves).
 # Prints one line per epoch, what each stage did, the training seconds to 0.88/0.90/0.91 test
 # accuracy and the final accuracy; writes runs/main/report.json, metrics.json, curves.png and
 # TensorBoard logs. Extra arguments go to train.py (and override these).

@@ -32,7 +32,7 @@ formulas chosen:
 
 Stochastic gradients make the secant pair ``(s, y)`` noisy (``y`` mixes the curvature with two
 different minibatches' noise); the safeguards keep it a descent method, but the conjugacy that
-makes CG fast on deterministic problems is weaker there. Measured claims are in the README.
+makes CG fast on deterministic problems is weaker there. Measured claims are in docs/seeds.md.
 
 Under Horovod, give it the reduced gradient (``DistributedGradientTape``, Horovod's or iapdcnn's
 ``DistributedOptimizer``): the state then stays identical on every rank. It does not run under a
