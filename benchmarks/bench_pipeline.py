@@ -4,7 +4,8 @@ a target, on the real Fashion-MNIST, under `horovodrun -np 2`, with the same mod
 and step budget for every run. Evaluation runs every --eval-every steps with the clock stopped;
 preparation that a method needs (computing features) is added to its clock.
 
-Runs: `keras_fit` (what a user has: model.fit with horovod.tensorflow.keras.DistributedOptimizer),
+Runs: `keras_fit` (what a user has: model.fit with horovod.tensorflow.keras.DistributedOptimizer;
+`keras_fit_mwms` the same under TensorFlow's MultiWorkerMirroredStrategy instead of Horovod),
 `baseline` (iapdcnn's trainer with Keras's Conv2D and Horovod's Average: the same loop as every
 stage below, so a stage's effect is measured against it), each stage of the paper added alone, in
 the form that won here and in the paper's form, and the `pipeline` (the main job's defaults).
@@ -36,12 +37,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TRAIN = os.path.join(ROOT, "train.py")
 
-# name -> (trainer flags on top of the common ones, what it is). keras_fit is this file's worker.
+# name -> (trainer flags on top of the common ones, what it is). keras_fit* are this file's worker
+# (their flags are the worker's).
 PRUNE = ["--prune", "0.5", "--prune-mode", "early"]  # the main job's cut: half the FLOPs
 PLAIN = ["--conv", "keras", "--reduction", "mean"]
 TFD = ["--engine", "tf_distribute"]
 RUNS: dict[str, tuple[list[str], str]] = {
     "keras_fit": ([], "plain Keras model.fit + Horovod DistributedOptimizer (Average)"),
+    "keras_fit_mwms": (
+        ["--fit-engine", "mwms"],
+        "plain Keras model.fit under MultiWorkerMirroredStrategy (TensorFlow's own, no Horovod; "
+        "started by python -m iapdcnn.tfrun)",
+    ),
     "baseline": (PLAIN, "iapdcnn loop, Conv2D, Average"),
     "im2col": (["--conv", "im2col", "--reduction", "mean"], "+ Im2col convolution"),
     "lsg": (["--conv", "keras", "--reduction", "lsg"], "+ LSG reduction"),
@@ -181,33 +188,56 @@ def common_flags(a) -> list[str]:
 
 
 def worker_fit(a) -> None:
-    """Plain Keras + Horovod on the same model, schedule and step budget as the trainer, fed the
-    way a Keras user feeds it (tf.data over this rank's shard); the same clock (evaluation off
-    it) through a callback."""
+    """Plain Keras on the same model, schedule and step budget as the trainer, fed the way a
+    Keras user feeds it (tf.data over this worker's shard), reduced by Horovod's
+    DistributedOptimizer (``--fit-engine horovod``) or by TensorFlow's
+    MultiWorkerMirroredStrategy (``mwms``: the model and optimizer built in its scope, each
+    worker's shard given by ``distribute_datasets_from_function``); the same clock (evaluation
+    off it) through a callback."""
     import iapdcnn
 
     iapdcnn.use_tf_keras()
     import numpy as np
     import tensorflow as tf
 
-    import horovod.tensorflow.keras as hvd
     from iapdcnn import models
     from iapdcnn.training import TrainConfig
     from iapdcnn.training.build import build_schedule, load_arrays
 
-    hvd.init()
     tf.config.threading.set_intra_op_parallelism_threads(a.threads)
     tf.config.threading.set_inter_op_parallelism_threads(a.threads)
+    mwms = a.fit_engine == "mwms"
+    if mwms:
+        from iapdcnn.distributed.tf_distribute import StrategyCollectives
+
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        comm = StrategyCollectives(strategy)  # the evaluation's sums
+        rank, size = comm.rank(), comm.size()
+    else:
+        import horovod.tensorflow.keras as hvd
+
+        hvd.init()
+        comm, rank, size = hvd, hvd.rank(), hvd.size()
     tf.keras.utils.set_random_seed(a.seed)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch, lr_schedule=a.lr_schedule, seed=a.seed)
     xtr, ytr, xte, yte = load_arrays(cfg)
-    rank, size = hvd.rank(), hvd.size()
     steps = min(len(xtr) // (size * a.batch), a.steps or 10**9)
-    model = models.small_resnet(xtr.shape[1:], 10, width=a.width)
-    opt = hvd.DistributedOptimizer(
-        tf.keras.optimizers.SGD(build_schedule(cfg, size, steps), momentum=cfg.momentum)
-    )
-    model.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    def build():
+        model = models.small_resnet(xtr.shape[1:], 10, width=a.width)
+        opt = tf.keras.optimizers.SGD(build_schedule(cfg, size, steps), momentum=cfg.momentum)
+        model.compile(
+            opt if mwms else hvd.DistributedOptimizer(opt),
+            "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        return model
+
+    if mwms:
+        with strategy.scope():  # variables mirrored, initial values from worker 0
+            model = build()
+    else:
+        model = build()
     n_eval = min(len(xte), a.eval_limit)
     xe, ye = xte[rank:n_eval:size], yte[rank:n_eval:size]
 
@@ -221,9 +251,12 @@ def worker_fit(a) -> None:
 
         def evaluate(self):
             self.train_s += time.perf_counter() - self.t0
-            probs = self.model.predict(xe, batch_size=256, verbose=0)
-            sums = np.array([np.sum(np.argmax(probs, -1) == ye), len(ye)], np.float64)
-            tot = hvd.allreduce(sums, op=hvd.Sum, name="eval").numpy()
+            hits = 0
+            for i in range(0, len(xe), 256):  # this worker's slice, with the model it holds
+                probs = self.model(xe[i : i + 256], training=False)
+                hits += int(np.sum(np.argmax(probs, -1) == ye[i : i + 256]))
+            sums = tf.constant([hits, len(ye)], tf.float64)
+            tot = comm.allreduce(sums, op=comm.Sum, name="eval").numpy()
             self.evals.append(
                 {"step": self.step, "train_s": self.train_s, "val_acc": tot[0] / tot[1]}
             )
@@ -235,15 +268,23 @@ def worker_fit(a) -> None:
                 self.evaluate()
 
     clock = Clock()
-    # what a Keras user writes: this rank's shard, shuffled every epoch, batched, prefetched
-    ds = (
-        tf.data.Dataset.from_tensor_slices((xtr[rank::size], ytr[rank::size]))
-        .shuffle(len(xtr) // size, seed=a.seed, reshuffle_each_iteration=True)
-        .batch(a.batch, drop_remainder=True)
-        .repeat()
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), clock]
+
+    def shard(ctx=None):
+        # what a Keras user writes: this worker's shard, shuffled every epoch, batched, prefetched
+        return (
+            tf.data.Dataset.from_tensor_slices((xtr[rank::size], ytr[rank::size]))
+            .shuffle(len(xtr) // size, seed=a.seed, reshuffle_each_iteration=True)
+            .batch(a.batch, drop_remainder=True)
+            .repeat()
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    if mwms:
+        ds = strategy.distribute_datasets_from_function(shard)
+        callbacks = [clock]
+    else:
+        ds = shard()
+        callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), clock]
     t_all = time.perf_counter()
     model.fit(ds, epochs=a.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
     wall = time.perf_counter() - t_all
@@ -268,8 +309,10 @@ def worker_fit(a) -> None:
 
 def run_one(name: str, a, seed: int, out: str) -> dict:
     """One run of ``a.np`` ranks (``_launch_cmd``); returns its report (time to accuracy from its evals)."""
-    if name == "keras_fit":
-        args = [__file__, "--worker", "fit", "--seed", str(seed), "--width", str(a.width)]
+    fit = name.startswith("keras_fit")
+    if fit:
+        args = [__file__, "--worker", "fit", *RUNS[name][0], "--seed", str(seed)]
+        args += ["--width", str(a.width)]
         args += ["--epochs", str(a.epochs), "--batch", str(a.batch), "--threads", str(a.threads)]
         args += ["--eval-every", str(a.eval_every), "--eval-limit", str(a.eval_limit)]
         args += ["--lr-schedule", a.lr_schedule] + (["--steps", str(a.steps)] if a.steps else [])
@@ -278,8 +321,9 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
         if "--features-mode" in args or "--fci-drop" in args:  # a cold cache of its own
             shutil.rmtree(os.path.join(out, "cache"), ignore_errors=True)
             args += ["--features-cache", os.path.join(out, "cache")]
+    launch = _launch_cmd(a.np, TFD if "mwms" in args else args)
     p = subprocess.run(
-        _launch_cmd(a.np, args) + args,
+        launch + args,
         capture_output=True,
         text=True,
         timeout=a.timeout,
@@ -287,7 +331,7 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
     )
     if p.returncode != 0:
         raise RuntimeError(f"{name} seed {seed} failed:\n{(p.stdout + p.stderr)[-4000:]}")
-    if name == "keras_fit":
+    if fit:
         line = [ln for ln in p.stdout.splitlines() if "{" in ln][-1]
         rep = json.loads(line[line.index("{") :])
     else:
@@ -374,6 +418,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: few steps, small eval")
     p.add_argument("--worker", choices=("fit",), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--fit-engine", choices=("horovod", "mwms"), default="horovod", help=argparse.SUPPRESS
+    )
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument(
@@ -461,10 +508,10 @@ def main() -> None:
             result[f"ratio_to_{key}"] = round(pipe[f"s_to_{key}"] / ref[f"s_to_{key}"], 3)
         result["final_acc"] = {n: r["final_acc"] for n, r in table.items()}
         result["final_acc_delta_pts"] = round(100 * (pipe["final_acc"] - ref["final_acc"]), 2)
-    if "keras_fit" in table and "pipeline" in table:
-        kf = table["keras_fit"].get(f"s_to_{key}")
-        if kf and table["pipeline"].get(f"s_to_{key}"):
-            result[f"ratio_to_{key}_vs_keras_fit"] = round(table["pipeline"][f"s_to_{key}"] / kf, 3)
+    for user in ("keras_fit", "keras_fit_mwms"):  # what a Keras user has, on either engine
+        kf = table.get(user, {}).get(f"s_to_{key}")
+        if kf and "pipeline" in table and table["pipeline"].get(f"s_to_{key}"):
+            result[f"ratio_to_{key}_vs_{user}"] = round(table["pipeline"][f"s_to_{key}"] / kf, 3)
     if ref_name:
         effects = {}
         for s in STAGES:
