@@ -70,6 +70,9 @@ def cosine_nlm(
             num = np.zeros((hh, ww))
             den = np.zeros((hh, ww))
             norm_a = norm(0, 0)
+            # 1 / h clamped to the largest double, as the kernel's (a subnormal h would give inf,
+            # and (cos - 1) * inf is NaN where cos == 1)
+            scale = min(1.0 / h, np.finfo(np.float64).max)
             for dy in range(-s, s + 1):
                 for dx in range(-s, s + 1):
                     dot = sum(
@@ -77,10 +80,13 @@ def cosine_nlm(
                         for k in range(-r, r + 1)
                         for m in range(-r, r + 1)
                     )
-                    cos = dot / (norm_a * norm(dy, dx) + eps)
+                    # |dot| <= |P_a| |P_b| (Cauchy-Schwarz), which rounding can break: clamped,
+                    # as the kernel does, so that cos <= 1 and no weight overflows exp
+                    q = norm_a * norm(dy, dx)
+                    cos = np.clip(dot, -q, q) / (q + eps)
                     # floored at exp(-700), as the float64 kernel (float32: 2^-125): a window
                     # whose weights would all underflow averages instead of giving 0 / 0
-                    w = np.exp(np.maximum(-(1.0 - cos) / h, -700.0))
+                    w = np.exp(np.maximum((cos - 1.0) * scale, -700.0))
                     num += w * at(dy, dx)
                     den += w
             out[b, :, :, c] = np.where(poisoned, np.nan, num / den)
