@@ -435,10 +435,8 @@ def nlm_case(draw):
     if hostile == "radius":
         s = draw(st.sampled_from([10**5, 2**40, 2**62]))
     valid = h > 0 and eps > 0 and hostile == "none" and dtype in FLOATS
-    if impl == "tf" and (h < 1.5e-45 or eps < 1.5e-45):
-        valid = False  # float32 attributes cannot hold it: rejected by name
-    if impl == "c" and dtype == "float32" and eps < 1.5e-45:
-        valid = False
+    if dtype == "float32" and eps < 1.5e-45:
+        valid = False  # float32 data cannot hold eps: rejected by name
     check = valid and (h >= 1e-2 or "bounds")
     return {
         "op": "cosine_nlm",
@@ -595,7 +593,10 @@ def test_the_issues_examples():
          "args": {"x": five, "patch_radius": 2, "search_radius": 10**6}},
         {"op": "cosine_nlm", "impl": "tf", "must_fail": True,
          "args": {"x": five, "patch_radius": 2, "search_radius": 10**6}},
-        {"op": "cosine_nlm", "impl": "tf", "must_fail": True, "args": {"x": five, "h": 1e-50}},
+        # h, eps and thresholds reach the TF ops as float64 scalars, as _C's: h=1e-50 is a
+        # valid h for both (once a float32 attribute rounded it to 0 and the op refused it)
+        {"op": "cosine_nlm", "impl": "tf", "must_succeed": True, "check": "bounds",
+         "args": {"x": five, "h": 1e-50}},
         {"op": "cosine_nlm", "impl": "c", "must_succeed": True, "check": "bounds",
          "args": {"x": {**five, "dtype": "float64"}, "h": 1e-13}},
         {"op": "fci_class_stats", "impl": "c", "must_fail": True,
@@ -631,11 +632,23 @@ def test_the_issues_examples():
     run_cases([c for c in cases if c["impl"] in IMPLS])
     if "tf" not in IMPLS:
         return
-    # the message shows h as repr does, not as "0.000000"
-    from iapdcnn import ops
+    # the message shows h as given, not rounded (once "h must be > 0, got 0.000000")
+    import tensorflow as tf
 
-    with pytest.raises(ValueError, match=r"h = 1e-50"):
-        ops.cosine_nlm(np.ones((1, 5, 5, 1), np.float32), h=1e-50)
+    from iapdcnn import _C, ops
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"h must be .*got -1e-50"):
+        ops.cosine_nlm(np.ones((1, 5, 5, 1), np.float32), h=-1e-50)
+    x = np.random.default_rng(0).random((1, 5, 6, 1))
+    for h in (0.3, 1e-50):  # a float64 h reaches the op unrounded: it agrees with _C exactly
+        np.testing.assert_array_equal(
+            ops.cosine_nlm(x, 1, 2, h, 1e-8).numpy(), _C.cosine_nlm(x, 1, 2, h, 1e-8)
+        )
+    xi = np.random.default_rng(1).integers(-3, 4, size=(1, 7, 5, 1)).astype(np.float64)
+    np.testing.assert_array_equal(
+        ops.marr_hildreth(xi, 8, 0.2, True, "masked").numpy(),
+        _C.marr_hildreth(xi, 8, 0.2, True, "masked"),
+    )
 
 
 def test_fci_filter_rejects_nan_epsilon_and_nan_images():

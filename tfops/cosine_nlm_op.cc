@@ -7,14 +7,16 @@ namespace tfops {
 
 REGISTER_OP("Iapdcnn>CosineNlm")
     .Input("x: T")
+    .Input("h: double")  // scalars, not float attributes: those are 32-bit (ScalarInput)
+    .Input("eps: double")
     .Output("y: T")
     .Attr(AttrSpec("patch_radius: int", CosineNlmDefaults::patch_radius))
     .Attr(AttrSpec("search_radius: int", CosineNlmDefaults::search_radius))
-    .Attr(AttrSpec("h: float", CosineNlmDefaults::h))
-    .Attr(AttrSpec("eps: float", CosineNlmDefaults::eps))
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(ScalarInputShape(c, 1));
+      TF_RETURN_IF_ERROR(ScalarInputShape(c, 2));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
       c->set_output(0, x);
       return ::tensorflow::OkStatus();
@@ -28,15 +30,16 @@ class CosineNlmOp : public OpKernel {
   explicit CosineNlmOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("patch_radius", &patch_radius_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("search_radius", &search_radius_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("h", &h_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("eps", &eps_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
+    double h = 0.0, eps = 0.0;
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, 1, "cosine_nlm", "h", &h));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, 2, "cosine_nlm", "eps", &eps));
     CosineNlmParams p;
     IAPDCNN_OP_REQUIRES_OK(
-        ctx, ValidateCosineNlm(Dims(x.shape()), patch_radius_, search_radius_, h_, eps_, &p));
+        ctx, ValidateCosineNlm(Dims(x.shape()), patch_radius_, search_radius_, h, eps, &p));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
     if constexpr (kGpu) {
@@ -52,7 +55,6 @@ class CosineNlmOp : public OpKernel {
  private:
   // set from the attributes (whose defaults are CosineNlmDefaults)
   int64_t patch_radius_ = 0, search_radius_ = 0;
-  float h_ = 0.0f, eps_ = 0.0f;
 };
 
 #define REGISTER_CPU(T)                                                                        \
@@ -63,10 +65,13 @@ REGISTER_CPU(double);
 #undef REGISTER_CPU
 
 #if GOOGLE_CUDA
-#define REGISTER_GPU(T)                                                                  \
-  REGISTER_KERNEL_BUILDER(                                                               \
-      Name("Iapdcnn>CosineNlm").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
-      CosineNlmOp<T, true>)
+#define REGISTER_GPU(T)                                         \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>CosineNlm")             \
+                              .Device(::tensorflow::DEVICE_GPU) \
+                              .HostMemory("h")                  \
+                              .HostMemory("eps")                \
+                              .TypeConstraint<T>("T"),          \
+                          CosineNlmOp<T, true>)
 REGISTER_GPU(float);
 REGISTER_GPU(double);
 #undef REGISTER_GPU

@@ -10,14 +10,15 @@ namespace tfops {
 
 REGISTER_OP("Iapdcnn>MarrHildreth")
     .Input("x: T")
+    .Input("threshold: double")  // a scalar, not a float attribute: those are 32-bit
     .Output("y: T")
     .Attr(AttrSpec("laplacian: int", MarrHildrethDefaults::laplacian))
-    .Attr(AttrSpec("threshold: float", MarrHildrethDefaults::threshold))
     .Attr(AttrSpec("relative: bool", MarrHildrethDefaults::relative))
     .Attr(AttrSpec("mode: string", MarrHildrethDefaults::mode))
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(ScalarInputShape(c, 1));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
       c->set_output(0, x);
       return ::tensorflow::OkStatus();
@@ -30,16 +31,17 @@ class MarrHildrethOp : public OpKernel {
  public:
   explicit MarrHildrethOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("laplacian", &laplacian_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("threshold", &threshold_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("relative", &relative_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
+    double threshold = 0.0;
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, 1, "marr_hildreth", "threshold", &threshold));
     MarrHildrethParams p;
     IAPDCNN_OP_REQUIRES_OK(
-        ctx, ValidateMarrHildreth(Dims(x.shape()), laplacian_, threshold_, relative_, mode_, &p));
+        ctx, ValidateMarrHildreth(Dims(x.shape()), laplacian_, threshold, relative_, mode_, &p));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
     if constexpr (kGpu) {
@@ -55,7 +57,6 @@ class MarrHildrethOp : public OpKernel {
  private:
   // set from the attributes (whose defaults are MarrHildrethDefaults)
   int64_t laplacian_ = 0;
-  float threshold_ = 0.0f;
   bool relative_ = false;
   std::string mode_;
 };
@@ -68,10 +69,12 @@ REGISTER_CPU(double);
 #undef REGISTER_CPU
 
 #if GOOGLE_CUDA
-#define REGISTER_GPU(T)                                                                     \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("Iapdcnn>MarrHildreth").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
-      MarrHildrethOp<T, true>)
+#define REGISTER_GPU(T)                                         \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>MarrHildreth")          \
+                              .Device(::tensorflow::DEVICE_GPU) \
+                              .HostMemory("threshold")          \
+                              .TypeConstraint<T>("T"),          \
+                          MarrHildrethOp<T, true>)
 REGISTER_GPU(float);
 REGISTER_GPU(double);
 #undef REGISTER_GPU

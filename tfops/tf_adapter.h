@@ -52,6 +52,26 @@ inline std::string AttrSpec(const char* name_type, double v) {
   }
   return std::string(name_type) + " = " + buf;
 }
+// A real-valued parameter as a scalar float64 input, not a float attribute: TensorFlow's float
+// attributes are 32-bit, and would round h, eps or a threshold given for float64 data (a
+// threshold 0.2 becoming 0.2000000030 moves an edge decision). The shape function checks the
+// rank; this reads the value (host memory on GPU kernels: register with HostMemory(name)).
+inline ::tensorflow::Status ScalarInput(OpKernelContext* ctx, int index, const char* op,
+                                        const char* name, double* out) {
+  const Tensor& t = ctx->input(index);
+  if (t.dims() != 0) {
+    return ::tensorflow::errors::InvalidArgument(op, ": ", name, " must be a scalar, got shape ",
+                                                 t.shape().DebugString());
+  }
+  *out = t.scalar<double>()();
+  return ::tensorflow::OkStatus();
+}
+// The shape function's half: input `index` is a scalar.
+inline ::tensorflow::Status ScalarInputShape(shape_inference::InferenceContext* c, int index) {
+  shape_inference::ShapeHandle unused;
+  return c->WithRank(c->input(index), 0, &unused);
+}
+
 inline std::string AttrList(const char* name, int64_t v, int n) {
   std::string s = std::string(name) + ": list(int) = [";
   for (int i = 0; i < n; ++i) s += (i ? ", " : "") + std::to_string(v);

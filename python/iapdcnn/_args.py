@@ -11,9 +11,6 @@ from typing import Any
 
 import numpy as np
 
-_F32_MAX = float(np.finfo(np.float32).max)
-_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
-
 
 def as_int(fn: str, name: str, value: Any) -> int:
     """``value`` as a Python int; TypeError for bools, floats and other non-integers."""
@@ -39,23 +36,6 @@ def as_float(fn: str, name: str, value: Any) -> float:
         ) from None
     if not math.isfinite(v):
         raise ValueError(f"{fn}: {name} must be a finite number, got {v!r}")
-    return v
-
-
-def as_float32_attr(fn: str, name: str, value: Any) -> float:
-    """A finite float that a float32 op attribute holds without becoming 0 or inf (the range
-    rules, such as h > 0, are the op's)."""
-    v = as_float(fn, name, value)
-    if abs(v) > _F32_MAX:
-        raise ValueError(
-            f"{fn}: {name} = {v!r} does not fit the op's float32 attribute (|{name}| <= "
-            f"{_F32_MAX!r})"
-        )
-    if v != 0 and abs(v) < _F32_TINY:
-        raise ValueError(
-            f"{fn}: {name} = {v!r} is below float32's smallest value {_F32_TINY!r} and would "
-            f"reach the op as 0"
-        )
     return v
 
 

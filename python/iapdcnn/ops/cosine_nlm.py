@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .._args import as_float32_attr, as_int
+from .._args import as_float, as_int
 from .._defaults import COSINE_NLM as _D
 from .._loader import load_ops
 
@@ -43,8 +43,8 @@ def cosine_nlm(
         patch_radius=as_int("cosine_nlm", "patch_radius", patch_radius),
         search_radius=as_int("cosine_nlm", "search_radius", search_radius),
         # h > 0 and eps > 0 are the op's rules (csrc/nlm), not repeated here
-        h=as_float32_attr("cosine_nlm", "h", h),
-        eps=as_float32_attr("cosine_nlm", "eps", eps),
+        h=as_float("cosine_nlm", "h", h),
+        eps=as_float("cosine_nlm", "eps", eps),
         name=name,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .._args import as_bool, as_float32_attr, as_int
+from .._args import as_bool, as_float, as_int
 from .._defaults import MARR_HILDRETH as _D
 from .._loader import load_ops
 
@@ -42,7 +42,7 @@ def marr_hildreth(
     return load_ops().iapdcnn_marr_hildreth(
         x=x,
         laplacian=as_int("marr_hildreth", "laplacian", laplacian),
-        threshold=as_float32_attr("marr_hildreth", "threshold", threshold),
+        threshold=as_float("marr_hildreth", "threshold", threshold),
         relative=as_bool("marr_hildreth", "relative", relative),
         mode=_mode(mode),
         name=name,
