@@ -1,6 +1,6 @@
 """Argument checks shared by the op wrappers: an integer must be an integer (``2.5`` is not
-truncated to 2, ``True`` is not 1) and a float attribute must survive TensorFlow's float32
-attribute type (``h=1e-50`` would arrive as 0). Every message names the function and the
+truncated to 2, ``True`` is not 1) and a real number a finite one (the ops take real parameters
+as float64 scalars, so nothing is rounded to float32). Every message names the function and the
 argument, and shows the value as ``repr`` does. Framework-free."""
 
 from __future__ import annotations
