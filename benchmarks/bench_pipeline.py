@@ -23,6 +23,7 @@ finite fails the benchmark. Last stdout line: one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -144,8 +145,9 @@ def _hvd_cmd(np_: int) -> list[str]:
 
 def _launch_cmd(np_: int, args: list[str]) -> list[str]:
     """``horovodrun -np N`` for the Horovod engine; the tf.distribute engine's own launcher
-    (``python -m iapdcnn.tfrun -np N``) for a run with ``--engine tf_distribute``."""
-    if "tf_distribute" in args:
+    (``python -m iapdcnn.tfrun -np N``) for a run with ``--engine tf_distribute`` or the fit
+    worker's ``--fit-engine mwms``."""
+    if "tf_distribute" in args or "mwms" in args:
         return [sys.executable, "-m", "iapdcnn.tfrun", "-np", str(np_), sys.executable]
     return _hvd_cmd(np_)
 
@@ -223,7 +225,8 @@ def worker_fit(a) -> None:
     xtr, ytr, xte, yte = load_arrays(cfg)
     steps = min(len(xtr) // (size * a.batch), a.steps or 10**9)
 
-    def build():
+    # under MWMS the variables are made in its scope (mirrored, initial values from worker 0)
+    with strategy.scope() if mwms else contextlib.nullcontext():
         model = models.small_resnet(xtr.shape[1:], 10, width=a.width)
         opt = tf.keras.optimizers.SGD(build_schedule(cfg, size, steps), momentum=cfg.momentum)
         model.compile(
@@ -231,13 +234,6 @@ def worker_fit(a) -> None:
             "sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-        return model
-
-    if mwms:
-        with strategy.scope():  # variables mirrored, initial values from worker 0
-            model = build()
-    else:
-        model = build()
     n_eval = min(len(xte), a.eval_limit)
     xe, ye = xte[rank:n_eval:size], yte[rank:n_eval:size]
 
@@ -321,9 +317,8 @@ def run_one(name: str, a, seed: int, out: str) -> dict:
         if "--features-mode" in args or "--fci-drop" in args:  # a cold cache of its own
             shutil.rmtree(os.path.join(out, "cache"), ignore_errors=True)
             args += ["--features-cache", os.path.join(out, "cache")]
-    launch = _launch_cmd(a.np, TFD if "mwms" in args else args)
     p = subprocess.run(
-        launch + args,
+        _launch_cmd(a.np, args) + args,
         capture_output=True,
         text=True,
         timeout=a.timeout,

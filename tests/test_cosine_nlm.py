@@ -125,3 +125,18 @@ def test_row_strips_do_not_change_the_result(rng):
     x = rng.uniform(size=(20, 96, 17, 1)).astype(np.float32)
     whole = _C.cosine_nlm(x, 2, 3, 0.2)
     np.testing.assert_array_equal(_C.cosine_nlm(x[3:4], 2, 3, 0.2), whole[3:4])
+
+
+def test_real_parameters_are_float64_scalars_named_in_errors():
+    # h, eps (and marr_hildreth's threshold) are float64 scalar inputs of the TF ops: a
+    # non-scalar is refused naming the parameter
+    import tensorflow as tf
+
+    from iapdcnn._loader import load_ops
+
+    lib = load_ops()
+    x = tf.ones([1, 5, 5, 1], tf.float64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="cosine_nlm: h must be a scalar"):
+        lib.iapdcnn_cosine_nlm(x=x, h=[0.1, 0.2], eps=1e-8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="marr_hildreth: threshold must be a"):
+        lib.iapdcnn_marr_hildreth(x=x, threshold=[0.1])
