@@ -126,6 +126,39 @@ def test_launcher_gives_each_worker_its_tf_config_and_stops_the_rest():
     assert p.returncode == 3 and time.monotonic() - t0 < 30
 
 
+def test_launcher_never_runs_two_workers_lines_together():
+    """Unbuffered workers write a line in pieces (``print`` writes its text, then the newline);
+    the launcher passes each worker's lines on whole, so 4 workers writing 50 long lines each
+    in 3 pieces give 200 intact lines on stdout and on stderr, and each worker's last line,
+    written without a newline, arrives as a line of its own."""
+    code = (
+        "import os, sys, time\n"
+        "w = os.environ['IAPDCNN_WORKER']\n"
+        "for i in range(50):\n"
+        "    for f in (sys.stdout, sys.stderr):\n"
+        "        f.write(f'W{w} {i} ' + w * 3000); f.flush(); time.sleep(0.001)\n"
+        "        f.write(' END'); f.flush()\n"
+        "        f.write('\\n'); f.flush()\n"
+        "sys.stdout.write(f'tail{w}'); sys.stdout.flush()\n"
+    )
+    launcher = [sys.executable, "-m", "iapdcnn.tfrun", "-np", "4", sys.executable, "-u", "-c"]
+    p = subprocess.run(
+        launcher + [code], capture_output=True, text=True, timeout=120, env=child_env()
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    for stream in (p.stdout, p.stderr):
+        lines = [ln for ln in stream.splitlines() if ln.startswith("W")]
+        assert len(lines) == 200
+        for ln in lines:
+            w, i, body, end = ln.split(" ")
+            assert body == w[1] * 3000 and end == "END", ln[:80]
+        assert sorted((ln.split(" ")[0], int(ln.split(" ")[1])) for ln in lines) == sorted(
+            (f"W{w}", i) for w in "0123" for i in range(50)
+        )
+    tails = sorted(ln for ln in p.stdout.splitlines() if not ln.startswith("W"))
+    assert tails == [f"tail{w}" for w in "0123"], tails
+
+
 # ----------------------------------------------------------------------------- LSG
 
 

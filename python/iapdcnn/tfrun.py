@@ -1,7 +1,10 @@
 """``python -m iapdcnn.tfrun -np N COMMAND ...``: starts N local workers of the tf.distribute
 engine (what ``horovodrun -np N -H localhost:N`` is to the Horovod one). Each worker runs
 COMMAND with its own ``TF_CONFIG`` (the N workers on free localhost ports, its index); when one
-exits with an error the others are stopped, and the first failure's status is returned.
+exits with an error the others are stopped, and the first failure's status is returned. Each
+worker's output reaches the launcher's stdout and stderr a whole line at a time, so lines of
+different workers never run into each other (an unbuffered ``print`` writes its text and its
+newline in two writes); a worker's last line without a newline is given one.
 
     python -m iapdcnn.tfrun -np 2 python train.py --engine tf_distribute --dataset digits
 """
@@ -15,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -54,11 +58,19 @@ def launch(
     if not command:
         raise ValueError("no command to run")
     base = dict(os.environ if env is None else env)
-    procs = []
+    procs, pumps, lock = [], [], threading.Lock()
     for i, conf in enumerate(tf_configs(n)):
         child = dict(base, TF_CONFIG=conf, IAPDCNN_WORKER=str(i))
         # own process group: stopping a worker stops what it started
-        procs.append(subprocess.Popen(list(command), env=child, start_new_session=True))
+        p = subprocess.Popen(
+            list(command),
+            env=child,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(p)
+        pumps += [_pump(p.stdout, sys.stdout, lock), _pump(p.stderr, sys.stderr, lock)]
     deadline = None if timeout is None else time.monotonic() + timeout
     status = 0
     try:
@@ -70,9 +82,32 @@ def launch(
             time.sleep(0.1)
     finally:
         _stop([p for p in procs if p.poll() is None])
+        for t in pumps:  # the rest of each worker's output (a grandchild may hold a pipe)
+            t.join(timeout=10.0)
     if status == 0:
         status = next((p.returncode for p in procs if p.returncode != 0), 0)
     return status
+
+
+def _pump(src, dst, lock: threading.Lock) -> threading.Thread:
+    """A thread copying ``src`` to ``dst`` one whole line per write; a last line without a
+    newline gets one, so that the next worker's line starts on a line of its own."""
+    out = getattr(dst, "buffer", None)
+
+    def run() -> None:
+        with src:
+            for line in iter(src.readline, b""):
+                line = line if line.endswith(b"\n") else line + b"\n"
+                with lock:
+                    if out is not None:
+                        out.write(line)
+                    else:  # a text stream standing in for stdout (tests capture it)
+                        dst.write(line.decode(errors="replace"))
+                    dst.flush()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
 
 
 def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
