@@ -70,3 +70,12 @@ def run_hvd(
     """Runs ``python *args`` on ``np`` local ranks under horovodrun (``run_launcher``)."""
     cmd = [horovodrun_path(), "-np", str(np), "-H", f"localhost:{np}", "--gloo", sys.executable]
     return run_launcher("horovodrun", cmd + args, timeout, check, cwd)
+
+
+def run_bench(script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``python benchmarks/<script> *args`` with this process's iapdcnn; the finished process
+    (its output captured as text)."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", script), *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=ROOT
+    )

@@ -60,11 +60,29 @@ def test_balance_needs_step_sync():
         TrainConfig(balance=True, balance_every=0).check()
 
 
+def test_slow_fault_delay_follows_the_batch(monkeypatch):
+    """``slow`` is a slower machine: its busy wait is --straggler-seconds per --batch-size
+    samples, so a smaller batch costs it less; ``straggler`` is a fixed wait a step."""
+    from iapdcnn.training import faults as F
+
+    waits = []
+    monkeypatch.setattr(F, "_busy", waits.append)
+    x, y = np.zeros((16, 2, 2, 1), np.float32), np.zeros(16, np.int64)
+    for kind in ("slow", "straggler"):
+        inj = F.FaultInjector([F.parse_fault(f"1:{kind}:3")], 1, 2, 0, 0.2, batch_size=32)
+        inj.batch(x, y, 2)  # before its first step: healthy
+        inj.batch(x, y, 3)
+        inj.batch(x[:8], y[:8], 4)
+        healthy = F.FaultInjector([F.parse_fault(f"1:{kind}")], 0, 2, 0, 0.2, batch_size=32)
+        healthy.batch(x, y, 5)
+    assert waits == [0.1, 0.05, 0.2, 0.2]
+
+
 @pytest.mark.horovod
-def test_straggler_gets_a_smaller_share(tmp_path):
+def test_slow_rank_gets_a_smaller_share(tmp_path):
     args = ["--dataset", "synthetic", "--width", "4", "--batch-size", "32", "--threads", "1"]
     args += ["--no-progress", "--epochs", "1", "--steps-per-epoch", "30", "--balance"]
-    args += ["--balance-every", "10", "--inject-fault", "1:straggler", "--straggler-seconds"]
+    args += ["--balance-every", "10", "--inject-fault", "1:slow", "--straggler-seconds"]
     args += ["0.05", "--out", str(tmp_path)]
     p = run_hvd(2, [TRAIN, *args], timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
@@ -73,3 +91,8 @@ def test_straggler_gets_a_smaller_share(tmp_path):
     assert sum(sizes) == 64 and sizes[1] < sizes[0], sizes
     assert np.isfinite(rep["test_accuracy"])
     assert "balanced batches" in p.stdout
+    # each rank's step time: the slow rank computes longer, rank 0 waits for it
+    busy = rep["step_seconds_per_rank"]
+    assert all(len(busy[k]) == 2 for k in ("wall", "cpu", "idle"))
+    assert busy["cpu"][1] > busy["cpu"][0] and busy["idle"][0] > 0, busy
+    assert np.allclose(np.subtract(busy["wall"], busy["cpu"]), busy["idle"], atol=2e-3)

@@ -3,32 +3,16 @@ under horovodrun -np 2 and reports its curve; the JSON has the figures the issue
 timing is asserted (timings belong to the benchmark, not to tests)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from hvdrun import ROOT, child_env, horovodrun_path
+from hvdrun import horovodrun_path, run_bench
 
 
 @pytest.mark.horovod
 def test_bench_pipeline_quick(tmp_path):
     horovodrun_path()  # fails clearly when Horovod is missing
-    p = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "benchmarks", "bench_pipeline.py"),
-            "--quick",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=child_env(),
-        cwd=ROOT,
-    )
+    p = run_bench("bench_pipeline.py", "--quick", "--out", str(tmp_path))
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
     runs = res["runs"]

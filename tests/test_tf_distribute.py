@@ -56,7 +56,11 @@ def test_bad_engine_options_name_the_flag(argv, needle, capsys):
 
 
 def test_tf_config_is_read_and_checked():
-    from iapdcnn.distributed.tf_distribute import cluster_from_env
+    from iapdcnn.distributed.tf_distribute import cluster_from_env, local_rank_and_size
+
+    workers = ["a:1", "b:2", "a:3", "a:4"]
+    assert [local_rank_and_size(workers, i) for i in range(4)] == [(0, 3), (0, 1), (1, 3), (2, 3)]
+    assert local_rank_and_size([], 0) == (0, 1)
 
     conf = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
     assert cluster_from_env({"TF_CONFIG": json.dumps(conf)}) == (["a:1", "b:2"], 1)

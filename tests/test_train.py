@@ -52,6 +52,8 @@ TINY = [
         (["--fci-drop", "1.0"], "--fci-drop is a fraction in [0, 1)"),
         (["--features-mode", "stack"], "invalid choice"),
         (["--features", "--features-mode", "channels"], "exclude each other"),
+        (["--straggler-seconds", "-1"], "--straggler-seconds must be in [0, 3600], got -1.0"),
+        (["--straggler-seconds", "nan"], "--straggler-seconds must be in [0, 3600], got nan"),
     ],
 )
 def test_bad_flags(argv, needle, capsys):
@@ -61,6 +63,30 @@ def test_bad_flags(argv, needle, capsys):
         parse_args(argv)
     assert e.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_each_rank_gets_one_gpu(monkeypatch):
+    """Horovod's recipe: the local rank picks its GPU (round robin beyond the GPUs) and only
+    that one is visible, with memory growth; without a GPU nothing is touched."""
+    import collections
+
+    import tensorflow as tf
+
+    from iapdcnn.training import pin_gpu
+
+    Dev = collections.namedtuple("Dev", "name device_type")
+    gpus = [Dev(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
+    calls = []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus))
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda d, k: calls.append(("vis", d, k)))
+    monkeypatch.setattr(
+        tf.config.experimental, "set_memory_growth", lambda d, on: calls.append(("grow", d, on))
+    )
+    assert pin_gpu(3) == "/physical_device:GPU:1"
+    assert calls == [("vis", gpus[1], "GPU"), ("grow", gpus[1], True)]
+    gpus.clear()
+    calls.clear()
+    assert pin_gpu(0) is None and calls == []
 
 
 def test_config_errors_name_the_flag():

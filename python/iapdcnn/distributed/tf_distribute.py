@@ -47,6 +47,16 @@ def cluster_from_env(env: dict[str, str] | None = None) -> tuple[list[str], int]
     return workers, index
 
 
+def local_rank_and_size(workers: list[str], index: int) -> tuple[int, int]:
+    """Worker ``index``'s place among the workers on its host, and their number (``(0, 1)``
+    without a cluster): Horovod's ``local_rank`` and ``local_size``."""
+    if not workers:
+        return 0, 1
+    host = workers[index].rsplit(":", 1)[0]
+    local = [i for i, w in enumerate(workers) if w.rsplit(":", 1)[0] == host]
+    return local.index(index), len(local)
+
+
 def make_strategy(env: dict[str, str] | None = None) -> tf.distribute.Strategy:
     """``MultiWorkerMirroredStrategy`` (ring collectives over gRPC) when ``TF_CONFIG`` names
     more than one worker, else ``MirroredStrategy`` on this process's first device. Call it
@@ -91,9 +101,7 @@ class StrategyCollectives:
         workers, index = cluster_from_env(env)
         self._rank = index  # MWMS numbers its replicas by task index, as TF_CONFIG lists them
         self._size = int(strategy.num_replicas_in_sync)
-        host = workers[index].rsplit(":", 1)[0] if workers else ""
-        local = [i for i, w in enumerate(workers) if w.rsplit(":", 1)[0] == host] or [0]
-        self._local_rank, self._local_size = local.index(self._rank), len(local)
+        self._local_rank, self._local_size = local_rank_and_size(workers, index)
 
     # --------------------------------------------------------------- Horovod's names
     def is_initialized(self) -> bool:

@@ -26,6 +26,7 @@ __all__ = [
     "main",
     "parse_args",
     "parse_fault",
+    "pin_gpu",
     "run",
 ]
 
@@ -42,6 +43,23 @@ def _set_threads(cfg: TrainConfig, local_size: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def pin_gpu(local_rank: int) -> str | None:
+    """One GPU per rank, Horovod's recipe: the ``local_rank``-th process of a machine sees only
+    GPU ``local_rank % n`` (ranks beyond the GPUs share them round robin), with memory growth
+    on, so that ranks sharing a machine neither all compute on GPU 0 nor each take every GPU's
+    memory. Returns the GPU's name; None (nothing done) without a GPU. Call it before
+    TensorFlow has run anything."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    gpu = gpus[local_rank % len(gpus)]
+    tf.config.set_visible_devices(gpu, "GPU")
+    tf.config.experimental.set_memory_growth(gpu, True)
+    return gpu.name
+
+
 def _init_tf_distribute(cfg: TrainConfig):
     """``--engine tf_distribute``: the strategy's collectives under Horovod's names
     (``distributed.tf_distribute``), registered as the world, with threads and seeds set."""
@@ -51,9 +69,10 @@ def _init_tf_distribute(cfg: TrainConfig):
         workers, index = tf_distribute.cluster_from_env()
     except ValueError as e:
         raise ConfigError(f"--engine tf_distribute: {e}") from None
-    host = workers[index].rsplit(":", 1)[0] if workers else None
-    # the threads before the strategy, which starts TensorFlow's runtime
-    _set_threads(cfg, sum(w.rsplit(":", 1)[0] == host for w in workers) or 1)
+    local_rank, local_size = tf_distribute.local_rank_and_size(workers, index)
+    # the threads and the GPU before the strategy, which starts TensorFlow's runtime
+    _set_threads(cfg, local_size)
+    pin_gpu(local_rank)
     try:
         return tf_distribute.init()
     except ValueError as e:
@@ -77,6 +96,7 @@ def _init_engine(cfg: TrainConfig):
             ) from None
         hvd.init()
         _set_threads(cfg, hvd.local_size())
+        pin_gpu(hvd.local_rank())
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.seed)

@@ -174,6 +174,8 @@ class TrainConfig:
             raise bad("tau", "must be >= 0", self.tau)
         if not 0 <= self.trim < 0.5:
             raise bad("trim", "must be in [0, 0.5)", self.trim)
+        if not 0 <= self.straggler_seconds <= 3600:
+            raise bad("straggler-seconds", "must be in [0, 3600]", self.straggler_seconds)
         if self.tau is not None and self.reduction != "lsg":
             raise ConfigError("--tau applies to --reduction lsg only")
         if self.dataset in NEEDS_PATH and not self.data_path:
@@ -510,7 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RANK:KIND[:FROM_STEP]",
         help=f"make one rank faulty; KIND in {', '.join(FAULT_KINDS)}",
     )
-    f.add_argument("--straggler-seconds", type=float, default=D.straggler_seconds)
+    f.add_argument(
+        "--straggler-seconds",
+        type=float,
+        default=D.straggler_seconds,
+        help="a straggler's busy wait a step; a slow rank's per --batch-size samples",
+    )
     e = p.add_argument_group("elastic Horovod (docs/elastic.md)")
     e.add_argument(
         "--elastic",

@@ -266,7 +266,9 @@ class ElasticState(State):
             for f, h in zip(cfg.inject_fault, self.fault_hosts, strict=True)
             if h in self.hosts
         ]
-        t.faults = FaultInjector(faults, t.rank, t.size, cfg.seed, cfg.straggler_seconds)
+        t.faults = FaultInjector(
+            faults, t.rank, t.size, cfg.seed, cfg.straggler_seconds, cfg.batch_size
+        )
         t.reduction = build.build_reduction(cfg, t.faults.corrupts_gradients)
         t.schedule.world_size = t.size  # the warm-up's target lr * size (a Python number:
         t.schedule.total_steps = cfg.epochs * t.steps  # the step function is retraced below)

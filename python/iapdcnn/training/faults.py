@@ -1,7 +1,8 @@
 """Fault injection for demonstrations, benchmarks and tests (``--inject-fault RANK:KIND[:FROM]``):
 one rank corrupts its batch (``loss_spike``, ``labels``), its gradient after the backward pass
 (``nan``, ``scale``, the sign flips, ``random_dir``, ``stale``: its loss looks normal) or its
-speed (``straggler``) from a given step on, or dies there (``crash``: exits at once, as a killed
+speed (``straggler``: a fixed delay a step; ``slow``: a delay in proportion to its batch, a
+slower machine) from a given step on, or dies there (``crash``: exits at once, as a killed
 process would; horovodrun then ends the job). Gradient faults wrap the reduction
 (``gradient_fault``), so the training step itself has no fault branch."""
 
@@ -36,6 +37,7 @@ FAULT_KINDS = (
     "loss_spike",
     "labels",
     "straggler",
+    "slow",
     "crash",
     *[k for k in GRADIENT_FACTORS if k.startswith("sign_flip")],
     *GRADIENT_REPLACEMENTS,
@@ -89,11 +91,19 @@ class FaultInjector:
       faults: the ``--inject-fault`` list.
       rank, size: this rank and the world size (a fault on a rank >= size is an error).
       seed: the run's seed (corruptions are reproducible).
-      straggler_seconds: the sleep of a ``straggler`` step.
+      straggler_seconds: the busy wait of a ``straggler`` step, and of a ``slow`` step per
+        ``batch_size`` samples of its batch.
+      batch_size: the per-rank batch (``--batch-size``) that ``slow``'s delay is given for.
     """
 
     def __init__(
-        self, faults: list[Fault], rank: int, size: int, seed: int, straggler_seconds: float
+        self,
+        faults: list[Fault],
+        rank: int,
+        size: int,
+        seed: int,
+        straggler_seconds: float,
+        batch_size: int = 1,
     ):
         for f in faults:
             if f.rank >= size:
@@ -101,7 +111,7 @@ class FaultInjector:
                     f"--inject-fault rank {f.rank} does not exist (world size {size})"
                 )
         self.faults, self.rank, self.seed = list(faults), rank, seed
-        self.straggler_seconds = straggler_seconds
+        self.straggler_seconds, self.batch_size = straggler_seconds, batch_size
         self.corrupts_gradients = any(
             f.kind in GRADIENT_FACTORS or f.kind in GRADIENT_REPLACEMENTS for f in faults
         )
@@ -125,14 +135,22 @@ class FaultInjector:
                 x = (10.0 * rng.standard_cauchy(x.shape)).astype(np.float32)
             elif f.kind == "labels":
                 y = rng.permutation(y)
-            elif f.kind == "straggler":  # a slower node: busy, so it shows as compute time
-                end = time.perf_counter() + self.straggler_seconds
-                while time.perf_counter() < end:
-                    pass
+            elif f.kind == "straggler":  # a node with a fixed delay a step
+                _busy(self.straggler_seconds)
+            elif f.kind == "slow":  # a slower machine: the delay grows with its batch
+                _busy(self.straggler_seconds * len(x) / self.batch_size)
             elif f.kind == "crash":  # a node that dies: no cleanup, no checkpoint, status 3
                 print(f"rank {self.rank}: crash fault at step {step}", flush=True)
                 os._exit(3)
         return x, y, factor
+
+
+def _busy(seconds: float) -> None:
+    """Burns CPU for ``seconds`` (a slow node computes; it does not sleep, so the balancer's
+    CPU timing sees it)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 class _FaultControl:

@@ -58,7 +58,7 @@ class Trainer:
         self.rank, self.size = hvd.rank(), hvd.size()
         self.xtr, self.ytr, self.xte, self.yte = arrays
         self.faults = FaultInjector(
-            cfg.inject_fault, self.rank, self.size, cfg.seed, cfg.straggler_seconds
+            cfg.inject_fault, self.rank, self.size, cfg.seed, cfg.straggler_seconds, cfg.batch_size
         )
         steps = len(self.xtr) // (self.size * cfg.batch_size)
         if steps < 1:
@@ -100,6 +100,7 @@ class Trainer:
             )
         self._round = [0.0, 0]  # --sync agwu: correct predictions and samples this round
         self.merges, self.comm_bytes = 0, 0  # AGWU merges; bytes allreduced per rank (either mode)
+        self.step_s = [0.0, 0.0]  # this rank's wall and CPU seconds in training steps (busy_time)
         self.step_macs = self.flops_before  # per image, of the model the steps train
         self.train_macs = 0.0  # forward multiply-adds of all training images so far
         self.acc = new_epoch_acc()  # the running epoch's sums (elastic.py commits them)
@@ -114,7 +115,10 @@ class Trainer:
         from iapdcnn.distributed.agwu import merge_models, nbytes
 
         variables = list(self.model.variables) + list(self.opt.variables)
+        w0, c0 = time.perf_counter(), time.process_time()
         res = merge_models(variables, self._round[0] / self._round[1])
+        self.step_s[0] += time.perf_counter() - w0  # a merge is training time (busy_time)
+        self.step_s[1] += time.process_time() - c0
         if not res["merged"]:
             self.log.say("agwu: every rank's copy is non-finite or scored 0; nothing merged")
         self.merges += 1
@@ -323,14 +327,17 @@ class Trainer:
                 first = i * size * bs + bal.offset  # (wraps as above under --elastic)
                 idx = perm.take(range(first, first + bal.sizes[self.rank]), mode="wrap")
                 self.reduction.weight.assign(bal.weight)
-                cpu0 = time.process_time()
+            w0, c0 = time.perf_counter(), time.process_time()
             x, y, factor = self.faults.batch(self.xtr[idx], self.ytr[idx], gstep)
             if self.faults.corrupts_gradients:
                 self.reduction.factor.assign(factor)
             res = self._train_step(x, y)
+            cpu = time.process_time() - c0
+            self.step_s[0] += time.perf_counter() - w0
+            self.step_s[1] += cpu
             a["seen"] += len(idx)
             if bal is not None:
-                bal.record(time.process_time() - cpu0, len(idx))
+                bal.record(cpu, len(idx))
                 if bal.maybe_update(gstep):
                     self.log.say(f"step {gstep}: balanced batches {bal.sizes}")
             self.train_macs += self.step_macs * bs * size
@@ -468,6 +475,19 @@ class Trainer:
             )
         return out
 
+    def busy_time(self) -> dict[str, list[float]]:
+        """Each rank's seconds in training steps and AGWU merges: ``wall``, ``cpu`` (the process's CPU time, so
+        compute) and ``idle`` = wall - cpu, the time it waited for the others in the collectives
+        (meaningful with ``--threads 1``, where compute cannot exceed the wall clock; on a GPU
+        the CPU time is not the compute). One allgather; every rank calls it."""
+        t = self.hvd.allgather(tf.constant([self.step_s], tf.float64), name="iapdcnn_busy")
+        wall, cpu = t.numpy()[:, 0], t.numpy()[:, 1]
+        return {
+            "wall": [round(float(v), 3) for v in wall],
+            "cpu": [round(float(v), 3) for v in cpu],
+            "idle": [round(float(v), 3) for v in wall - cpu],
+        }
+
     def finish(self) -> dict[str, Any]:
         """Strips the pruned filters physically, evaluates once more and writes the report."""
         from iapdcnn.pruning import count_flops, strip
@@ -492,6 +512,7 @@ class Trainer:
             "flops_saved": 1.0 - flops_after / self.flops_before if self.flops_before else 0.0,
             "faults": [str(f) for f in cfg.inject_fault],
             "train_s": self.train_time,
+            "step_seconds_per_rank": self.busy_time(),
             # forward + backward ~ 3 forwards, 2 FLOPs a multiply-add (masked filters count)
             "train_flops": 6.0 * self.train_macs,
             "time_to_accuracy": self.time_to_accuracy(),
