@@ -163,6 +163,30 @@ def test_launcher_never_runs_two_workers_lines_together():
     assert tails == [f"tail{w}" for w in "0123"], tails
 
 
+def test_launcher_on_a_terminal_lets_the_workers_write_to_it():
+    """On a terminal the workers get it as their stdout (progress bars need one)."""
+    import pty
+
+    code = "import os, sys; print('W' + os.environ['IAPDCNN_WORKER'], sys.stdout.isatty())"
+    main, sub = pty.openpty()
+    cmd = [sys.executable, "-m", "iapdcnn.tfrun", "-np", "2", sys.executable, "-c", code]
+    p = subprocess.Popen(cmd, stdout=sub, stderr=sub, env=child_env())
+    os.close(sub)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal's other end closed: everything is read
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert p.wait(timeout=60) == 0
+    lines = sorted(ln.strip() for ln in out.decode().splitlines() if ln.startswith("W"))
+    assert lines == ["W0 True", "W1 True"], out[-2000:]
+
+
 # ----------------------------------------------------------------------------- LSG
 
 

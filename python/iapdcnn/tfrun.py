@@ -1,10 +1,11 @@
 """``python -m iapdcnn.tfrun -np N COMMAND ...``: starts N local workers of the tf.distribute
 engine (what ``horovodrun -np N -H localhost:N`` is to the Horovod one). Each worker runs
 COMMAND with its own ``TF_CONFIG`` (the N workers on free localhost ports, its index); when one
-exits with an error the others are stopped, and the first failure's status is returned. Each
-worker's output reaches the launcher's stdout and stderr a whole line at a time, so lines of
-different workers never run into each other (an unbuffered ``print`` writes its text and its
-newline in two writes); a worker's last line without a newline is given one.
+exits with an error the others are stopped, and the first failure's status is returned. When
+the launcher's output goes to a file or a pipe, each worker's output reaches it a whole line at
+a time, so lines of different workers never run into each other (an unbuffered ``print`` writes
+its text and its newline in two writes) and a worker's last line without a newline is given
+one; on a terminal the workers write to it directly (progress bars redraw in place).
 
     python -m iapdcnn.tfrun -np 2 python train.py --engine tf_distribute --dataset digits
 """
@@ -59,18 +60,16 @@ def launch(
         raise ValueError("no command to run")
     base = dict(os.environ if env is None else env)
     procs, pumps, lock = [], [], threading.Lock()
+    pipe = subprocess.PIPE if not _is_terminal(sys.stdout) else None
     for i, conf in enumerate(tf_configs(n)):
         child = dict(base, TF_CONFIG=conf, IAPDCNN_WORKER=str(i))
         # own process group: stopping a worker stops what it started
         p = subprocess.Popen(
-            list(command),
-            env=child,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            list(command), env=child, start_new_session=True, stdout=pipe, stderr=pipe
         )
         procs.append(p)
-        pumps += [_pump(p.stdout, sys.stdout, lock), _pump(p.stderr, sys.stderr, lock)]
+        if pipe is not None:
+            pumps += [_pump(p.stdout, sys.stdout, lock), _pump(p.stderr, sys.stderr, lock)]
     deadline = None if timeout is None else time.monotonic() + timeout
     status = 0
     try:
@@ -87,6 +86,13 @@ def launch(
     if status == 0:
         status = next((p.returncode for p in procs if p.returncode != 0), 0)
     return status
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def _pump(src, dst, lock: threading.Lock) -> threading.Thread:

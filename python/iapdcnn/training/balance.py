@@ -10,8 +10,10 @@ still the mean over the global batch.
   of compute), updated as training runs.
 - Compute time is the process's CPU time over the steps (``time.process_time``): the time a
   rank spends waiting in a collective for the others is not compute, so the fast ranks do not
-  look slow. (A rank slowed by waiting on I/O or sleeping would not be seen; ``--inject-fault
-  R:straggler`` burns CPU for that reason.)
+  look slow. (A rank slowed by waiting on I/O or sleeping would not be seen; the injected
+  ``straggler`` and ``slow`` faults burn CPU for that reason. ``slow``'s delay follows its
+  batch, as a slower machine's does, so the balancer can shrink it; ``straggler``'s fixed delay
+  a step it cannot.)
 - The data shards follow the batch sizes: step ``i`` takes the global batch ``perm[i B : (i+1)
   B]`` and rank ``k`` the slice of it that starts at the sum of the smaller ranks' sizes.
 """
