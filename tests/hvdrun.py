@@ -4,6 +4,7 @@ iapdcnn as the test process (the installed package, or a development tree on PYT
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -79,3 +80,12 @@ def run_bench(script: str, *args: str, timeout: float = 900) -> subprocess.Compl
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=ROOT
     )
+
+
+def quick_bench(script: str, out: str) -> dict:
+    """``benchmarks/<script> --quick --out out`` under Horovod: its JSON (the last line); a
+    failure fails the calling test with the output."""
+    horovodrun_path()  # fails clearly when Horovod is missing
+    p = run_bench(script, "--quick", "--out", out)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])

@@ -2,19 +2,14 @@
 related systems' strategies trains (under horovodrun -np 2, one process, and tf.distribute) and
 reports what the summary needs. No timing is asserted (timings belong to the benchmark)."""
 
-import json
-
 import pytest
 
-from hvdrun import horovodrun_path, run_bench
+from hvdrun import quick_bench, run_bench
 
 
 @pytest.mark.horovod
 def test_bench_seeds_quick(tmp_path):
-    horovodrun_path()  # fails clearly when Horovod is missing
-    p = run_bench("bench_seeds.py", "--quick", "--out", str(tmp_path))
-    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res = quick_bench("bench_seeds.py", str(tmp_path))
     check = res["correctness"]
     assert check["cgmse_iterations"] < check["gd_iterations"]
     names = {"base", "cgmse", "kmeans", "agwu", "slow", "slow_balance", "slow_agwu", "tfd"}
