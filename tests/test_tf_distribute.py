@@ -167,7 +167,11 @@ def test_launcher_on_a_terminal_lets_the_workers_write_to_it():
     """On a terminal the workers get it as their stdout (progress bars need one)."""
     import pty
 
-    code = "import os, sys; print('W' + os.environ['IAPDCNN_WORKER'], sys.stdout.isatty())"
+    # one write() each: two workers' prints (text, then newline) could mix on a shared terminal
+    code = (
+        "import os, sys; "
+        "os.write(1, f\"W{os.environ['IAPDCNN_WORKER']} {sys.stdout.isatty()}\\n\".encode())"
+    )
     main, sub = pty.openpty()
     cmd = [sys.executable, "-m", "iapdcnn.tfrun", "-np", "2", sys.executable, "-c", code]
     p = subprocess.Popen(cmd, stdout=sub, stderr=sub, env=child_env())
