@@ -481,7 +481,7 @@ class Trainer:
         (meaningful with ``--threads 1``, where compute cannot exceed the wall clock; on a GPU
         the CPU time is not the compute). One allgather; every rank calls it."""
         t = self.hvd.allgather(tf.constant([self.step_s], tf.float64), name="iapdcnn_busy")
-        wall, cpu = t.numpy()[:, 0], t.numpy()[:, 1]
+        wall, cpu = t.numpy().T
         return {
             "wall": [round(float(v), 3) for v in wall],
             "cpu": [round(float(v), 3) for v in cpu],
