@@ -1,5 +1,5 @@
 """CUDA kernels (csrc/*/*_cuda.cu) through iapdcnn._C on CuPy or PyTorch CUDA arrays: every op
-equals the CPU path (itself tested against the NumPy references), and on NaN / Inf input follows
+(MDCV too) equals the CPU path (itself tested against the NumPy references), and on NaN / Inf input follows
 docs/nan_policy.md exactly as the references do. GPU tests skip, saying why,
 where there is no CUDA build, no GPU, or neither CuPy nor PyTorch with CUDA; the dispatch tests
 at the end run everywhere: each _C function is bound once and dispatches by device on its first
@@ -177,6 +177,56 @@ def test_im2col_conv2d(rng, dtype, data_format, case):
     np.testing.assert_allclose(
         got.astype(np.float64), want, atol=tol * max(1.0, np.abs(want).max()), rtol=tol
     )
+
+
+MDCV_SHAPES = [
+    (3, 3, 4, 16),  # n = 16 <= d = 36: the Woodbury solve in Gram space
+    (1, 1, 8, 40),  # d = 8 < n = 40: the dual, d x d covariance
+    (2, 2, 3, 2),  # the fewest filters that have a covariance
+    (3, 3, 64, 96),  # a real layer's size
+]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", MDCV_SHAPES)
+@pytest.mark.parametrize("shrinkage", [-1.0, 0.0, 0.3, 1.0])
+def test_mdcv_distances(rng, dtype, shape, shrinkage):
+    # Both paths centre and solve in float64; the Gram products sum in different orders, so
+    # float64 agrees to round-off, float32 to its output rounding.
+    w = rng.normal(size=shape).astype(dtype)
+    w[0, 0, 0, :] = 0.5  # a coordinate all filters share: exactly their mean on both paths
+    want_d, want_c, want_l = _C.mdcv_distances(w, shrinkage)
+    got_d, got_c, got_l = _C.mdcv_distances(dev(w), shrinkage)
+    got_d, got_c = host(got_d), host(got_c)
+    assert got_d.dtype == dtype and got_d.shape == want_d.shape and got_c.shape == want_c.shape
+    rtol = 1e-5 if dtype == np.float32 else 1e-8
+    np.testing.assert_allclose(got_d, want_d, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(got_c, want_c, rtol=rtol, atol=rtol)
+    np.testing.assert_array_equal(got_c[0, 0, 0], want_c[0, 0, 0])  # the shared coordinate: exact
+    assert got_l == pytest.approx(want_l, rel=1e-9, abs=1e-15)
+
+
+@gpu
+def test_mdcv_special_layers_and_errors_as_the_cpu(rng):
+    # All filters equal: every distance 0, no 0 / 0.
+    w = np.tile(rng.normal(size=(3, 3, 2, 1)), (1, 1, 1, 6))
+    got = host(_C.mdcv_distances(dev(w))[0])
+    np.testing.assert_array_equal(got, np.zeros(6))
+    # A non-finite weight: the same error, naming the first one in memory order.
+    w = rng.normal(size=(3, 3, 2, 5))
+    w[1, 2, 0, 3], w[2, 0, 1, 1] = np.nan, np.inf
+    with pytest.raises(ValueError) as cpu:
+        _C.mdcv_distances(w)
+    with pytest.raises(ValueError) as gpu_err:
+        _C.mdcv_distances(dev(w))
+    assert str(gpu_err.value) == str(cpu.value) and "in filter 3" in str(cpu.value)
+    # Weights whose covariance overflows float64.
+    w = rng.normal(size=(1, 1, 3, 4)) * 1e200
+    with pytest.raises(ValueError, match="covariance overflows float64"):
+        _C.mdcv_distances(dev(w))
+    with pytest.raises(TypeError, match="must be float32 or float64"):
+        _C.mdcv_distances(dev(np.ones((1, 1, 2, 3), np.int64)))
 
 
 # ---- NaN policy (docs/nan_policy.md): the GPU result against the NumPy references -------------
@@ -411,9 +461,15 @@ def test_a_cuda_array_after_a_host_first_argument_is_named():
         _C.im2col_conv2d(np.zeros((1, 4, 4, 1)), FakeCudaArray((1, 1, 1, 1)))
 
 
-def test_mdcv_has_no_cuda_path_and_says_so():
-    with pytest.raises(TypeError, match="filters is a CUDA array, but MDCV has no CUDA kernel"):
-        _C.mdcv_distances(FakeCudaArray((3, 3, 1, 2)))
+def test_mdcv_dispatches_to_its_cuda_path():
+    # An empty layer is refused by the shared argument rules before the device is touched.
+    x = FakeCudaArray((0, 3, 1, 2))
+    if getattr(_C, "with_cuda", False):
+        with pytest.raises(ValueError, match="mdcv_distances: filters has an empty dimension"):
+            _C.mdcv_distances(x)
+    else:
+        with pytest.raises(TypeError, match="built without CUDA"):
+            _C.mdcv_distances(x)
 
 
 def test_host_dtype_rule(rng):

@@ -25,7 +25,7 @@ REGISTER_OP("Iapdcnn>MdcvDistances")
     })
     .Doc("MDCV filter distances from the filters' mean under a shrunk covariance (spec §2a).");
 
-template <typename T>
+template <typename T, bool kGpu = false>
 class MdcvDistancesOp : public OpKernel {
  public:
   explicit MdcvDistancesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -46,10 +46,22 @@ class MdcvDistancesOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, dist_shape, &dist));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, center_shape, &center));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &used));
-    IAPDCNN_OP_REQUIRES_OK(
-        ctx,
-        MdcvDistancesCpu<T>(p, filters.flat<T>().data(), dist->flat<T>().data(),
-                            center->flat<T>().data(), used->flat<T>().data(), TfParallelFor(ctx)));
+    if constexpr (kGpu) {
+      // shrinkage and shrinkage_used are host memory (registered below); the solve runs on the
+      // host and the call synchronises TF's stream.
+      TfGpuScratch scratch(ctx);
+      double l = 0.0;
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, MdcvDistancesCuda<T>(p, filters.flat<T>().data(), dist->flat<T>().data(),
+                                    center->flat<T>().data(), &l, TfGpuStream(ctx),
+                                    TfParallelFor(ctx), &scratch));
+      used->scalar<T>()() = static_cast<T>(l);
+    } else {
+      IAPDCNN_OP_REQUIRES_OK(
+          ctx, MdcvDistancesCpu<T>(p, filters.flat<T>().data(), dist->flat<T>().data(),
+                                   center->flat<T>().data(), used->flat<T>().data(),
+                                   TfParallelFor(ctx)));
+    }
   }
 };
 
@@ -59,6 +71,19 @@ class MdcvDistancesOp : public OpKernel {
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+#define REGISTER_GPU(T)                                         \
+  REGISTER_KERNEL_BUILDER(Name("Iapdcnn>MdcvDistances")         \
+                              .Device(::tensorflow::DEVICE_GPU) \
+                              .TypeConstraint<T>("T")           \
+                              .HostMemory("shrinkage")          \
+                              .HostMemory("shrinkage_used"),    \
+                          MdcvDistancesOp<T, true>)
+REGISTER_GPU(float);
+REGISTER_GPU(double);
+#undef REGISTER_GPU
+#endif
 
 }  // namespace tfops
 }  // namespace iapdcnn

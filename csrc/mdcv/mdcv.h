@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/gpu.h"
 #include "common/parallel.h"
 #include "common/status.h"
 
@@ -39,5 +40,15 @@ Status ValidateMdcv(const std::vector<int64_t>& filters_shape, double shrinkage,
 template <typename T>
 Status MdcvDistancesCpu(const MdcvParams& p, const T* filters, T* distances, T* center,
                         T* shrinkage_used, const ParallelFor& pf);
+
+// CUDA entry point (mdcv_cuda.cu, built with IAPDCNN_WITH_CUDA): filters, distances and center
+// on the device, shrinkage_used on the host. The check, the centring and the Gram product
+// (cuBLAS, float64) run on `stream`; the k x k solve, k = min(n, d), runs on the host
+// (host_pf's threads), so the call synchronises `stream` and returns when the distances are
+// written. Scratch from `scratch` or the stream's memory pool when null.
+template <typename T>
+Status MdcvDistancesCuda(const MdcvParams& p, const T* filters, T* distances, T* center,
+                         double* shrinkage_used, cudaStream_t stream, const ParallelFor& host_pf,
+                         GpuScratch* scratch = nullptr);
 
 }  // namespace iapdcnn

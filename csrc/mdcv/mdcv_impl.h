@@ -1,13 +1,29 @@
-// Scalar pieces of MDCV (spec §2a) shared by the CPU path and a future CUDA path: the Ledoit-Wolf
-// shrinkage from Gram-space moments, and the mapping from l to the Woodbury coefficients.
+// What the CPU (mdcv_cpu.cc) and CUDA (mdcv_cuda.cu) paths of MDCV (spec §2a) share: the error
+// for a non-finite weight, the host solve (mdcv_solve.cc) that turns the centred filters' Gram
+// matrix into l and the distances, and its scalar pieces (the Ledoit-Wolf shrinkage from
+// Gram-space moments, the mapping from l to the Woodbury coefficients).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
 #include "common/host_device.h"
+#include "common/parallel.h"
+#include "common/status.h"
+#include "mdcv/mdcv.h"
 
 namespace iapdcnn {
+
+// The NaN policy's error (docs/nan_policy.md) for filters[flat] = value, n = cout filters: it
+// names the filter. Both paths report the first non-finite value in memory order.
+Status MdcvNonFiniteError(int64_t flat, int64_t n, double value);
+
+// From r [n] = |x_i - mu|^2 and the centred filters' Gram matrix k, column-major k x k with
+// k = min(n, d) (Xc Xc^T when n <= d, else Xc^T Xc), picks l (Ledoit-Wolf when p.shrinkage < 0;
+// written to *l) and writes distances [n]. u, the centred filters [n, d] row-major, is read only
+// when d < n (pass nullptr otherwise). An overflowed covariance is an error naming the filter.
+Status MdcvSolveHost(const MdcvParams& p, const double* r, const double* k, const double* u,
+                     double* l, double* distances, const ParallelFor& pf);
 namespace mdcv_impl {
 
 // Ledoit-Wolf intensity, written as scikit-learn's ledoit_wolf_shrinkage (population moments,
