@@ -670,3 +670,48 @@ def test_report_case_counts():
     # Runs last in this file: the number of cases each op was tried with (the issue asks for it).
     if TOTALS:
         print("\nhostile cases per op:", json.dumps(TOTALS, sort_keys=True))
+
+
+def test_graph_mode_rank_errors_name_the_argument():
+    # Inside a tf.function the ops' shape functions see a wrong rank before any kernel runs;
+    # their error names the op and the argument, as the kernels' own checks do (TensorFlow's
+    # WithRank message named only the graph node).
+    import tensorflow as tf
+
+    from iapdcnn import ops
+
+    def spec(*shape, dtype=tf.float32):
+        return [tf.TensorSpec(shape, dtype)]
+
+    four = tf.ones((1, 4, 4, 1))
+    cases = [
+        (ops.cosine_nlm, spec(4, 4), "cosine_nlm: x must be 4-D"),
+        (ops.marr_hildreth, spec(4, 4, 1), "marr_hildreth: x must be 4-D"),
+        (ops.mdcv_distances, spec(3, 3, 4), "mdcv_distances: filters must be 4-D"),
+        (
+            lambda s: ops.mdcv_distances(tf.ones((1, 1, 2, 3)), s),
+            spec(2),
+            "mdcv_distances: shrinkage must be a scalar",
+        ),
+        (lambda x: ops.fci(x, x), spec(2, 3, 4), "fci: x must be 2-D"),
+        (lambda y: ops.fci(tf.ones((2, 4)), y), spec(4), "fci: y must be 2-D"),
+        (
+            lambda x: ops.fci_within_class(x, tf.zeros((2,), tf.int64), 2),
+            spec(2, 4),
+            "fci: x must be 3-D",
+        ),
+        (
+            lambda lab: ops.fci_within_class(tf.ones((2, 3, 4)), lab, 2),
+            spec(2, 1, dtype=tf.int64),
+            "fci: labels must be 1-D",
+        ),
+        (
+            lambda x: ops.im2col_conv2d(x, tf.ones((3, 3, 1, 2))),
+            spec(4, 4, 1),
+            "im2col_conv2d: input must be 4-D",
+        ),
+        (lambda f: ops.im2col_conv2d(four, f), spec(3, 3, 1), "im2col_conv2d: filters must be 4-D"),
+    ]
+    for fn, signature, message in cases:
+        with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match=message):
+            tf.function(fn, input_signature=signature).get_concrete_function()

@@ -58,8 +58,8 @@ struct ConvAttrs {
   ConvAttrs a;
   TF_RETURN_IF_ERROR(a.Read(c));
   TF_RETURN_IF_ERROR(ToTf(ValidateConvDataFormat(a.data_format)));
-  TF_RETURN_IF_ERROR(c->WithRank(in, 4, &in));
-  TF_RETURN_IF_ERROR(c->WithRank(f, 4, &f));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, in, 4, "im2col_conv2d", "input", &in));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, f, 4, "im2col_conv2d", "filters", &f));
   const bool nchw = a.data_format == "NCHW";
   const int ci = nchw ? 1 : 3, hi = nchw ? 2 : 1, wi = nchw ? 3 : 2;
   std::vector<int64_t> ins(4), fs(4);
@@ -110,7 +110,8 @@ REGISTER_OP("Iapdcnn>Im2colConv2DBackpropInput")
     .SetShapeFn([](si::InferenceContext* c) {
       si::ShapeHandle s;
       TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(0, &s));
-      TF_RETURN_IF_ERROR(c->WithRank(s, 4, &s));
+      TF_RETURN_IF_ERROR(
+          WithRankNamed(c, s, 4, "im2col_conv2d_backprop_input", "input_sizes (a shape)", &s));
       c->set_output(0, s);
       return ::tensorflow::OkStatus();
     })
@@ -125,7 +126,8 @@ REGISTER_OP("Iapdcnn>Im2colConv2DBackpropFilter")
     .SetShapeFn([](si::InferenceContext* c) {
       si::ShapeHandle s;
       TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(1, &s));
-      TF_RETURN_IF_ERROR(c->WithRank(s, 4, &s));
+      TF_RETURN_IF_ERROR(
+          WithRankNamed(c, s, 4, "im2col_conv2d_backprop_filter", "filter_sizes (a shape)", &s));
       c->set_output(0, s);
       return ::tensorflow::OkStatus();
     })

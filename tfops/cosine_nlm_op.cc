@@ -15,9 +15,9 @@ REGISTER_OP("Iapdcnn>CosineNlm")
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
-      TF_RETURN_IF_ERROR(ScalarInputShape(c, 1));
-      TF_RETURN_IF_ERROR(ScalarInputShape(c, 2));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      TF_RETURN_IF_ERROR(ScalarInputShape(c, 1, "cosine_nlm", "h"));
+      TF_RETURN_IF_ERROR(ScalarInputShape(c, 2, "cosine_nlm", "eps"));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(0), 4, "cosine_nlm", "x", &x));
       c->set_output(0, x);
       return ::tensorflow::OkStatus();
     })

@@ -13,8 +13,8 @@ REGISTER_OP("Iapdcnn>Fci")
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x, y;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &y));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(0), 2, "fci", "x", &x));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(1), 2, "fci", "y", &y));
       shape_inference::DimensionHandle unused;
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(x, 1), c->Dim(y, 1), &unused));
       c->set_output(0, c->Matrix(c->Dim(x, 0), c->Dim(y, 0)));
@@ -55,8 +55,8 @@ REGISTER_CPU(double);
 // Shared by the three block ops: x [n, P, L] and labels [n] -> [n, P].
 static ::tensorflow::Status BlockShape(shape_inference::InferenceContext* c) {
   shape_inference::ShapeHandle x, labels;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &x));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &labels));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(0), 3, "fci", "x", &x));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(1), 1, "fci", "labels", &labels));
   c->set_output(0, c->Matrix(c->Dim(x, 0), c->Dim(x, 1)));
   return ::tensorflow::OkStatus();
 }
@@ -70,8 +70,8 @@ REGISTER_OP("Iapdcnn>FciClassStats")
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x, labels;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &labels));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(0), 3, "fci", "x", &x));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(1), 1, "fci", "labels", &labels));
       int64_t k;
       TF_RETURN_IF_ERROR(c->GetAttr("num_classes", &k));
       c->set_output(0, c->Vector(k));

@@ -18,8 +18,8 @@ REGISTER_OP("Iapdcnn>MarrHildreth")
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
-      TF_RETURN_IF_ERROR(ScalarInputShape(c, 1));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      TF_RETURN_IF_ERROR(ScalarInputShape(c, 1, "marr_hildreth", "threshold"));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(0), 4, "marr_hildreth", "x", &x));
       c->set_output(0, x);
       return ::tensorflow::OkStatus();
     })

@@ -15,8 +15,8 @@ REGISTER_OP("Iapdcnn>MdcvDistances")
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle f, s, center;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &f));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 0, &s));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(0), 4, "mdcv_distances", "filters", &f));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(1), 0, "mdcv_distances", "shrinkage", &s));
       TF_RETURN_IF_ERROR(c->Subshape(f, 0, 3, &center));
       c->set_output(0, c->Vector(c->Dim(f, 3)));
       c->set_output(1, center);

@@ -66,10 +66,23 @@ inline ::tensorflow::Status ScalarInput(OpKernelContext* ctx, int index, const c
   *out = t.scalar<double>()();
   return ::tensorflow::OkStatus();
 }
-// The shape function's half: input `index` is a scalar.
-inline ::tensorflow::Status ScalarInputShape(shape_inference::InferenceContext* c, int index) {
+// The shape functions' rank check (graph construction), with an error that names the op and
+// the argument as csrc's Validate* messages do; TensorFlow's own names only the node. Unknown
+// ranks pass (the kernel's Validate* checks them at run time).
+inline ::tensorflow::Status WithRankNamed(shape_inference::InferenceContext* c,
+                                          shape_inference::ShapeHandle s, int rank, const char* op,
+                                          const char* name, shape_inference::ShapeHandle* out) {
+  if (c->WithRank(s, rank, out).ok()) return ::tensorflow::OkStatus();
+  return ::tensorflow::errors::InvalidArgument(
+      op, ": ", name, " must be ",
+      rank == 0 ? std::string("a scalar") : std::to_string(rank) + "-D", ", got shape ",
+      c->DebugString(s));
+}
+// The shape function's half of ScalarInput: input `index` is a scalar.
+inline ::tensorflow::Status ScalarInputShape(shape_inference::InferenceContext* c, int index,
+                                             const char* op, const char* name) {
   shape_inference::ShapeHandle unused;
-  return c->WithRank(c->input(index), 0, &unused);
+  return WithRankNamed(c, c->input(index), 0, op, name, &unused);
 }
 
 inline std::string AttrList(const char* name, int64_t v, int n) {
