@@ -236,15 +236,23 @@ def report(stage, status, seconds, rc, outfile, extra=""):
         text = tail(outfile, 200000)
         m = re.findall(r"ERROR SUMMARY: (\d+) error", text)
         d["memcheck_errors"] = int(m[-1]) if m else None
+        tool = re.findall(r"^=+ Error: .*$", text, re.M)  # compute-sanitizer itself complaining
+        d["tool_error"] = tool[-1][:300] if tool else None
+        runs = re.findall(r"^(?!=).*\d+ (?:passed|failed|skipped|error).* in [\d.]+s.*$", text, re.M)
+        d["pytest_summary"] = runs[-1].strip("= ")[:300] if runs else None
+        passed = re.findall(r"(\d+) passed", runs[-1]) if runs else []
         if status == "ok" or status == "failed":
             if m and int(m[-1]) > 0:
                 d["status"] = "errors"
-            elif m and rc == 0:
-                d["status"] = "passed"
-            elif m:
-                d["status"] = "tests_failed"
-            else:
+            elif tool or not m:
+                d["status"] = "refused"  # the tool did not run the tests instrumented
+            elif not passed or int(passed[0]) == 0:
                 d["status"] = "refused"
+                d["reason"] = "no GPU test ran under compute-sanitizer"
+            elif int(rc) == 0:
+                d["status"] = "passed"
+            else:
+                d["status"] = "tests_failed"
     elif stage == "build" and extra:
         d.update(json.loads(extra))
     if d["status"] not in ("ok", "passed", "skipped") or stage == "sanitizer":
@@ -286,6 +294,9 @@ def summary(total_seconds, env_json):
                 s["ok"] = False
         if stage == "sanitizer":
             st["errors"] = d.get("memcheck_errors")
+            for k in ("pytest_summary", "tool_error"):
+                if d.get(k):
+                    st[k] = d[k][:160]
             if d.get("status") == "errors":
                 s["ok"] = False
         stages[stage] = st
