@@ -11,7 +11,8 @@ the default r=2, s=5, h=0.1, then Marr-Hildreth edges, float32) in images/s at 2
 against the CPU path of iapdcnn._C in the same run and OpenCV's nearest equivalent when cv2 is
 importable (fastNlMeansDenoising at the same windows, then a Laplacian zero-crossing masked by the
 Sobel magnitude); and cosine NLM, Marr-Hildreth and FCI alone at 28x28 as the speed-up over the
-CPU path. Needs PyTorch with CUDA, not TensorFlow.
+CPU path; and MDCV's distances of every ResNet-50 kernel (the CUDA path's Gram product on the GPU,
+its small solve on the host) against the CPU path. Needs PyTorch with CUDA, not TensorFlow.
 
 Last stdout line: one JSON object with the figures (or {"skipped": why}).
 
@@ -303,6 +304,28 @@ def bench_features(torch, quick: bool) -> dict:
     return out
 
 
+def bench_mdcv(torch, quick: bool) -> dict:
+    """MDCV distances of ResNet-50's conv kernels (float32, Ledoit-Wolf): the CUDA path (check,
+    centring and the float64 Gram product on the GPU, the k x k solve on the host) against the CPU
+    path of _C, distances checked equal first. Each call synchronises (the solve is on the host),
+    so wall-clock time is the measure."""
+    rng = np.random.default_rng(0)
+    per_layer = {}
+    for name, _hw, cin, k, cout, _stride in RESNET50[:4] if quick else RESNET50:
+        w = (rng.normal(size=(k, k, cin, cout)) / math.sqrt(k * k * cin)).astype(np.float32)
+        wd = torch.from_numpy(w).cuda()
+        want = _C.mdcv_distances(w)[0]
+        got = torch.as_tensor(_C.mdcv_distances(wd)[0], device="cuda").cpu().numpy()
+        err = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-30))
+        assert err < 1e-4, f"mdcv {name}: relative error {err:.2e}"
+        t_cpu = min(_timed(lambda w=w: _C.mdcv_distances(w)) for _ in range(2))
+        t_gpu = min(_timed(lambda wd=wd: _C.mdcv_distances(wd)) for _ in range(3))
+        per_layer[name] = {"cpu_ms": 1e3 * t_cpu, "gpu_ms": 1e3 * t_gpu, "speedup": t_cpu / t_gpu}
+        print(f"mdcv {name:22s} CPU {1e3 * t_cpu:8.2f} ms  GPU {1e3 * t_gpu:8.2f} ms", flush=True)
+    speedups = [v["speedup"] for v in per_layer.values()]
+    return {"speedup_geomean": _geomean(speedups), "layers": per_layer}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 shapes, fewer reps, small features")
@@ -344,6 +367,9 @@ def main() -> None:
         for k, v in edge.items():
             result[f"edge_224_{k}"] = v
         result["features"] = bench_features(torch, args.quick)
+        mdcv = bench_mdcv(torch, args.quick)
+        result["mdcv_speedup_vs_cpu_geomean"] = mdcv["speedup_geomean"]
+        result["mdcv"] = mdcv["layers"]
     print(json.dumps(result))
 
 

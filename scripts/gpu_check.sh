@@ -4,13 +4,16 @@
 # TensorFlow op library) into build/gpu, then runs, each stage with its own timeout inside one
 # overall budget (a stage that no longer fits is recorded as skipped, "out of time"):
 #   build      cmake + ninja, _C only, staged as a package in build/gpu/pkg (first on PYTHONPATH)
-#   tests      pytest tests/test_cuda.py tests/test_cuda_hostile.py (junit XML turned into JSON)
+#   tests      pytest tests/test_cuda.py: CUDA == CPU for every op (junit XML turned into JSON)
 #   bench      benchmarks/bench_conv_gpu.py --no-features: conv forward and both gradients against
 #              cuDNN, fp32 and fp16, ResNet-50 shapes at batch 32
 #   features   benchmarks/bench_conv_gpu.py --features-only: EdgeFeatures images/s at 224x224
+#   hostile    pytest tests/test_cuda_hostile.py: the CPU's hostile sizes and strides on the GPU,
+#              and tensors past 2^31 elements (a pytest of its own, after the figures, so that a
+#              slow huge case can cost only its own stage)
 #   sanitizer  compute-sanitizer --tool memcheck over a short subset of tests/test_cuda.py
 # Every stage writes <stage>.json into $OUT (default runs/gpu_check), with summary.json and the
-# full log gpu_check.log: 7 files. The last stdout line is one compact JSON object,
+# full log gpu_check.log: 8 files, the most that come back. The last stdout line is one compact JSON object,
 # {"gpu_check": {...}}. Exit status 1 when the build failed, a test failed, a benchmark's
 # correctness check failed or memcheck reported errors; 0 otherwise (skips included).
 #
@@ -197,6 +200,9 @@ def junit(path):
     except (OSError, ET.ParseError) as e:
         return {"junit_error": str(e)}
     for case in root.iter("testcase"):
+        if not case.get("name"):  # the test a timeout interrupted: pytest leaves it unnamed
+            counts["interrupted"] = counts.get("interrupted", 0) + 1
+            continue
         counts["tests"] += 1
         name = case.get("classname", "") + "::" + case.get("name", "")
         bad = case.find("failure")
@@ -220,7 +226,7 @@ def junit(path):
 
 def report(stage, status, seconds, rc, outfile, extra=""):
     d = {"stage": stage, "status": status, "seconds": float(seconds), "rc": int(rc)}
-    if stage == "tests":
+    if stage in ("tests", "hostile"):
         d.update(junit(extra))
         c = d.get("counts")
         if status == "ok" and c and (c["failed"] or c["errors"]):
@@ -264,7 +270,7 @@ def report(stage, status, seconds, rc, outfile, extra=""):
 def summary(total_seconds, env_json):
     s = {"ok": True, "seconds": float(total_seconds), "env": json.loads(env_json or "{}")}
     stages = {}
-    for stage in ("build", "tests", "bench", "features", "sanitizer"):
+    for stage in ("build", "tests", "bench", "features", "hostile", "sanitizer"):
         try:
             d = json.load(open(os.path.join(out_dir, stage + ".json")))
         except (OSError, ValueError):
@@ -278,7 +284,7 @@ def summary(total_seconds, env_json):
                     st[k] = d[k]
             if d.get("status") != "ok":
                 s["ok"] = False
-        if stage == "tests":
+        if stage in ("tests", "hostile"):
             st.update(d.get("counts") or {})
             st["failures"] = [f["name"] for f in d.get("failures", [])][:8]
             if d.get("status") not in ("ok", "skipped"):
@@ -333,7 +339,9 @@ run_stage() {
   fi
   say "gpu_check: [$(elapsed)s] $stage (limit ${t}s)"
   local s0=$(date +%s)
-  timeout -k 10 "$t" "$@" >"$outfile" 2>&1
+  # SIGINT first: pytest then ends its session and still writes its junit XML (the counts of what
+  # ran); KILL 15 s later.
+  timeout -s INT -k 15 "$t" "$@" >"$outfile" 2>&1
   STAGE_RC=$?
   STAGE_S=$(($(date +%s) - s0))
   echo "----- $stage: rc=$STAGE_RC, ${STAGE_S}s -----"
@@ -463,20 +471,25 @@ print(json.dumps(d))' "$IMPORT_JSON" "$ARCH" "$USED")"
 say "gpu_check: build $(report build "$BUILD_STATUS" "$BUILD_S" "$STAGE_RC" "$WORK/build.out" "$EXTRA") in ${BUILD_S}s"
 [ "$BUILD_STATUS" = ok ] || EXIT=1
 
-# ---- 2. tests ------------------------------------------------------------------------------------
-if [ "$HAVE_C" != 1 ]; then
-  skipped tests "no _C: the build failed"
-elif run_stage tests 200 "$WORK/tests.out" "$PY" -m pytest -p no:cacheprovider -q -rs \
-  --junitxml="$WORK/junit.xml" tests/test_cuda.py tests/test_cuda_hostile.py; then
-  st=$(status_of "$STAGE_RC")
-  [ "$STAGE_RC" != 1 ] || st=ok  # pytest's 1: some test failed; the junit counts say which
-  st=$(report tests "$st" "$STAGE_S" "$STAGE_RC" "$WORK/tests.out" "$WORK/junit.xml")
-  say "gpu_check: tests $st in ${STAGE_S}s ($(tail -n 1 "$WORK/tests.out"))"
-  [ "$st" = ok ] || EXIT=1
-else
-  skipped tests "out of time"
-  EXIT=1
-fi
+# ---- 2. tests (and, after the benchmarks, 5. hostile) --------------------------------------------
+test_stage() {  # test_stage <stage> <max seconds> <test files...>
+  local stage="$1" max="$2" st
+  shift 2
+  if [ "$HAVE_C" != 1 ]; then
+    skipped "$stage" "no _C: the build failed"
+  elif run_stage "$stage" "$max" "$WORK/$stage.out" "$PY" -m pytest -p no:cacheprovider -q -rs \
+    --junitxml="$WORK/$stage.xml" "$@"; then
+    st=$(status_of "$STAGE_RC")
+    [ "$STAGE_RC" != 1 ] || st=ok  # pytest's 1: some test failed; the junit counts say which
+    st=$(report "$stage" "$st" "$STAGE_S" "$STAGE_RC" "$WORK/$stage.out" "$WORK/$stage.xml")
+    say "gpu_check: $stage $st in ${STAGE_S}s ($(tail -n 1 "$WORK/$stage.out"))"
+    [ "$st" = ok ] || EXIT=1
+  else
+    skipped "$stage" "out of time"
+    EXIT=1
+  fi
+}
+test_stage tests 150 tests/test_cuda.py
 
 # ---- 3. conv benchmark, 4. feature throughput ------------------------------------------------------
 bench_stage() {  # bench_stage <stage> <max seconds> <flags...>
@@ -494,8 +507,9 @@ bench_stage() {  # bench_stage <stage> <max seconds> <flags...>
 }
 bench_stage bench 170 --no-features
 bench_stage features 60 --features-only
+test_stage hostile 120 tests/test_cuda_hostile.py
 
-# ---- 5. compute-sanitizer memcheck ------------------------------------------------------------------
+# ---- 6. compute-sanitizer memcheck ------------------------------------------------------------------
 # CuPy's and PyTorch's memory pools are turned off so that memcheck sees every allocation's bounds.
 SANITIZE_PY='
 import os, sys
