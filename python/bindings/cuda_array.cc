@@ -178,17 +178,29 @@ struct CudaBuffer {
   std::string dtype;
   int device = 0;
   uintptr_t stream = 1;  // CAI v3: the stream the data is produced on (1: legacy default)
+  // Where the block is freed: nullptr for the legacy default stream, which waits for all work on
+  // blocking streams (the legacy and per-thread default streams, CuPy's default Stream()); else
+  // the producing stream itself, when it is non-blocking (PyTorch's streams): the legacy stream
+  // does not wait for those, so a free there could let the pool hand the block out again while
+  // the kernels writing it still run. Such a stream must outlive the buffer.
+  cudaStream_t free_on = nullptr;
   CudaBuffer() = default;
   CudaBuffer(const CudaBuffer&) = delete;
   CudaBuffer& operator=(const CudaBuffer&) = delete;
   ~CudaBuffer() {
 #ifdef IAPDCNN_WITH_CUDA
     if (ptr != nullptr) {
-      DeviceGuard g(device);
-      // Ordered after all work on blocking streams (the legacy default stream waits for them).
-      // A consumer on a non-blocking stream must synchronise it before dropping the last
+      // Not DeviceGuard: it throws, and a destructor must not (std::terminate). Errors are
+      // ignored (at interpreter exit the runtime may be gone), and cleared, so that the next
+      // launch check (cudaGetLastError) does not report them.
+      int previous = -1;
+      if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+      if (previous != device) cudaSetDevice(device);
+      // A consumer on another stream must synchronise it with `stream` before dropping the last
       // reference (PyTorch's record_stream contract).
-      cudaFreeAsync(ptr, cudaStreamLegacy);
+      cudaFreeAsync(ptr, free_on == nullptr ? cudaStreamLegacy : free_on);
+      if (previous >= 0 && previous != device) cudaSetDevice(previous);
+      cudaGetLastError();
     }
 #endif
   }
@@ -281,6 +293,12 @@ py::object NewCudaBuffer(const std::vector<int64_t>& shape, const std::string& d
   if (bytes > 0) {
     DeviceGuard g(like.device);
     KeepPoolMemory(like.device);
+    cudaStream_t s = like.stream;
+    if (s != nullptr && s != cudaStreamLegacy && s != cudaStreamPerThread) {
+      unsigned flags = 0;
+      Check(cudaStreamGetFlags(s, &flags), "cudaStreamGetFlags");
+      if ((flags & cudaStreamNonBlocking) != 0) buf->free_on = s;
+    }
     Check(cudaMallocAsync(&buf->ptr, static_cast<size_t>(bytes), like.stream), "cudaMallocAsync");
   }
   *data = buf->ptr;
