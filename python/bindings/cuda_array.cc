@@ -166,6 +166,7 @@ void KeepPoolMemory(int device) {
 
 void Check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
+    cudaGetLastError();  // not left behind for the next launch check
     throw std::runtime_error(std::string("iapdcnn._C: ") + what + ": " + cudaGetErrorString(e));
   }
 }
@@ -277,6 +278,22 @@ CudaArg ParseCudaArrayLike(py::handle h, const char* name, const CudaArg& like,
     throw py::type_error(std::string("iapdcnn._C: ") + name + " must be " + dtype + ", got " +
                          a.dtype);
   }
+#ifdef IAPDCNN_WITH_CUDA
+  // The kernels run on like.stream; CAI v3 asks the consumer to order its work after the stream
+  // each array was produced on, so a different producer stream is waited for (an event, no host
+  // synchronisation). nullptr is the legacy default stream.
+  cudaStream_t from = a.stream == nullptr ? cudaStreamLegacy : a.stream;
+  cudaStream_t to = like.stream == nullptr ? cudaStreamLegacy : like.stream;
+  if (from != to && a.data != nullptr) {
+    DeviceGuard g(like.device);
+    cudaEvent_t ev = nullptr;
+    Check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    cudaError_t e = cudaEventRecord(ev, from);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(to, ev, 0);
+    cudaEventDestroy(ev);  // released once the wait is satisfied
+    Check(e, "ordering an argument's producer stream before the kernel's stream");
+  }
+#endif
   return a;
 }
 
