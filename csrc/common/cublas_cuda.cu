@@ -2,11 +2,13 @@
 // (thread, device), since a cuBLAS handle must not be shared by threads setting streams.
 #include <cuda_runtime.h>
 #include <dlfcn.h>
+#include <link.h>
 
 #include <climits>
 #include <cstdlib>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "common/cublas_lazy.h"
 #include "common/cuda_util.cuh"
@@ -30,22 +32,60 @@ struct Lib {
   std::string error;
 };
 
+// Directories where a cuBLAS may sit that the loader's search path misses: next to the CUDA
+// libraries already loaded (a toolkit's lib64), the pip wheels' layout beside them
+// (site-packages/nvidia/{cublas,cu13}/lib, e.g. CuPy's or PyTorch's), $CUDA_HOME / $CUDA_PATH,
+// /usr/local/cuda.
+std::vector<std::string> CandidateDirs() {
+  std::vector<std::string> dirs;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        auto* out = static_cast<std::vector<std::string>*>(data);
+        const std::string path = info->dlpi_name == nullptr ? "" : info->dlpi_name;
+        const size_t slash = path.rfind('/');
+        if (slash == std::string::npos) return 0;
+        const std::string file = path.substr(slash + 1);
+        if (file.rfind("libcu", 0) != 0 && file.rfind("libnv", 0) != 0) return 0;
+        out->push_back(path.substr(0, slash));
+        const size_t nv = path.rfind("/nvidia/");
+        if (nv != std::string::npos) {
+          out->push_back(path.substr(0, nv) + "/nvidia/cublas/lib");
+          out->push_back(path.substr(0, nv) + "/nvidia/cu13/lib");
+        }
+        return 0;
+      },
+      &dirs);
+  for (const char* var : {"CUDA_HOME", "CUDA_PATH"}) {
+    const char* v = std::getenv(var);
+    if (v != nullptr && *v != '\0') dirs.push_back(std::string(v) + "/lib64");
+  }
+  dirs.push_back("/usr/local/cuda/lib64");
+  return dirs;
+}
+
 const Lib& Load() {
   static const Lib lib = [] {
     Lib l;
     const char* env = std::getenv("IAPDCNN_CUBLAS_LIBRARY");
-    const char* names[] = {env, "libcublas.so.13", "libcublas.so.12", "libcublas.so.11",
-                           "libcublas.so"};
+    const char* sonames[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so.11",
+                             "libcublas.so"};
+    std::vector<std::string> names;
+    if (env != nullptr && *env != '\0') names.push_back(env);
+    for (const char* so : sonames) names.push_back(so);
+    for (const std::string& dir : CandidateDirs()) {
+      for (const char* so : sonames) names.push_back(dir + "/" + so);
+    }
     void* h = nullptr;
-    for (const char* name : names) {
-      if (name == nullptr || *name == '\0') continue;
-      h = dlopen(name, RTLD_NOW | RTLD_GLOBAL);
+    for (const std::string& name : names) {
+      h = dlopen(name.c_str(), RTLD_NOW | RTLD_GLOBAL);
       if (h != nullptr) break;
     }
     if (h == nullptr) {
       l.error =
-          "cuBLAS not found (tried $IAPDCNN_CUBLAS_LIBRARY, libcublas.so.13/.12/.11/.so); install "
-          "it (e.g. pip install nvidia-cublas-cu12) or set IAPDCNN_CUBLAS_LIBRARY to its path";
+          "cuBLAS not found (tried $IAPDCNN_CUBLAS_LIBRARY, libcublas.so.13/.12/.11/.so on the "
+          "loader's path, next to the loaded CUDA libraries, in site-packages/nvidia/cublas/lib, "
+          "$CUDA_HOME/lib64 and /usr/local/cuda/lib64); install it (e.g. pip install "
+          "nvidia-cublas-cu12) or set IAPDCNN_CUBLAS_LIBRARY to its path";
       return l;
     }
     l.create = reinterpret_cast<CreateFn>(dlsym(h, "cublasCreate_v2"));

@@ -3,7 +3,10 @@
 // must import on machines without a GPU or without cuBLAS. Only the entry point the conv kernels
 // use is declared (cublasGemmStridedBatchedEx, stable since CUDA 11; enum values as in
 // cublas_api.h / library_types.h). Library search: $IAPDCNN_CUBLAS_LIBRARY, then libcublas.so.13,
-// .so.12, .so.11, .so (an already-loaded copy, e.g. PyTorch's or TensorFlow's, is found by soname).
+// .so.12, .so.11, .so (an already-loaded copy, e.g. PyTorch's or TensorFlow's, is found by soname),
+// then the same names next to the CUDA libraries already loaded, in the pip wheels' layout beside
+// them (site-packages/nvidia/cublas/lib: CuPy loads cuBLAS lazily, so it may not be loaded yet),
+// $CUDA_HOME/lib64, $CUDA_PATH/lib64 and /usr/local/cuda/lib64.
 #pragma once
 
 #include <cstdint>

@@ -67,8 +67,11 @@ Status CheckLabels(const FciBlocksParams& p, const int64_t* labels, cudaStream_t
   IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   if (bad == none) return Status::OK();
   int64_t value = 0;
+  // On the caller's stream, not cudaMemcpy's legacy default stream (which TF's and PyTorch's
+  // non-blocking streams do not order with, and which waits for every blocking stream).
   IAPDCNN_CUDA_RETURN_IF_ERROR(
-      cudaMemcpy(&value, labels + bad, sizeof(value), cudaMemcpyDeviceToHost));
+      cudaMemcpyAsync(&value, labels + bad, sizeof(value), cudaMemcpyDeviceToHost, stream));
+  IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   return Status::InvalidArgument(
       "fci: labels must be in [0, num_classes = " + std::to_string(p.num_classes) +
       "), got labels[" + std::to_string(bad) + "] = " + std::to_string(value));

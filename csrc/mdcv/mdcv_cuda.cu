@@ -83,8 +83,11 @@ Status CheckFinite(const MdcvParams& p, const T* filters, unsigned long long* fi
   IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   if (bad == none) return Status::OK();
   T value{};
+  // On the caller's stream, not cudaMemcpy's legacy default stream (which TF's and PyTorch's
+  // non-blocking streams do not order with, and which waits for every blocking stream).
   IAPDCNN_CUDA_RETURN_IF_ERROR(
-      cudaMemcpy(&value, filters + bad, sizeof(value), cudaMemcpyDeviceToHost));
+      cudaMemcpyAsync(&value, filters + bad, sizeof(value), cudaMemcpyDeviceToHost, stream));
+  IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   return MdcvNonFiniteError(static_cast<int64_t>(bad), p.n(), static_cast<double>(value));
 }
 

@@ -166,6 +166,7 @@ void KeepPoolMemory(int device) {
 
 void Check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
+    cudaGetLastError();  // not left behind for the next launch check
     throw std::runtime_error(std::string("iapdcnn._C: ") + what + ": " + cudaGetErrorString(e));
   }
 }
@@ -178,17 +179,29 @@ struct CudaBuffer {
   std::string dtype;
   int device = 0;
   uintptr_t stream = 1;  // CAI v3: the stream the data is produced on (1: legacy default)
+  // Where the block is freed: nullptr for the legacy default stream, which waits for all work on
+  // blocking streams (the legacy and per-thread default streams, CuPy's default Stream()); else
+  // the producing stream itself, when it is non-blocking (PyTorch's streams): the legacy stream
+  // does not wait for those, so a free there could let the pool hand the block out again while
+  // the kernels writing it still run. Such a stream must outlive the buffer.
+  cudaStream_t free_on = nullptr;
   CudaBuffer() = default;
   CudaBuffer(const CudaBuffer&) = delete;
   CudaBuffer& operator=(const CudaBuffer&) = delete;
   ~CudaBuffer() {
 #ifdef IAPDCNN_WITH_CUDA
     if (ptr != nullptr) {
-      DeviceGuard g(device);
-      // Ordered after all work on blocking streams (the legacy default stream waits for them).
-      // A consumer on a non-blocking stream must synchronise it before dropping the last
+      // Not DeviceGuard: it throws, and a destructor must not (std::terminate). Errors are
+      // ignored (at interpreter exit the runtime may be gone), and cleared, so that the next
+      // launch check (cudaGetLastError) does not report them.
+      int previous = -1;
+      if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+      if (previous != device) cudaSetDevice(device);
+      // A consumer on another stream must synchronise it with `stream` before dropping the last
       // reference (PyTorch's record_stream contract).
-      cudaFreeAsync(ptr, cudaStreamLegacy);
+      cudaFreeAsync(ptr, free_on == nullptr ? cudaStreamLegacy : free_on);
+      if (previous >= 0 && previous != device) cudaSetDevice(previous);
+      cudaGetLastError();
     }
 #endif
   }
@@ -265,6 +278,22 @@ CudaArg ParseCudaArrayLike(py::handle h, const char* name, const CudaArg& like,
     throw py::type_error(std::string("iapdcnn._C: ") + name + " must be " + dtype + ", got " +
                          a.dtype);
   }
+#ifdef IAPDCNN_WITH_CUDA
+  // The kernels run on like.stream; CAI v3 asks the consumer to order its work after the stream
+  // each array was produced on, so a different producer stream is waited for (an event, no host
+  // synchronisation). nullptr is the legacy default stream.
+  cudaStream_t from = a.stream == nullptr ? cudaStreamLegacy : a.stream;
+  cudaStream_t to = like.stream == nullptr ? cudaStreamLegacy : like.stream;
+  if (from != to && a.data != nullptr) {
+    DeviceGuard g(like.device);
+    cudaEvent_t ev = nullptr;
+    Check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    cudaError_t e = cudaEventRecord(ev, from);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(to, ev, 0);
+    cudaEventDestroy(ev);  // released once the wait is satisfied
+    Check(e, "ordering an argument's producer stream before the kernel's stream");
+  }
+#endif
   return a;
 }
 
@@ -281,6 +310,12 @@ py::object NewCudaBuffer(const std::vector<int64_t>& shape, const std::string& d
   if (bytes > 0) {
     DeviceGuard g(like.device);
     KeepPoolMemory(like.device);
+    cudaStream_t s = like.stream;
+    if (s != nullptr && s != cudaStreamLegacy && s != cudaStreamPerThread) {
+      unsigned flags = 0;
+      Check(cudaStreamGetFlags(s, &flags), "cudaStreamGetFlags");
+      if ((flags & cudaStreamNonBlocking) != 0) buf->free_on = s;
+    }
     Check(cudaMallocAsync(&buf->ptr, static_cast<size_t>(bytes), like.stream), "cudaMallocAsync");
   }
   *data = buf->ptr;
