@@ -425,6 +425,28 @@ def test_mixed_host_and_device_arguments_are_a_clear_error():
         _C.im2col_conv2d(FakeCudaArray((0, 4, 4, 1), "<i8"), FakeCudaArray((1, 1, 1, 1), "<i8"))
 
 
+def _driver_loads() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    not getattr(_C, "with_cuda", False) or _driver_loads(),
+    reason="needs a CUDA build of _C on a machine without a CUDA driver",
+)
+def test_without_a_driver_the_error_names_the_function():
+    # A CUDA build where no driver is: the first device call fails, with the function's name.
+    with pytest.raises(RuntimeError, match=r"iapdcnn\._C: fci: cudaMallocAsync of an output"):
+        _C.fci(FakeCudaArray((2, 5)), FakeCudaArray((3, 5)))
+    with pytest.raises(RuntimeError, match="mdcv_distances: cudaMallocAsync"):
+        _C.mdcv_distances(FakeCudaArray((1, 1, 2, 3)))
+
+
 def test_numpy_input_still_takes_the_cpu_path(rng):
     x = rng.uniform(size=(3, 4))
     assert isinstance(_C.fci(x, x), np.ndarray)

@@ -30,6 +30,13 @@ class Status {
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }
   const std::string& message() const { return msg_; }
+  // The same error with "op: " in front when it comes from the shared CUDA helpers (their
+  // messages start "cuda: ": CUDA runtime errors, scratch allocation, the cuBLAS wrapper), which
+  // know no op; every other message names its op already.
+  Status Named(const std::string& op) const {
+    if (ok() || msg_.rfind("cuda: ", 0) != 0) return *this;
+    return Status(code_, op + ": " + msg_);
+  }
 
  private:
   Status(Code code, std::string msg) : code_(code), msg_(std::move(msg)) {}

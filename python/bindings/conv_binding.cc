@@ -241,8 +241,8 @@ py::object ForwardDevice(const CudaArg& input, const py::object& filters_obj,
   CudaConvDispatch(input.dtype, "im2col_conv2d", [&](auto tag) {
     using T = decltype(tag);
     void* o = nullptr;
-    out = NewCudaBuffer(p.OutputShape(), input.dtype, input, &o);
-    RunOnDevice(input, [&] {
+    out = NewCudaBuffer("im2col_conv2d", p.OutputShape(), input.dtype, input, &o);
+    RunOnDevice("im2col_conv2d", input, [&] {
       return Im2colConv2DCuda<T>(p, static_cast<const T*>(input.data),
                                  static_cast<const T*>(w.data), static_cast<T*>(o), input.stream);
     });
@@ -268,8 +268,8 @@ py::object BackpropInputDevice(const std::vector<int64_t>& input_sizes, const Cu
   CudaConvDispatch(filters.dtype, "im2col_conv2d_backprop_input", [&](auto tag) {
     using T = decltype(tag);
     void* o = nullptr;
-    out = NewCudaBuffer(p.InputShape(), filters.dtype, filters, &o);
-    RunOnDevice(filters, [&] {
+    out = NewCudaBuffer("im2col_conv2d_backprop_input", p.InputShape(), filters.dtype, filters, &o);
+    RunOnDevice("im2col_conv2d_backprop_input", filters, [&] {
       return Im2colConv2DBackpropInputCuda<T>(p, static_cast<const T*>(filters.data),
                                               static_cast<const T*>(dy.data), static_cast<T*>(o),
                                               filters.stream);
@@ -296,8 +296,8 @@ py::object BackpropFilterDevice(const CudaArg& input, const std::vector<int64_t>
   CudaConvDispatch(input.dtype, "im2col_conv2d_backprop_filter", [&](auto tag) {
     using T = decltype(tag);
     void* o = nullptr;
-    out = NewCudaBuffer(p.FilterShape(), input.dtype, input, &o);
-    RunOnDevice(input, [&] {
+    out = NewCudaBuffer("im2col_conv2d_backprop_filter", p.FilterShape(), input.dtype, input, &o);
+    RunOnDevice("im2col_conv2d_backprop_filter", input, [&] {
       return Im2colConv2DBackpropFilterCuda<T>(p, static_cast<const T*>(input.data),
                                                static_cast<const T*>(dy.data), static_cast<T*>(o),
                                                input.stream);

@@ -30,10 +30,10 @@ py::object CosineNlmDevice(const CudaArg& x, int64_t patch_radius, int64_t searc
   CosineNlmParams p;
   ThrowIfError(ValidateCosineNlm(x.shape, patch_radius, search_radius, h, eps, &p));
   void* o = nullptr;
-  py::object out = NewCudaBuffer(x.shape, x.dtype, x, &o);
+  py::object out = NewCudaBuffer("cosine_nlm", x.shape, x.dtype, x, &o);
   FloatDispatch(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    RunOnDevice(x, [&] {
+    RunOnDevice("cosine_nlm", x, [&] {
       return CosineNlmCuda<T>(p, static_cast<const T*>(x.data), static_cast<T*>(o), x.stream);
     });
   });

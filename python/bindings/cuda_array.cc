@@ -297,8 +297,8 @@ CudaArg ParseCudaArrayLike(py::handle h, const char* name, const CudaArg& like,
   return a;
 }
 
-py::object NewCudaBuffer(const std::vector<int64_t>& shape, const std::string& dtype,
-                         const CudaArg& like, void** data) {
+py::object NewCudaBuffer(const char* fn, const std::vector<int64_t>& shape,
+                         const std::string& dtype, const CudaArg& like, void** data) {
 #ifdef IAPDCNN_WITH_CUDA
   auto buf = std::make_unique<CudaBuffer>();
   buf->shape = shape;
@@ -316,7 +316,17 @@ py::object NewCudaBuffer(const std::vector<int64_t>& shape, const std::string& d
       Check(cudaStreamGetFlags(s, &flags), "cudaStreamGetFlags");
       if ((flags & cudaStreamNonBlocking) != 0) buf->free_on = s;
     }
-    Check(cudaMallocAsync(&buf->ptr, static_cast<size_t>(bytes), like.stream), "cudaMallocAsync");
+    const cudaError_t e = cudaMallocAsync(&buf->ptr, static_cast<size_t>(bytes), like.stream);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not left behind for the next launch check
+      throw OutOfMemory(std::string("iapdcnn._C.") + fn + ": out of device memory for an output " +
+                        "of shape " + ShapeStr(shape) + " (" + dtype + ", " +
+                        std::to_string(bytes) + " bytes) on CUDA device " +
+                        std::to_string(like.device));
+    }
+    Check(e, (std::string(fn) + ": cudaMallocAsync of an output of shape " + ShapeStr(shape) +
+              " (" + dtype + ")")
+                 .c_str());
   }
   *data = buf->ptr;
   return py::cast(std::move(buf));
@@ -325,7 +335,7 @@ py::object NewCudaBuffer(const std::vector<int64_t>& shape, const std::string& d
   (void)dtype;
   (void)like;
   (void)data;
-  ThrowNoCuda("CudaBuffer");
+  ThrowNoCuda(fn);
 #endif
 }
 

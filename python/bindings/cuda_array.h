@@ -37,9 +37,10 @@ CudaArg ParseCudaArray(py::handle h, const char* name);
 // Like ParseCudaArray, also requiring the device and (when dtype is non-empty) dtype of `like`.
 CudaArg ParseCudaArrayLike(py::handle h, const char* name, const CudaArg& like,
                            const std::string& dtype);
-// A new CudaBuffer of shape/dtype on like's device, tagged with like's stream.
-py::object NewCudaBuffer(const std::vector<int64_t>& shape, const std::string& dtype,
-                         const CudaArg& like, void** data);
+// A new CudaBuffer of shape/dtype on like's device, tagged with like's stream. fn names the
+// function in errors: out of device memory is a MemoryError that names it and the output's size.
+py::object NewCudaBuffer(const char* fn, const std::vector<int64_t>& shape,
+                         const std::string& dtype, const CudaArg& like, void** data);
 // Raises "iapdcnn._C was built without CUDA" for function fn.
 [[noreturn]] void ThrowNoCuda(const char* fn);
 
@@ -80,16 +81,17 @@ CArray<T> HostArray(const py::object& obj, const char* fn, const char* name) {
 
 // CUDA-side helpers of the dispatching functions.
 
-// Runs fn on the device of `a` without the GIL; raises csrc errors (ThrowIfError).
-template <typename Fn>
-void RunOnDevice(const CudaArg& a, Fn fn) {
+// Runs body on the device of `a` without the GIL; raises its csrc error (ThrowIfError), named
+// after the function fn when the error does not say it already.
+template <typename Body>
+void RunOnDevice(const char* fn, const CudaArg& a, Body body) {
   Status st;
   {
     DeviceGuard guard(a.device);
     py::gil_scoped_release nogil;
-    st = fn();
+    st = body();
   }
-  ThrowIfError(st);
+  ThrowIfError(st.Named(fn));
 }
 
 inline void RequireFloat(const CudaArg& a, const char* fn) {

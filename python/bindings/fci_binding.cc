@@ -112,10 +112,10 @@ py::object FciDevice(const CudaArg& x, const py::object& y_obj) {
   FciParams p;
   ThrowIfError(ValidateFci(x.shape, y.shape, &p));
   void* o = nullptr;
-  py::object out = NewCudaBuffer({p.n_x, p.n_y}, x.dtype, x, &o);
+  py::object out = NewCudaBuffer("fci", {p.n_x, p.n_y}, x.dtype, x, &o);
   FloatDispatch(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    RunOnDevice(x, [&] {
+    RunOnDevice("fci", x, [&] {
       return FciPairwiseCuda<T>(p, static_cast<const T*>(x.data), static_cast<const T*>(y.data),
                                 static_cast<T*>(o), x.stream);
     });
@@ -135,11 +135,12 @@ py::object FciClassStatsDevice(const CudaArg& x, const py::object& labels_obj,
   FciBlocksParams p;
   ThrowIfError(ValidateFciBlocks(x.shape, labels.shape, num_classes, &p));
   void *c = nullptr, *s = nullptr;
-  py::object counts = NewCudaBuffer({p.num_classes}, "float64", x, &c);
-  py::object sums = NewCudaBuffer({p.num_classes, p.positions, p.block_len}, "float64", x, &s);
+  py::object counts = NewCudaBuffer("fci_class_stats", {p.num_classes}, "float64", x, &c);
+  py::object sums =
+      NewCudaBuffer("fci_class_stats", {p.num_classes, p.positions, p.block_len}, "float64", x, &s);
   FloatDispatch(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    RunOnDevice(x, [&] {
+    RunOnDevice("fci_class_stats", x, [&] {
       return FciClassStatsCuda<T>(p, static_cast<const T*>(x.data),
                                   static_cast<const int64_t*>(labels.data), static_cast<double*>(c),
                                   static_cast<double*>(s), x.stream);
@@ -163,10 +164,10 @@ py::object FciPrototypeDevice(const CudaArg& x, const py::object& labels_obj,
       ValidateFciBlocks(x.shape, labels.shape, protos.shape.empty() ? 0 : protos.shape[0], &p));
   ThrowIfError(ValidateFciPrototypes(p, protos.shape));
   void* o = nullptr;
-  py::object out = NewCudaBuffer({p.n, p.positions}, x.dtype, x, &o);
+  py::object out = NewCudaBuffer("fci_prototype", {p.n, p.positions}, x.dtype, x, &o);
   FloatDispatch(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    RunOnDevice(x, [&] {
+    RunOnDevice("fci_prototype", x, [&] {
       return FciPrototypeCuda<T>(p, static_cast<const T*>(x.data),
                                  static_cast<const int64_t*>(labels.data),
                                  static_cast<const T*>(protos.data), static_cast<T*>(o), x.stream);
@@ -187,10 +188,10 @@ py::object FciWithinClassDevice(const CudaArg& x, const py::object& labels_obj,
   FciBlocksParams p;
   ThrowIfError(ValidateFciBlocks(x.shape, labels.shape, num_classes, &p));
   void* o = nullptr;
-  py::object out = NewCudaBuffer({p.n, p.positions}, x.dtype, x, &o);
+  py::object out = NewCudaBuffer("fci_within_class", {p.n, p.positions}, x.dtype, x, &o);
   FloatDispatch(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    RunOnDevice(x, [&] {
+    RunOnDevice("fci_within_class", x, [&] {
       return FciWithinClassCuda<T>(p, static_cast<const T*>(x.data),
                                    static_cast<const int64_t*>(labels.data), static_cast<T*>(o),
                                    x.stream);

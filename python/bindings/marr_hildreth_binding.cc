@@ -34,10 +34,10 @@ py::object MarrHildrethDevice(const CudaArg& x, int64_t laplacian, double thresh
   MarrHildrethParams p;
   ThrowIfError(ValidateMarrHildreth(x.shape, laplacian, threshold, relative, mode, &p));
   void* o = nullptr;
-  py::object out = NewCudaBuffer(x.shape, x.dtype, x, &o);
+  py::object out = NewCudaBuffer("marr_hildreth", x.shape, x.dtype, x, &o);
   FloatDispatch(x.dtype, [&](auto tag) {
     using T = decltype(tag);
-    RunOnDevice(x, [&] {
+    RunOnDevice("marr_hildreth", x, [&] {
       return MarrHildrethCuda<T>(p, static_cast<const T*>(x.data), static_cast<T*>(o), x.stream);
     });
   });

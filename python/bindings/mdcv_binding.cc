@@ -34,12 +34,13 @@ py::object MdcvDistancesDevice(const CudaArg& filters, double shrinkage) {
   MdcvParams p;
   ThrowIfError(ValidateMdcv(filters.shape, shrinkage, &p));
   void *dist = nullptr, *center = nullptr;
-  py::object distances = NewCudaBuffer({p.cout}, filters.dtype, filters, &dist);
-  py::object centers = NewCudaBuffer({p.kh, p.kw, p.cin}, filters.dtype, filters, &center);
+  py::object distances = NewCudaBuffer("mdcv_distances", {p.cout}, filters.dtype, filters, &dist);
+  py::object centers =
+      NewCudaBuffer("mdcv_distances", {p.kh, p.kw, p.cin}, filters.dtype, filters, &center);
   double used = 0.0;
   FloatDispatch(filters.dtype, [&](auto tag) {
     using T = decltype(tag);
-    RunOnDevice(filters, [&] {
+    RunOnDevice("mdcv_distances", filters, [&] {
       return MdcvDistancesCuda<T>(p, static_cast<const T*>(filters.data), static_cast<T*>(dist),
                                   static_cast<T*>(center), &used, filters.stream,
                                   DefaultParallelFor());
