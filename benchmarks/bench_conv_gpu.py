@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from bench_images import images
 from iapdcnn import _C
 from resnet50_shapes import RESNET50
 
@@ -165,20 +166,6 @@ def bench_conv(
 
 
 # ---- features ------------------------------------------------------------------------------------
-
-
-def images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Smooth shapes plus noise on 8-bit levels, float32 [n, size, size, 1] in [0, 1] (as
-    bench_features.py draws them)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    out = np.empty((n, size, size, 1), np.float32)
-    for i in range(n):
-        cy, cx, rad = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.3)
-        base = 0.2 + 0.6 * (((yy - cy) ** 2 + (xx - cx) ** 2) < rad**2)
-        noisy = base + 0.05 * rng.standard_normal((size, size))
-        out[i, :, :, 0] = np.round(np.clip(noisy, 0, 1) * 255) / 255
-    return out
 
 
 def _edge_features(x):

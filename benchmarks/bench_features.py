@@ -22,24 +22,12 @@ import numpy as np  # noqa: E402
 import scipy.ndimage as ndi  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench_images import images  # noqa: E402
 from iapdcnn import reference  # noqa: E402
 from iapdcnn.layers import EdgeFeatures, FCIFilter  # noqa: E402
 from iapdcnn.preprocess import synthetic  # noqa: E402
 
 R, S, H = 2, 5, 0.1
-
-
-def images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Smooth shapes plus noise on 8-bit levels, float32 [n, size, size, 1] in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    out = np.empty((n, size, size, 1), np.float32)
-    for i in range(n):
-        cy, cx, rad = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.3)
-        base = 0.2 + 0.6 * (((yy - cy) ** 2 + (xx - cx) ** 2) < rad**2)
-        noisy = base + 0.05 * rng.standard_normal((size, size))
-        out[i, :, :, 0] = np.round(np.clip(noisy, 0, 1) * 255) / 255
-    return out
 
 
 def per_image_seconds(fn) -> tuple[float, float]:

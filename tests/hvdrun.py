@@ -89,3 +89,38 @@ def quick_bench(script: str, out: str) -> dict:
     p = run_bench(script, "--quick", "--out", out)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run_case_worker(script: str, cases: list[dict], timeout: float, **env: str) -> list[dict]:
+    """Runs `python script` as a worker over `cases` (JSON on its stdin; it prints ``START i``
+    before case i and ``RESULT {"i": i, ...}`` after it) and returns the RESULT objects in case
+    order. A hang or a dead worker fails the test, naming the case it was in: the hostile-input
+    suites run crash-prone cases this way, many to a process."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, script],
+            input=json.dumps(cases),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(os.environ, OMP_NUM_THREADS="1", **env),
+        )
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ""
+        started = [ln for ln in out.splitlines() if ln.startswith("START")]
+        last = int(started[-1].split()[1]) if started else 0
+        pytest.fail(f"hang: case {json.dumps(cases[last])} did not finish in {timeout} s")
+    results, started = {}, -1
+    for line in proc.stdout.splitlines():
+        if line.startswith("START "):
+            started = int(line.split()[1])
+        elif line.startswith("RESULT "):
+            r = json.loads(line[7:])
+            results[r["i"]] = r
+    if len(results) < len(cases):
+        bad = cases[max(started, 0)]
+        pytest.fail(
+            f"the worker died (exit status {proc.returncode}) in case {json.dumps(bad)}:\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    return [results[i] for i in range(len(cases))]

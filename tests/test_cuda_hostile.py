@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -392,6 +391,7 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from hvdrun import run_case_worker  # noqa: E402
 from test_hostile_ops import conv_case, fci_case, marr_case, nlm_case  # noqa: E402
 
 pytestmark = pytest.mark.skipif(BACKEND is None, reason=WHY)
@@ -410,34 +410,7 @@ BATCH = 50  # cases per subprocess
 def run_cases(cases: list[dict], timeout: float = 150.0) -> list[str]:
     """Runs cases in one subprocess; fails on a crash, a hang or a problem; returns the SKIP
     notes of cases that could not run here (not enough device memory)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    try:
-        proc = subprocess.run(
-            [sys.executable, __file__],
-            input=json.dumps(cases),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ""
-        started = [ln for ln in out.splitlines() if ln.startswith("START")]
-        last = int(started[-1].split()[1]) if started else 0
-        pytest.fail(f"hang: case {json.dumps(cases[last])} did not finish in {timeout} s")
-    results, started = {}, -1
-    for line in proc.stdout.splitlines():
-        if line.startswith("START "):
-            started = int(line.split()[1])
-        elif line.startswith("RESULT "):
-            r = json.loads(line[7:])
-            results[r["i"]] = r
-    if len(results) < len(cases):
-        bad = cases[max(started, 0)]
-        pytest.fail(
-            f"the worker died (exit status {proc.returncode}) in case {json.dumps(bad)}:\n"
-            f"{proc.stderr[-3000:]}"
-        )
+    results = run_case_worker(__file__, cases, timeout)
     problems, skips = [], []
     for i, case in enumerate(cases):
         for p in results[i]["problems"]:

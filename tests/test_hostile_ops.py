@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -278,6 +277,8 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from hvdrun import run_case_worker  # noqa: E402
+
 # A long search: IAPDCNN_HOSTILE_EXAMPLES batches per op instead of 3, and IAPDCNN_HOSTILE_SEED to
 # draw other cases than the suite's fixed (derandomized) ones.
 SEED = os.environ.get("IAPDCNN_HOSTILE_SEED")
@@ -299,33 +300,7 @@ TOTALS: dict[str, int] = {}
 
 def run_cases(cases: list[dict], timeout: float = 240.0) -> None:
     """Runs cases in one subprocess; fails on a crash, a hang, a wrong result or an unclear error."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1")
-    try:
-        proc = subprocess.run(
-            [sys.executable, __file__],
-            input=json.dumps(cases),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired as e:
-        started = [ln for ln in (e.stdout or b"").decode().splitlines() if ln.startswith("START")]
-        last = int(started[-1].split()[1]) if started else 0
-        pytest.fail(f"hang: case {json.dumps(cases[last])} did not finish in {timeout} s")
-    results, started = {}, -1
-    for line in proc.stdout.splitlines():
-        if line.startswith("START "):
-            started = int(line.split()[1])
-        elif line.startswith("RESULT "):
-            r = json.loads(line[7:])
-            results[r["i"]] = r
-    if len(results) < len(cases):
-        bad = cases[max(started, 0)]
-        pytest.fail(
-            f"the worker died (exit status {proc.returncode}) in case {json.dumps(bad)}:\n"
-            f"{proc.stderr[-3000:]}"
-        )
+    results = run_case_worker(__file__, cases, timeout, TF_CPP_MIN_LOG_LEVEL="3")
     problems = []
     for i, case in enumerate(cases):
         r = results[i]
