@@ -42,6 +42,31 @@ inline unsigned Blocks(int64_t n, int threads = kThreads) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
+// The first bad element of a device array data [n]: launch() enqueues a kernel on `stream` that
+// atomicMin-s the index of every bad element into *slot (device memory). *index is the smallest
+// such index, n when there is none; then *value is that element, read back. Synchronises the
+// stream (the caller returns a Status that names the element). `what` names the kernel in errors.
+template <typename V, typename Launch>
+Status FirstFlagged(int64_t n, const V* data, unsigned long long* slot, cudaStream_t stream,
+                    const char* what, Launch launch, int64_t* index, V* value) {
+  const unsigned long long none = static_cast<unsigned long long>(n);
+  IAPDCNN_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(slot, &none, sizeof(none), cudaMemcpyHostToDevice, stream));
+  launch();
+  IAPDCNN_CUDA_CHECK_LAUNCH(what);
+  unsigned long long bad = none;
+  IAPDCNN_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(&bad, slot, sizeof(bad), cudaMemcpyDeviceToHost, stream));
+  IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  *index = static_cast<int64_t>(bad);
+  if (bad == none) return Status::OK();
+  // On the caller's stream, not cudaMemcpy's legacy default stream (which TF's and PyTorch's
+  // non-blocking streams do not order with, and which waits for every blocking stream).
+  IAPDCNN_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(value, data + bad, sizeof(V), cudaMemcpyDeviceToHost, stream));
+  return FromCuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+}
+
 // One scratch allocation, freed (stream-ordered) on destruction when it came from the pool.
 class Scratch {
  public:

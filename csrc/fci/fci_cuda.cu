@@ -55,23 +55,15 @@ Status CheckLabels(const FciBlocksParams& p, const int64_t* labels, cudaStream_t
   void* raw = nullptr;
   IAPDCNN_RETURN_IF_ERROR(mem.Get(sizeof(unsigned long long), &raw));
   auto* first = static_cast<unsigned long long*>(raw);
-  const unsigned long long none = static_cast<unsigned long long>(p.n);
-  IAPDCNN_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(first, &none, sizeof(none), cudaMemcpyHostToDevice, stream));
-  CheckLabelsKernel<<<cuda::Blocks(p.n), cuda::kThreads, 0, stream>>>(labels, p.n, p.num_classes,
-                                                                      first);
-  IAPDCNN_CUDA_CHECK_LAUNCH("fci label check");
-  unsigned long long bad = none;
-  IAPDCNN_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(&bad, first, sizeof(bad), cudaMemcpyDeviceToHost, stream));
-  IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-  if (bad == none) return Status::OK();
-  int64_t value = 0;
-  // On the caller's stream, not cudaMemcpy's legacy default stream (which TF's and PyTorch's
-  // non-blocking streams do not order with, and which waits for every blocking stream).
-  IAPDCNN_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(&value, labels + bad, sizeof(value), cudaMemcpyDeviceToHost, stream));
-  IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  int64_t bad = p.n, value = 0;
+  IAPDCNN_RETURN_IF_ERROR(cuda::FirstFlagged(
+      p.n, labels, first, stream, "fci label check",
+      [&] {
+        CheckLabelsKernel<<<cuda::Blocks(p.n), cuda::kThreads, 0, stream>>>(labels, p.n,
+                                                                            p.num_classes, first);
+      },
+      &bad, &value));
+  if (bad == p.n) return Status::OK();
   return Status::InvalidArgument(
       "fci: labels must be in [0, num_classes = " + std::to_string(p.num_classes) +
       "), got labels[" + std::to_string(bad) + "] = " + std::to_string(value));

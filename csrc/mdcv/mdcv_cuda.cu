@@ -71,24 +71,17 @@ template <typename T>
 Status CheckFinite(const MdcvParams& p, const T* filters, unsigned long long* first,
                    cudaStream_t stream) {
   const int64_t total = p.n() * p.d();
-  const unsigned long long none = static_cast<unsigned long long>(total);
-  IAPDCNN_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(first, &none, sizeof(none), cudaMemcpyHostToDevice, stream));
-  FirstNonFiniteKernel<T>
-      <<<cuda::Blocks(total), cuda::kThreads, 0, stream>>>(filters, total, first);
-  IAPDCNN_CUDA_CHECK_LAUNCH("mdcv finite check");
-  unsigned long long bad = none;
-  IAPDCNN_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(&bad, first, sizeof(bad), cudaMemcpyDeviceToHost, stream));
-  IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-  if (bad == none) return Status::OK();
+  int64_t bad = total;
   T value{};
-  // On the caller's stream, not cudaMemcpy's legacy default stream (which TF's and PyTorch's
-  // non-blocking streams do not order with, and which waits for every blocking stream).
-  IAPDCNN_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(&value, filters + bad, sizeof(value), cudaMemcpyDeviceToHost, stream));
-  IAPDCNN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-  return MdcvNonFiniteError(static_cast<int64_t>(bad), p.n(), static_cast<double>(value));
+  IAPDCNN_RETURN_IF_ERROR(cuda::FirstFlagged(
+      total, filters, first, stream, "mdcv finite check",
+      [&] {
+        FirstNonFiniteKernel<T>
+            <<<cuda::Blocks(total), cuda::kThreads, 0, stream>>>(filters, total, first);
+      },
+      &bad, &value));
+  if (bad == total) return Status::OK();
+  return MdcvNonFiniteError(bad, p.n(), static_cast<double>(value));
 }
 
 }  // namespace
