@@ -23,7 +23,9 @@
 #   bash scripts/gpu_check.sh             # there (carry .gpu along)
 #
 # Environment: IAPDCNN_GPU_PYTHON (python3), OUT, IAPDCNN_GPU_BUDGET (seconds, 480),
-# IAPDCNN_GPU_ARCH (90), IAPDCNN_SANITIZER_K (the -k expression of the memcheck subset),
+# IAPDCNN_GPU_ARCH (90), IAPDCNN_GPU_STAGES (the stages after the build to run, comma-separated,
+# default all: tests,bench,features,hostile,sanitizer; a rerun after a fix can take only what
+# failed), IAPDCNN_SANITIZER_K (the -k expression of the memcheck subset),
 # IAPDCNN_CUBLAS_LIBRARY (found by the script when unset), IAPDCNN_VENV (--prepare: the venv whose
 # TensorFlow holds Eigen).
 set -uo pipefail
@@ -131,6 +133,8 @@ T0=$(date +%s)
 PY="${IAPDCNN_GPU_PYTHON:-python3}"
 OUT="${OUT:-$ROOT/runs/gpu_check}"
 BUDGET="${IAPDCNN_GPU_BUDGET:-480}"
+STAGES="${IAPDCNN_GPU_STAGES:-tests,bench,features,hostile,sanitizer}"
+selected() { case ",$STAGES," in *",$1,"*) return 0 ;; esac; return 1; }
 ARCH="${IAPDCNN_GPU_ARCH:-90}"
 BUILD="$ROOT/build/gpu"
 PKG="$BUILD/pkg"
@@ -362,7 +366,7 @@ EOF
   say "gpu_check: $1 skipped: $2"
 }
 
-say "gpu_check: python $PY, out $OUT, budget ${BUDGET}s, sm_$ARCH"
+say "gpu_check: python $PY, out $OUT, budget ${BUDGET}s, sm_$ARCH, stages build,$STAGES"
 
 # ---- environment facts ---------------------------------------------------------------------------
 ENV_JSON="$("$PY" - <<'EOF' 2>/dev/null || echo '{}'
@@ -475,7 +479,9 @@ say "gpu_check: build $(report build "$BUILD_STATUS" "$BUILD_S" "$STAGE_RC" "$WO
 test_stage() {  # test_stage <stage> <max seconds> <test files...>
   local stage="$1" max="$2" st
   shift 2
-  if [ "$HAVE_C" != 1 ]; then
+  if ! selected "$stage"; then
+    skipped "$stage" "not selected (IAPDCNN_GPU_STAGES)"
+  elif [ "$HAVE_C" != 1 ]; then
     skipped "$stage" "no _C: the build failed"
   elif run_stage "$stage" "$max" "$WORK/$stage.out" "$PY" -m pytest -p no:cacheprovider -q -rs \
     --junitxml="$WORK/$stage.xml" "$@"; then
@@ -495,7 +501,9 @@ test_stage tests 150 tests/test_cuda.py
 bench_stage() {  # bench_stage <stage> <max seconds> <flags...>
   local stage="$1" max="$2" st
   shift 2
-  if [ "$HAVE_C" != 1 ]; then
+  if ! selected "$stage"; then
+    skipped "$stage" "not selected (IAPDCNN_GPU_STAGES)"
+  elif [ "$HAVE_C" != 1 ]; then
     skipped "$stage" "no _C: the build failed"
   elif run_stage "$stage" "$max" "$WORK/$stage.out" "$PY" benchmarks/bench_conv_gpu.py "$@"; then
     st=$(report "$stage" "$(status_of "$STAGE_RC")" "$STAGE_S" "$STAGE_RC" "$WORK/$stage.out")
@@ -524,7 +532,9 @@ sys.exit(pytest.main(sys.argv[1:]))
 '
 SAN="$(command -v compute-sanitizer || true)"
 SAN_K="${IAPDCNN_SANITIZER_K:-float32 and not nan_policy or fci_bad_label or eps_underflow or wraps}"
-if [ "$HAVE_C" != 1 ]; then
+if ! selected sanitizer; then
+  skipped sanitizer "not selected (IAPDCNN_GPU_STAGES)"
+elif [ "$HAVE_C" != 1 ]; then
   skipped sanitizer "no _C: the build failed"
 elif [ -z "$SAN" ]; then
   skipped sanitizer "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"
