@@ -476,14 +476,22 @@ say "gpu_check: build $(report build "$BUILD_STATUS" "$BUILD_S" "$STAGE_RC" "$WO
 [ "$BUILD_STATUS" = ok ] || EXIT=1
 
 # ---- 2. tests (and, after the benchmarks, 5. hostile) --------------------------------------------
+# Whether a stage runs: not when it is not selected or there is no _C (then recorded as skipped).
+can_run() {
+  if ! selected "$1"; then
+    skipped "$1" "not selected (IAPDCNN_GPU_STAGES)"
+    return 1
+  fi
+  if [ "$HAVE_C" != 1 ]; then
+    skipped "$1" "no _C: the build failed"
+    return 1
+  fi
+}
 test_stage() {  # test_stage <stage> <max seconds> <test files...>
   local stage="$1" max="$2" st
   shift 2
-  if ! selected "$stage"; then
-    skipped "$stage" "not selected (IAPDCNN_GPU_STAGES)"
-  elif [ "$HAVE_C" != 1 ]; then
-    skipped "$stage" "no _C: the build failed"
-  elif run_stage "$stage" "$max" "$WORK/$stage.out" "$PY" -m pytest -p no:cacheprovider -q -rs \
+  can_run "$stage" || return 0
+  if run_stage "$stage" "$max" "$WORK/$stage.out" "$PY" -m pytest -p no:cacheprovider -q -rs \
     --junitxml="$WORK/$stage.xml" "$@"; then
     st=$(status_of "$STAGE_RC")
     [ "$STAGE_RC" != 1 ] || st=ok  # pytest's 1: some test failed; the junit counts say which
@@ -501,11 +509,8 @@ test_stage tests 150 tests/test_cuda.py
 bench_stage() {  # bench_stage <stage> <max seconds> <flags...>
   local stage="$1" max="$2" st
   shift 2
-  if ! selected "$stage"; then
-    skipped "$stage" "not selected (IAPDCNN_GPU_STAGES)"
-  elif [ "$HAVE_C" != 1 ]; then
-    skipped "$stage" "no _C: the build failed"
-  elif run_stage "$stage" "$max" "$WORK/$stage.out" "$PY" benchmarks/bench_conv_gpu.py "$@"; then
+  can_run "$stage" || return 0
+  if run_stage "$stage" "$max" "$WORK/$stage.out" "$PY" benchmarks/bench_conv_gpu.py "$@"; then
     st=$(report "$stage" "$(status_of "$STAGE_RC")" "$STAGE_S" "$STAGE_RC" "$WORK/$stage.out")
     say "gpu_check: $stage $st in ${STAGE_S}s"
     [ "$st" != failed ] || EXIT=1
@@ -532,10 +537,8 @@ sys.exit(pytest.main(sys.argv[1:]))
 '
 SAN="$(command -v compute-sanitizer || true)"
 SAN_K="${IAPDCNN_SANITIZER_K:-float32 and not nan_policy or fci_bad_label or eps_underflow or wraps}"
-if ! selected sanitizer; then
-  skipped sanitizer "not selected (IAPDCNN_GPU_STAGES)"
-elif [ "$HAVE_C" != 1 ]; then
-  skipped sanitizer "no _C: the build failed"
+if ! can_run sanitizer; then
+  :
 elif [ -z "$SAN" ]; then
   skipped sanitizer "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"
 elif run_stage sanitizer 150 "$WORK/sanitizer.out" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
