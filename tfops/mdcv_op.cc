@@ -14,9 +14,9 @@ REGISTER_OP("Iapdcnn>MdcvDistances")
     .Output("shrinkage_used: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle f, s, center;
+      shape_inference::ShapeHandle f, center;
       TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(0), 4, "mdcv_distances", "filters", &f));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, c->input(1), 0, "mdcv_distances", "shrinkage", &s));
+      TF_RETURN_IF_ERROR(ScalarInputShape(c, 1, "mdcv_distances", "shrinkage"));
       TF_RETURN_IF_ERROR(c->Subshape(f, 0, 3, &center));
       c->set_output(0, c->Vector(c->Dim(f, 3)));
       c->set_output(1, center);

@@ -60,8 +60,9 @@ void EigenFallback(const E::Map<const ColMat>& k, const mdcv_impl::Coeffs& cf, i
 }
 
 // Squared distances into d2 [n] (zeros on entry).
-void SquaredDistances(const MdcvParams& p, const E::VectorXd& r, const E::Map<const ColMat>& k,
-                      const double* u, double trace, double l, double* d2, const ParallelFor& pf) {
+void SquaredDistances(const MdcvParams& p, const E::Map<const E::VectorXd>& r,
+                      const E::Map<const ColMat>& k, const double* u, double trace, double l,
+                      double* d2, const ParallelFor& pf) {
   const int64_t n = p.n(), d = p.d();
   const bool gram = n <= d;
   const mdcv_impl::Coeffs cf = mdcv_impl::WoodburyCoeffs(l, trace, n, d);
@@ -150,7 +151,7 @@ Status MdcvSolveHost(const MdcvParams& p, const double* r_in, const double* k_in
                      double* l_out, double* distances, const ParallelFor& pf_in) {
   return GuardKernel("mdcv_distances", pf_in, [&](const ParallelFor& pf) -> Status {
     const int64_t n = p.n(), d = p.d(), kk = std::min(n, d);
-    const E::VectorXd r = E::Map<const E::VectorXd>(r_in, n);
+    const E::Map<const E::VectorXd> r(r_in, n);
     const E::Map<const ColMat> k(k_in, kk, kk);
     const double trace = r.sum();
     double l = p.shrinkage;
