@@ -24,8 +24,8 @@ import tensorflow as tf  # noqa: E402
 
 from bench_images import images  # noqa: E402
 from iapdcnn import reference  # noqa: E402
+from iapdcnn.data import synthetic  # noqa: E402
 from iapdcnn.layers import EdgeFeatures, FCIFilter  # noqa: E402
-from iapdcnn.preprocess import synthetic  # noqa: E402
 
 R, S, H = 2, 5, 0.1
 
@@ -109,7 +109,7 @@ def main() -> None:
         )
 
     # --- FCIFilter adapt throughput (prototype mode: two passes over the data) ---------------
-    xs, ys = synthetic(n=2048 if quick else 8192, size=28, classes=10, seed=0)
+    xs, ys = synthetic(n=2048 if quick else 8192, shape=(28, 28, 1), classes=10, seed=0)
     f = FCIFilter(block_size=4, epsilon=0.1)
     f.adapt((xs[:256], ys[:256]))
     fci_t = []
