@@ -1,6 +1,6 @@
 """CUDA kernels (csrc/*/*_cuda.cu) through iapdcnn._C on CuPy or PyTorch CUDA arrays: every op
-(MDCV too) equals the CPU path (itself tested against the NumPy references), and on NaN / Inf input follows
-docs/nan_policy.md exactly as the references do. GPU tests skip, saying why,
+(MDCV too) equals the CPU path (itself tested against the NumPy references), and on NaN / Inf
+input follows docs/nan_policy.md exactly as the references do. GPU tests skip, saying why,
 where there is no CUDA build, no GPU, or neither CuPy nor PyTorch with CUDA; the dispatch tests
 at the end run everywhere: each _C function is bound once and dispatches by device on its first
 array argument."""
